@@ -1,0 +1,1 @@
+"""Chat frontends (Telegram, Discord) over the gateway engine."""
