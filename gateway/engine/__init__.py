@@ -1,0 +1,49 @@
+"""The engine: one typed API through which every frontend reaches Claude Code."""
+
+from gateway.engine.engine import Alert, Engine
+from gateway.engine.events import (
+    FINAL_EVENTS,
+    Commentary,
+    Event,
+    ImagePart,
+    Notice,
+    Prompt,
+    RateLimitStatus,
+    SessionInfo,
+    StepBoundary,
+    StreamMode,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+    TurnError,
+    TurnOptions,
+    TurnResult,
+    TurnStarted,
+    Usage,
+)
+from gateway.engine.process import CliInfo, EngineConfig
+
+__all__ = [
+    "FINAL_EVENTS",
+    "Alert",
+    "CliInfo",
+    "Commentary",
+    "Engine",
+    "EngineConfig",
+    "Event",
+    "ImagePart",
+    "Notice",
+    "Prompt",
+    "RateLimitStatus",
+    "SessionInfo",
+    "StepBoundary",
+    "StreamMode",
+    "TextDelta",
+    "ToolFinished",
+    "ToolStarted",
+    "TurnError",
+    "TurnOptions",
+    "TurnResult",
+    "TurnStarted",
+    "Usage",
+]

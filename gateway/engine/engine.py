@@ -1,0 +1,668 @@
+"""The engine: the only road from a frontend to Claude Code.
+
+Each conversation (``key``) has a worker task that owns its CLI process (a
+``ClaudeSDKClient`` in streaming-input mode: the SDK requires that one task connects
+and disconnects it). Turns of one conversation run one after the other; turns of
+different conversations run in parallel up to ``max_parallel_turns``. At most
+``max_live_sessions`` processes live at once; the least recently used idle one is
+closed to make room, and comes back later with ``--resume`` of its latest session id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psutil
+from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError
+
+from gateway.engine.events import (
+    FINAL_EVENTS,
+    Event,
+    Notice,
+    Prompt,
+    RateLimitStatus,
+    SessionInfo,
+    TurnError,
+    TurnOptions,
+    TurnResult,
+    TurnStarted,
+    Usage,
+)
+from gateway.engine.models import ModelCatalog
+from gateway.engine.process import (
+    CliInfo,
+    EngineConfig,
+    build_options,
+    cli_environment,
+    cli_version,
+    client_pid,
+    find_cli,
+    kill_tree,
+    process_tree,
+)
+from gateway.engine.translate import NO_CONVERSATION, TurnTranslator
+from gateway.errors import ErrorKind, GatewayError
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A turn ended in a way the owner should hear about even if nobody watched it."""
+
+    key: str
+    origin: str
+    error: TurnError
+
+
+AlertHandler = Callable[[Alert], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: Prompt
+    options: TurnOptions
+    model: str | None  # resolved --model value, None = keep the conversation's
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    abandoned: bool = False
+    interrupted: bool = False
+    done: bool = False
+
+    def emit(self, event: Event) -> None:
+        if not self.done:
+            self.events.put_nowait(event)
+            if isinstance(event, FINAL_EVENTS):
+                self.done = True
+
+
+@dataclass(eq=False)
+class _Live:
+    client: ClaudeSDKClient
+    pid: int | None
+    model: str | None
+    system_hash: str
+    stderr: deque[str]
+    dead: bool = False
+    #: the CLI reports total_cost_usd cumulated over the life of the process
+    cost_seen: float = 0.0
+
+
+@dataclass(eq=False)
+class _Conversation:
+    key: str
+    pending: deque[_Request] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+    live: _Live | None = None
+    current: _Request | None = None
+    evict: bool = False
+    holds_slot: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: Store,
+        *,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = ModelCatalog(config.model_aliases, config.default_model)
+        self._base_env = base_env
+        self._env: dict[str, str] = {}
+        self._conversations: dict[str, _Conversation] = {}
+        self._turn_slots = asyncio.Semaphore(config.max_parallel_turns)
+        self._slot_cond = asyncio.Condition()
+        self._alert_handlers: list[AlertHandler] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.cli: CliInfo | None = None
+        self.rate_limit: RateLimitStatus | None = None
+
+    # ================================================================== lifecycle
+
+    async def start(self) -> None:
+        """Find the CLI, check it runs, open the store and the workspace."""
+        path, source = find_cli(self.config.cli_path)
+        self._env = cli_environment(self.config, self._base_env)
+        version = await cli_version(path)
+        self.cli = CliInfo(path=path, version=version, source=source)
+        try:
+            self.config.workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GatewayError(
+                ErrorKind.CONFIG, f"cannot create the workspace {self.config.workspace}: {exc}"
+            ) from exc
+        await self.store.open()
+        log.info("Claude Code %s (%s, %s); workspace %s", version, source, path,
+                 self.config.workspace)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Fail queued turns, interrupt running ones, end every CLI process. No orphans."""
+        self._stopping = True
+        convs = list(self._conversations.values())
+        for conv in convs:
+            while conv.pending:
+                conv.pending.popleft().emit(
+                    TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down.")
+                )
+            if conv.current is not None and conv.live is not None:
+                conv.current.interrupted = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conv.live.client.interrupt(), timeout=1.0)
+            conv.evict = True
+            conv.wake.set()
+        workers = [c.worker for c in convs if c.worker is not None]
+        if workers:
+            _, still = await asyncio.wait(workers, timeout=grace)
+            for conv in convs:  # a worker stuck in a turn: kill its tree, then it ends
+                if conv.live is not None:
+                    kill_tree(process_tree(conv.live.pid))
+            if still:
+                await asyncio.wait(still, timeout=grace)
+                for task in still:
+                    task.cancel()
+        for task in list(self._background):
+            task.cancel()
+        await self.store.close()
+
+    def add_alert_handler(self, handler: AlertHandler) -> None:
+        """Called on turns that end by timeout or crash (bridges, TELEGRAM_NOTIFY_ID)."""
+        self._alert_handlers.append(handler)
+
+    # ================================================================== public API
+
+    def resolve_model(self, name: str | None) -> str | None:
+        return self.catalog.resolve(name)
+
+    def model_names(self) -> list[str]:
+        return self.catalog.public_names()
+
+    async def turn(
+        self, key: str, prompt: Prompt, options: TurnOptions | None = None
+    ) -> AsyncIterator[Event]:
+        """Run one turn; yields events, always ending with a TurnResult or TurnError.
+
+        Closing the iterator early (the consumer went away) interrupts the turn if it
+        is running and drops it if it is still queued.
+        """
+        options = options or TurnOptions()
+        early = self._refuse(prompt)
+        if early is None:
+            try:
+                model = self.catalog.resolve(options.model) if options.model else None
+            except GatewayError as exc:
+                early = TurnError.from_exc(exc)
+        if early is not None:
+            yield early
+            return
+        conv = self._conversations.setdefault(key, _Conversation(key))
+        if len(conv.pending) >= self.config.max_queued_per_conversation:
+            yield TurnError(
+                ErrorKind.BUSY,
+                f"{len(conv.pending)} messages are already waiting in this conversation;"
+                " wait for them or stop the running turn.",
+                retry_after=5.0,
+            )
+            return
+        req = _Request(prompt, options, model)
+        conv.pending.append(req)
+        ahead = len(conv.pending) - 1 + (conv.current is not None)
+        if ahead:
+            yield Notice("queued", f"queued behind {ahead} turn(s) of this conversation",
+                         {"ahead": ahead})
+        self._ensure_worker(conv)
+        conv.wake.set()
+        try:
+            while True:
+                event = await req.events.get()
+                yield event
+                if isinstance(event, FINAL_EVENTS):
+                    return
+        finally:
+            if not req.done:
+                req.abandoned = True
+                if req in conv.pending:
+                    conv.pending.remove(req)
+                elif conv.current is req:
+                    self._spawn(self._interrupt_request(conv, req))
+
+    async def interrupt(self, key: str) -> bool:
+        """Stop the running turn of ``key`` (within about a second). False if none runs."""
+        conv = self._conversations.get(key)
+        if conv is None or conv.current is None:
+            return False
+        await self._interrupt_request(conv, conv.current)
+        return True
+
+    async def reset(self, key: str) -> None:
+        """Forget the conversation: the next turn starts a fresh Claude Code session."""
+        conv = self._conversations.get(key)
+        if conv is not None:
+            while conv.pending:
+                conv.pending.popleft().emit(
+                    TurnError(ErrorKind.INTERRUPTED, "The conversation was reset.")
+                )
+            if conv.current is not None:
+                await self._interrupt_request(conv, conv.current)
+            await self._evict(conv)
+            self._conversations.pop(key, None)
+        await self.store.delete_session(key)
+
+    async def describe(self, key: str) -> SessionInfo | None:
+        row = await self.store.get_session(key)
+        conv = self._conversations.get(key)
+        if row is None:
+            return None
+        return self._info(row, conv)
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        rows = await self.store.list_sessions()
+        return [self._info(r, self._conversations.get(r.key)) for r in rows]
+
+    def status(self) -> dict[str, Any]:
+        rl = self.rate_limit
+        return {
+            "cli_path": self.cli.path if self.cli else None,
+            "cli_version": self.cli.version if self.cli else None,
+            "cli_source": self.cli.source if self.cli else None,
+            "live_processes": sum(1 for c in self._conversations.values() if c.live),
+            "sessions": len(self._conversations),
+            "running_turns": sum(1 for c in self._conversations.values() if c.current),
+            "queued_turns": sum(len(c.pending) for c in self._conversations.values()),
+            "rate_limit": None
+            if rl is None
+            else {
+                "status": rl.status,
+                "type": rl.rate_limit_type,
+                "resets_at": rl.resets_at,
+                "utilization": rl.utilization,
+                "seen_at": rl.seen_at,
+            },
+        }
+
+    def live_pids(self) -> dict[str, int | None]:
+        return {k: c.live.pid for k, c in self._conversations.items() if c.live}
+
+    # ================================================================== internals
+
+    def _refuse(self, prompt: Prompt) -> TurnError | None:
+        if self._stopping:
+            return TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down.")
+        if self.cli is None:
+            return TurnError(ErrorKind.CLI_MISSING, "The engine has not been started.")
+        if prompt.is_empty():
+            return TurnError(ErrorKind.INVALID_REQUEST, "The message is empty.")
+        return None
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _info(self, row: Any, conv: _Conversation | None) -> SessionInfo:
+        return SessionInfo(
+            key=row.key,
+            session_id=row.session_id,
+            model=(conv.live.model if conv and conv.live and conv.live.model else row.model),
+            cwd=row.cwd,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            turns=row.turns,
+            usage=Usage(row.input_tokens, row.output_tokens, row.cache_read_tokens,
+                        row.cache_creation_tokens),
+            cost_usd=row.cost_usd,
+            live=bool(conv and conv.live),
+            busy=bool(conv and conv.current),
+            queued=len(conv.pending) if conv else 0,
+            pid=conv.live.pid if conv and conv.live else None,
+        )
+
+    def _ensure_worker(self, conv: _Conversation) -> None:
+        if conv.worker is None or conv.worker.done():
+            conv.evict = False
+            conv.worker = asyncio.create_task(self._work(conv), name=f"conversation {conv.key}")
+
+    async def _work(self, conv: _Conversation) -> None:
+        try:
+            while not self._stopping:
+                if conv.pending:
+                    req = conv.pending.popleft()
+                    if not req.abandoned:
+                        await self._run(conv, req)
+                    continue
+                if conv.evict or conv.live is None:
+                    break
+                conv.wake.clear()
+                try:
+                    await asyncio.wait_for(conv.wake.wait(), timeout=self.config.idle_timeout)
+                except TimeoutError:
+                    log.info("closing idle Claude Code process of %s", conv.key)
+                    break
+        except Exception:
+            log.exception("conversation worker %s failed", conv.key)
+        finally:
+            await self._close_live(conv, kill=False)
+            if conv.pending and not self._stopping:
+                conv.worker = asyncio.create_task(self._work(conv))
+
+    async def _run(self, conv: _Conversation, req: _Request) -> None:
+        async with self._turn_slots:
+            conv.current = req
+            try:
+                await self._run_turn(conv, req)
+            except Exception as exc:  # a bug of ours must still end the turn
+                log.exception("turn of %s failed", conv.key)
+                req.emit(TurnError(ErrorKind.CRASHED, f"internal error: {exc}"))
+            finally:
+                if not req.done:
+                    req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                conv.current = None
+                conv.last_used = time.monotonic()
+                async with self._slot_cond:
+                    self._slot_cond.notify_all()
+
+    async def _run_turn(self, conv: _Conversation, req: _Request) -> None:
+        cwd = str(self.config.workspace)
+        row = await self.store.ensure_session(conv.key, cwd)
+        model = req.model or row.model or self.catalog.default
+        system = req.options.system or ""
+        system_hash = _hash(system)
+        resume = row.session_id
+        fresh_retry_allowed = True
+
+        while True:
+            live = conv.live
+            if live is not None and (live.dead or live.system_hash != system_hash
+                                     or not _alive(live.pid)):
+                await self._close_live(conv, kill=live.dead)
+                live = None
+            started_now = live is None
+            if live is None:
+                try:
+                    live = await self._open_live(conv, model, system, system_hash, resume)
+                except GatewayError as exc:
+                    if resume and fresh_retry_allowed and NO_CONVERSATION in exc.message:
+                        fresh_retry_allowed = False
+                        req.emit(self._session_reset_notice(resume))
+                        await self.store.set_session_fields(conv.key, session_id=None)
+                        resume = None
+                        continue
+                    req.emit(TurnError.from_exc(exc))
+                    return
+            elif model and model != live.model:
+                await live.client.set_model(model)
+                live.model = model
+                req.emit(Notice("model_changed", f"model changed to {model}", {"model": model}))
+            if req.interrupted or req.abandoned:
+                req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                return
+            if model and model != row.model:
+                await self.store.set_session_fields(conv.key, model=model)
+
+            req.emit(TurnStarted(conv.key, resume, model, resumed=started_now and bool(resume)))
+            outcome = await self._exchange(conv, live, req, cwd)
+            if outcome == "resume_failed" and fresh_retry_allowed and resume:
+                fresh_retry_allowed = False
+                req.emit(self._session_reset_notice(resume))
+                await self.store.set_session_fields(conv.key, session_id=None)
+                resume = None
+                await self._close_live(conv, kill=False)
+                continue
+            return
+
+    def _session_reset_notice(self, session_id: str) -> Notice:
+        return Notice(
+            "session_reset",
+            f"Claude Code could not find session {session_id} (its transcript is gone);"
+            " this conversation continues in a new session without the earlier history.",
+            {"lost_session_id": session_id},
+        )
+
+    async def _exchange(
+        self, conv: _Conversation, live: _Live, req: _Request, cwd: str
+    ) -> str:
+        """Send the prompt and relay the CLI's messages until the turn ends."""
+        translator = TurnTranslator(mode=req.options.mode, cwd=cwd)
+        message = {
+            "type": "user",
+            "message": {"role": "user", "content": req.prompt.content_blocks()},
+            "parent_tool_use_id": None,
+        }
+        loop = asyncio.get_running_loop()
+        timeout = self.config.activity_timeout
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                await live.client.query(_one(message))
+                async for msg in live.client.receive_response():
+                    deadline.reschedule(loop.time() + timeout)
+                    for event in translator.feed(msg):
+                        if isinstance(event, TurnResult):
+                            event = _per_turn_cost(event, live)
+                            await self._record(conv, event, live)
+                        elif isinstance(event, TurnError):
+                            if translator.resume_failed:
+                                return "resume_failed"
+                            if translator.session_id:
+                                await self.store.set_session_fields(
+                                    conv.key, session_id=translator.session_id
+                                )
+                            if not _alive(live.pid):
+                                live.dead = True
+                            if req.interrupted and event.kind is not ErrorKind.INTERRUPTED:
+                                event = TurnError(ErrorKind.INTERRUPTED,
+                                                  "The turn was interrupted.")
+                        req.emit(event)
+                    if translator.rate_limit is not None:
+                        self.rate_limit = translator.rate_limit
+        except TimeoutError:
+            live.dead = True
+            kill_tree(process_tree(live.pid))
+            error = TurnError(
+                ErrorKind.TIMEOUT,
+                f"Claude Code showed no activity for {timeout:.0f} s, so the turn was stopped."
+                " The conversation is kept: send the next message to continue.",
+            )
+            req.emit(error)
+            await self._alert(conv, req, error)
+            return "timeout"
+        except (ClaudeSDKError, OSError, ValueError) as exc:
+            live.dead = True
+            kill_tree(process_tree(live.pid))
+            if req.interrupted:
+                req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                return "interrupted"
+            detail = _tail(live.stderr) or str(exc)
+            if NO_CONVERSATION in detail:
+                return "resume_failed"
+            error = TurnError(
+                ErrorKind.CRASHED,
+                f"Claude Code stopped unexpectedly: {_first_line(str(exc))}."
+                " The conversation is kept: send the next message to continue.",
+            )
+            log.warning("CLI of %s crashed: %s | stderr: %s", conv.key, exc, detail[-500:])
+            req.emit(error)
+            await self._alert(conv, req, error)
+            return "crashed"
+        if not req.done:
+            live.dead = True
+            error = TurnError(ErrorKind.CRASHED, "Claude Code ended the turn without a result.")
+            req.emit(error)
+            await self._alert(conv, req, error)
+            return "crashed"
+        return "done"
+
+    async def _record(self, conv: _Conversation, result: TurnResult, live: _Live) -> None:
+        u = result.usage
+        await self.store.record_turn(
+            conv.key,
+            session_id=result.session_id,
+            model=live.model or result.model,
+            system_hash=live.system_hash,
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_read_tokens=u.cache_read_tokens,
+            cache_creation_tokens=u.cache_creation_tokens,
+            cost_usd=result.cost_usd,
+        )
+
+    async def _alert(self, conv: _Conversation, req: _Request, error: TurnError) -> None:
+        alert = Alert(conv.key, req.options.origin, error)
+        for handler in self._alert_handlers:
+            try:
+                await handler(alert)
+            except Exception:
+                log.exception("alert handler failed")
+
+    async def _interrupt_request(self, conv: _Conversation, req: _Request) -> None:
+        req.interrupted = True
+        live = conv.live
+        if live is None or conv.current is not req:
+            return
+        try:
+            await asyncio.wait_for(live.client.interrupt(), timeout=self.config.interrupt_grace)
+        except Exception as exc:
+            log.info("interrupt of %s did not answer (%s); killing its process", conv.key, exc)
+        deadline = time.monotonic() + self.config.interrupt_grace
+        while conv.current is req and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if conv.current is req:
+            live.dead = True
+            kill_tree(process_tree(live.pid))
+
+    # ------------------------------------------------------------------ processes
+
+    async def _open_live(
+        self, conv: _Conversation, model: str | None, system: str, system_hash: str,
+        resume: str | None,
+    ) -> _Live:
+        assert self.cli is not None
+        await self._acquire_slot(conv)
+        stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        options = build_options(
+            self.config, cli_path=self.cli.path, model=model, system=system, resume=resume,
+            env=self._env, stderr=stderr.append,
+        )
+        client = ClaudeSDKClient(options)
+        try:
+            await client.connect()
+        except CLINotFoundError as exc:
+            self._release_slot(conv)
+            raise GatewayError(ErrorKind.CLI_MISSING, f"Claude Code CLI not found: {exc}") from exc
+        except (ClaudeSDKError, OSError) as exc:
+            pid = client_pid(client)
+            kill_tree(process_tree(pid))
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            self._release_slot(conv)
+            detail = f"{exc} {_tail(stderr)}"
+            raise GatewayError(
+                ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(detail)}"
+            ) from exc
+        live = _Live(client, client_pid(client), model, system_hash, stderr)
+        conv.live = live
+        log.info("started Claude Code for %s (pid %s, resume %s)", conv.key, live.pid, resume)
+        return live
+
+    async def _close_live(self, conv: _Conversation, *, kill: bool) -> None:
+        live = conv.live
+        if live is None:
+            return
+        conv.live = None
+        procs = process_tree(live.pid)
+        if kill:
+            kill_tree(procs)
+        try:
+            await asyncio.wait_for(asyncio.shield(live.client.disconnect()), timeout=10)
+        except BaseException as exc:  # noqa: BLE001 - cleanup must go on
+            log.debug("disconnect of %s: %r", conv.key, exc)
+        leftovers = [p for p in procs if _running(p)]
+        if leftovers:
+            kill_tree(leftovers)
+        self._release_slot(conv)
+        log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
+
+    async def _acquire_slot(self, conv: _Conversation) -> None:
+        while True:
+            async with self._slot_cond:
+                holders = [c for c in self._conversations.values() if c.holds_slot]
+                if conv.holds_slot or len(holders) < self.config.max_live_sessions:
+                    conv.holds_slot = True
+                    return
+                idle = [c for c in holders
+                        if c is not conv and c.current is None and not c.pending and c.live]
+                if not idle:
+                    await self._slot_cond.wait()
+                    continue
+                victim = min(idle, key=lambda c: c.last_used)
+            log.info("evicting %s to make room for %s", victim.key, conv.key)
+            await self._evict(victim)
+
+    def _release_slot(self, conv: _Conversation) -> None:
+        conv.holds_slot = False
+
+        async def notify() -> None:
+            async with self._slot_cond:
+                self._slot_cond.notify_all()
+
+        self._spawn(notify())
+
+    async def _evict(self, conv: _Conversation) -> None:
+        conv.evict = True
+        conv.wake.set()
+        worker = conv.worker
+        if worker is not None and worker is not asyncio.current_task():
+            await asyncio.shield(worker)
+
+
+def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:
+    total = result.cost_usd
+    turn_cost = total - live.cost_seen if total >= live.cost_seen else total
+    live.cost_seen = total
+    return replace(result, cost_usd=round(turn_cost, 6))
+
+
+async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield message
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tail(lines: deque[str]) -> str:
+    return " | ".join(line.strip() for line in lines if line.strip())
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "no details"

@@ -1,0 +1,235 @@
+"""The engine's public vocabulary: what a frontend sends in and what comes back out.
+
+Everything here is a small frozen dataclass so frontends can pattern-match on type.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gateway.errors import ErrorKind, GatewayError
+
+
+class StreamMode(StrEnum):
+    """How the text of a turn reaches the frontend (see README, "Smart streaming").
+
+    * ``smart``: the answer streams token by token; text the model writes before a
+      tool call is reported as :class:`Commentary` (progress), not as answer text.
+    * ``final``: no :class:`TextDelta` at all; the answer arrives once, in :class:`TurnResult`.
+    * ``verbose``: every piece of text is answer text, as the CLI produced it.
+    """
+
+    SMART = "smart"
+    FINAL = "final"
+    VERBOSE = "verbose"
+
+
+# --------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image for Claude; reaches the CLI as a native base64 image block."""
+
+    media_type: str  # image/png, image/jpeg, image/gif, image/webp
+    data_b64: str
+
+    @classmethod
+    def from_bytes(cls, media_type: str, data: bytes) -> ImagePart:
+        return cls(media_type, base64.b64encode(data).decode("ascii"))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the user says in one turn: text plus images."""
+
+    text: str = ""
+    images: tuple[ImagePart, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not self.text.strip() and not self.images
+
+    def content_blocks(self) -> list[dict[str, Any]]:
+        """The Anthropic content blocks sent to the CLI over stdin (stream-json)."""
+        blocks: list[dict[str, Any]] = [
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": i.media_type, "data": i.data_b64},
+            }
+            for i in self.images
+        ]
+        if self.text:
+            blocks.append({"type": "text", "text": self.text})
+        return blocks
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """Per-turn choices a frontend makes. ``None`` means "the conversation's / config's"."""
+
+    model: str | None = None
+    mode: StreamMode = StreamMode.SMART
+    #: Extra instructions appended to Claude Code's system prompt for this conversation.
+    system: str | None = None
+    #: Free-form origin label used by notifications ("api", "telegram", ...).
+    origin: str = ""
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All input the model read, OpenAI style (cached tokens included)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_creation_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_creation_tokens + other.cache_creation_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """The turn left the queue and was sent to the CLI."""
+
+    key: str
+    session_id: str | None
+    model: str | None
+    resumed: bool  # a process was (re)started with --resume for this turn
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, in order. Concatenated, the deltas are the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Commentary:
+    """Text the model wrote that is not the answer (thinking aloud before a tool call)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    tool_id: str
+    name: str
+    summary: str  # one line a person understands: "Bash: npm test", "Read: src/app.py"
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    tool_id: str
+    name: str
+    is_error: bool
+
+
+@dataclass(frozen=True)
+class StepBoundary:
+    """A new model call inside the turn (after tools ran). ``step`` counts from 1."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user may want to know that is not text: retries, rate limits, resets."""
+
+    kind: str  # "retrying", "rate_limit", "session_reset", "queued", "model_changed"
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """The last event of a successful turn."""
+
+    text: str  # the answer, as the stream mode defines it
+    session_id: str
+    model: str | None
+    usage: Usage
+    cost_usd: float
+    duration_ms: int
+    duration_api_ms: int
+    num_turns: int
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnError:
+    """The last event of a failed turn."""
+
+    kind: ErrorKind
+    message: str
+    retry_after: float | None = None
+    status: int | None = None
+
+    @classmethod
+    def from_exc(cls, exc: GatewayError) -> TurnError:
+        return cls(exc.kind, exc.message, exc.retry_after, exc.status)
+
+    def to_exc(self) -> GatewayError:
+        return GatewayError(self.kind, self.message, retry_after=self.retry_after, status=self.status)
+
+
+Event = (
+    TurnStarted
+    | TextDelta
+    | Commentary
+    | ToolStarted
+    | ToolFinished
+    | StepBoundary
+    | Notice
+    | TurnResult
+    | TurnError
+)
+
+#: Events that end a turn: exactly one of them is the last event of every turn.
+FINAL_EVENTS = (TurnResult, TurnError)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What ``describe``/``list`` report about a conversation."""
+
+    key: str
+    session_id: str | None
+    model: str | None
+    cwd: str
+    created_at: float
+    last_used_at: float
+    turns: int
+    usage: Usage
+    cost_usd: float
+    live: bool = False  # a CLI process is running for it
+    busy: bool = False  # a turn is running
+    queued: int = 0  # turns waiting behind the running one
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """The last ``rate_limit_event`` the CLI reported (how close the weekly cap is)."""
+
+    status: str
+    rate_limit_type: str | None
+    resets_at: float | None
+    utilization: float | None
+    seen_at: float
+    raw: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,215 @@
+"""The one place that knows how a Claude Code process is found, configured and ended."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+from gateway.errors import ErrorKind, GatewayError
+
+log = logging.getLogger(__name__)
+
+#: Variables that mark "we are inside a Claude Code session"; a nested CLI would misbehave.
+NESTED_SESSION_VARS = frozenset(
+    {
+        "CLAUDECODE",
+        "CLAUDE_CODE_ENTRYPOINT",
+        "CLAUDE_CODE_SESSION",
+        "CLAUDE_CODE_SESSION_ID",
+        "CLAUDE_CODE_PARENT",
+        "CLAUDE_CODE_SSE_PORT",
+        "CLAUDE_AGENT_SDK_DERIVED_CLIENT_APP",
+    }
+)
+
+#: The biggest single JSON line we accept from the CLI (a tool result can be large).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs from the configuration (built by gateway.app from Settings)."""
+
+    workspace: Path
+    cli_path: str = ""
+    permission_mode: str = "bypassPermissions"
+    default_model: str = ""
+    model_aliases: Mapping[str, str] = field(default_factory=dict)
+    append_system_prompt: str = ""
+    activity_timeout: float = 600.0
+    bash_max_timeout: float = 600.0
+    max_live_sessions: int = 4
+    idle_timeout: float = 1800.0
+    max_parallel_turns: int = 4
+    max_queued_per_conversation: int = 8
+    #: seconds an interrupted turn may take to wind down before its process is killed
+    interrupt_grace: float = 1.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: names of environment variables that hold gateway secrets; never passed to the CLI
+    secret_env_vars: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class CliInfo:
+    path: str
+    version: str
+    source: str  # "config", "PATH" or "bundled"
+
+
+def bundled_cli_path() -> Path | None:
+    import claude_agent_sdk
+
+    candidate = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    return candidate if candidate.is_file() else None
+
+
+def find_cli(configured: str = "") -> tuple[str, str]:
+    """(path, source): the configured CLI, else ``claude`` on PATH, else the bundled one."""
+    if configured:
+        path = Path(configured).expanduser()
+        resolved = shutil.which(str(path)) if not path.is_absolute() else str(path)
+        if not resolved or not Path(resolved).is_file() or not os.access(resolved, os.X_OK):
+            raise GatewayError(
+                ErrorKind.CLI_MISSING,
+                f"claude.cli_path is {configured!r}, but no executable is there."
+                " Fix the path, or leave it empty to use `claude` from PATH.",
+            )
+        return resolved, "config"
+    on_path = shutil.which("claude")
+    if on_path:
+        return on_path, "PATH"
+    bundled = bundled_cli_path()
+    if bundled is not None:
+        return str(bundled), "bundled"
+    raise GatewayError(
+        ErrorKind.CLI_MISSING,
+        "Claude Code CLI not found: no `claude` on PATH and none bundled with claude-agent-sdk."
+        " Install it (npm install -g @anthropic-ai/claude-code) or set claude.cli_path.",
+    )
+
+
+async def cli_version(path: str, env: Mapping[str, str] | None = None) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            path,
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise GatewayError(
+            ErrorKind.CLI_MISSING, f"cannot run {path} --version: {exc}"
+        ) from exc
+    if proc.returncode != 0:
+        raise GatewayError(
+            ErrorKind.CLI_MISSING,
+            f"{path} --version failed (exit {proc.returncode}): {err.decode(errors='replace')[:300]}",
+        )
+    return out.decode(errors="replace").strip().split(" ")[0]
+
+
+def cli_environment(config: EngineConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Overrides applied over the gateway's environment for every CLI process.
+
+    claude-agent-sdk merges these over ``os.environ``; variables that must not reach the
+    CLI are therefore overridden with an empty value (the SDK offers no removal).
+    """
+    base = os.environ if base is None else base
+    env: dict[str, str] = {}
+    for name in base:
+        if name in config.secret_env_vars or name in NESTED_SESSION_VARS:
+            env[name] = ""
+    env["BASH_MAX_TIMEOUT_MS"] = str(int(config.bash_max_timeout * 1000))
+    if config.permission_mode == "bypassPermissions" and hasattr(os, "geteuid"):
+        if os.geteuid() == 0:
+            # The CLI refuses bypassPermissions as root unless told it runs in a sandbox.
+            env["IS_SANDBOX"] = "1"
+    env.update(config.env)
+    return env
+
+
+def build_options(
+    config: EngineConfig,
+    *,
+    cli_path: str,
+    model: str | None,
+    system: str | None,
+    resume: str | None,
+    env: Mapping[str, str],
+    stderr: Callable[[str], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ClaudeAgentOptions:
+    """Options for one CLI process: full Claude Code prompt plus appended instructions."""
+    append = "\n\n".join(p for p in (config.append_system_prompt, system or "") if p.strip())
+    system_prompt: dict[str, str] = {"type": "preset", "preset": "claude_code"}
+    if append:
+        system_prompt["append"] = append
+    return ClaudeAgentOptions(
+        system_prompt=system_prompt,  # type: ignore[arg-type]
+        permission_mode=config.permission_mode,  # type: ignore[arg-type]
+        model=model,
+        cwd=str(config.workspace),
+        cli_path=cli_path,
+        resume=resume,
+        include_partial_messages=True,
+        env=dict(env),
+        max_buffer_size=MAX_LINE_BYTES,
+        stderr=stderr,
+        **dict(extra or {}),
+    )
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def client_pid(client: ClaudeSDKClient) -> int | None:
+    """The CLI's pid. The SDK does not expose it publicly; read it defensively."""
+    transport = getattr(client, "_transport", None)
+    process = getattr(transport, "_process", None)
+    pid = getattr(process, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def process_tree(pid: int | None) -> list[psutil.Process]:
+    """The process and all its descendants (the CLI's Bash commands, their children…)."""
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_tree(procs: Iterable[psutil.Process]) -> int:
+    """SIGKILL every process given; returns how many were signalled."""
+    count = 0
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+            count += 1
+        except psutil.Error:
+            pass
+    return count
+
+
+def tree_rss(pid: int | None) -> int:
+    total = 0
+    for proc in process_tree(pid):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total

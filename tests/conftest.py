@@ -1,0 +1,95 @@
+"""Shared fixtures: the fake Anthropic API and a real Engine running the real CLI against it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.engine import Engine, EngineConfig, Event, Prompt, TurnOptions
+from gateway.store import Store
+from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
+
+EngineFactory = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def engine_config(tmp_path: Path, fake_api: FakeAnthropic, cli_home: Path) -> EngineConfig:
+    """An EngineConfig that runs the bundled CLI against the fake API, fast-failing."""
+    env = cli_env(fake_api.base_url, str(cli_home), inherit=False)
+    env.pop("PATH", None)
+    return EngineConfig(
+        workspace=tmp_path / "workspace",
+        cli_path=bundled_cli(),
+        env=env,
+        activity_timeout=60.0,
+        bash_max_timeout=60.0,
+        idle_timeout=300.0,
+    )
+
+
+@pytest.fixture
+async def make_engine(
+    engine_config: EngineConfig, tmp_path: Path
+) -> AsyncIterator[EngineFactory]:
+    """``await make_engine(**overrides)``: a started Engine; all are stopped at teardown.
+
+    Engines made by one test share the database at ``tmp_path/gateway.sqlite3`` so a
+    second engine is a gateway restart.
+    """
+    engines: list[Engine] = []
+
+    async def factory(**overrides: Any) -> Engine:
+        config = replace(engine_config, **overrides)
+        engine = Engine(config, Store(tmp_path / "gateway.sqlite3"))
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        if not engine._stopping:
+            await engine.stop()
+
+
+@pytest.fixture
+async def engine(make_engine: EngineFactory) -> Engine:
+    return await make_engine()
+
+
+async def collect(
+    engine: Engine, key: str, text: str | Prompt, options: TurnOptions | None = None
+) -> list[Event]:
+    """Run one turn to its end and return all its events."""
+    prompt = text if isinstance(prompt_or_none := text, Prompt) else Prompt(text=str(text))
+    del prompt_or_none
+    return [event async for event in engine.turn(key, prompt, options)]
+
+
+def child_pids() -> set[int]:
+    """Live descendants of this test process (to prove nothing leaked)."""
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    return {
+        p.pid
+        for p in me.children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    }
