@@ -78,6 +78,8 @@ class _Request:
     abandoned: bool = False
     interrupted: bool = False
     done: bool = False
+    #: set once the worker is finished with this request (its turn fully wound down)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, event: Event) -> None:
         if not self.done:
@@ -377,6 +379,7 @@ class Engine:
                     req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
                 conv.current = None
                 conv.last_used = time.monotonic()
+                req.ended.set()
                 async with self._slot_cond:
                     self._slot_cond.notify_all()
 
@@ -388,6 +391,7 @@ class Engine:
         system_hash = _hash(system)
         resume = row.session_id
         fresh_retry_allowed = True
+        stale_retry_allowed = True
 
         while True:
             live = conv.live
@@ -409,7 +413,12 @@ class Engine:
                     req.emit(TurnError.from_exc(exc))
                     return
             elif model and model != live.model:
-                await live.client.set_model(model)
+                try:
+                    await live.client.set_model(model)
+                except ClaudeSDKError as exc:  # the process died while idle: start another
+                    log.info("set_model on %s failed (%s); restarting", conv.key, exc)
+                    live.dead = True
+                    continue
                 live.model = model
                 req.emit(Notice("model_changed", f"model changed to {model}", {"model": model}))
             if req.interrupted or req.abandoned:
@@ -420,6 +429,10 @@ class Engine:
 
             req.emit(TurnStarted(conv.key, resume, model, resumed=started_now and bool(resume)))
             outcome = await self._exchange(conv, live, req, cwd)
+            if outcome == "stale" and stale_retry_allowed:
+                # the process had died before it saw this turn: nothing was lost, go again
+                stale_retry_allowed = False
+                continue
             if outcome == "resume_failed" and fresh_retry_allowed and resume:
                 fresh_retry_allowed = False
                 req.emit(self._session_reset_notice(resume))
@@ -449,10 +462,12 @@ class Engine:
         }
         loop = asyncio.get_running_loop()
         timeout = self.config.activity_timeout
+        received = False
         try:
             async with asyncio.timeout(timeout) as deadline:
                 await live.client.query(_one(message))
                 async for msg in live.client.receive_response():
+                    received = True
                     deadline.reschedule(loop.time() + timeout)
                     for event in translator.feed(msg):
                         if isinstance(event, TurnResult):
@@ -490,6 +505,9 @@ class Engine:
             if req.interrupted:
                 req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
                 return "interrupted"
+            if not received and not _alive(live.pid):
+                log.info("CLI of %s had exited before the turn (%s)", conv.key, exc)
+                return "stale"
             detail = _tail(live.stderr) or str(exc)
             if NO_CONVERSATION in detail:
                 return "resume_failed"
@@ -515,7 +533,7 @@ class Engine:
         await self.store.record_turn(
             conv.key,
             session_id=result.session_id,
-            model=live.model or result.model,
+            model=live.model,
             system_hash=live.system_hash,
             input_tokens=u.input_tokens,
             output_tokens=u.output_tokens,
@@ -541,9 +559,10 @@ class Engine:
             await asyncio.wait_for(live.client.interrupt(), timeout=self.config.interrupt_grace)
         except Exception as exc:
             log.info("interrupt of %s did not answer (%s); killing its process", conv.key, exc)
-        deadline = time.monotonic() + self.config.interrupt_grace
-        while conv.current is req and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(req.ended.wait(), timeout=self.config.interrupt_grace)
+        except TimeoutError:
+            pass
         if conv.current is req:
             live.dead = True
             kill_tree(process_tree(live.pid))
@@ -592,7 +611,7 @@ class Engine:
             kill_tree(procs)
         try:
             await asyncio.wait_for(asyncio.shield(live.client.disconnect()), timeout=10)
-        except BaseException as exc:  # noqa: BLE001 - cleanup must go on
+        except BaseException as exc:  # cleanup must go on
             log.debug("disconnect of %s: %r", conv.key, exc)
         leftovers = [p for p in procs if _running(p)]
         if leftovers:

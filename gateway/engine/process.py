@@ -115,7 +115,8 @@ async def cli_version(path: str, env: Mapping[str, str] | None = None) -> str:
     if proc.returncode != 0:
         raise GatewayError(
             ErrorKind.CLI_MISSING,
-            f"{path} --version failed (exit {proc.returncode}): {err.decode(errors='replace')[:300]}",
+            f"{path} --version failed (exit {proc.returncode}):"
+            f" {err.decode(errors='replace')[:300]}",
         )
     return out.decode(errors="replace").strip().split(" ")[0]
 

@@ -319,7 +319,7 @@ class TurnTranslator:
         status = msg.api_error_status
         hint = self._assistant_error or ""
         lowered = text.lower()
-        if "not logged in" in lowered or "/login" in lowered and status is None:
+        if "not logged in" in lowered or ("/login" in lowered and status is None):
             return TurnError(
                 ErrorKind.NOT_LOGGED_IN,
                 "Claude Code is not logged in. Run `claude` in a terminal on this machine and"
@@ -403,6 +403,6 @@ def tool_summary(block: ToolUseBlock, cwd: str = "") -> str:
     if name == "TodoWrite":
         return "Updating the to-do list"
     if name.startswith("mcp__"):
-        _, server, tool = (name.split("__", 2) + ["", ""])[:3]
+        _, server, tool = [*name.split("__", 2), "", ""][:3]
         return f"Using {server}: {tool}"
     return f"Using {name}"
