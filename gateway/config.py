@@ -1,0 +1,1055 @@
+"""One :class:`Settings` object, built from ``config.toml`` and the environment.
+
+Precedence, highest first: the gateway's named environment variables (secrets and
+``TELEGRAM_NOTIFY_ID``), ``CMG_*`` environment variables (``CMG_SERVER__PORT=4000``),
+``config.toml``, built-in defaults. Merging is done by pydantic-settings' own sources.
+
+Secrets are read from the environment only, by fixed names (:data:`SECRET_ENV_VARS`); a
+secret written in ``config.toml`` is refused. Every problem in the configuration stops
+start-up with a :class:`~gateway.errors.ConfigError` listing one line per problem, each
+naming where the value came from (file or environment variable) and its dotted key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+import tomllib
+import types
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+APP_NAME = "claude-max-gateway"
+
+#: Prefix of the environment variables that override ``config.toml`` (``CMG_SERVER__PORT``).
+ENV_PREFIX = "CMG_"
+#: Separates the section from the key in those variables.
+ENV_NESTED_DELIMITER = "__"
+#: Names the config file when no ``--config`` flag is given.
+CONFIG_PATH_ENV_VAR = "CLAUDE_MAX_GATEWAY_CONFIG"
+
+API_KEYS_ENV_VAR = "GATEWAY_API_KEYS"
+TELEGRAM_TOKEN_ENV_VAR = "TELEGRAM_BOT_TOKEN"
+DISCORD_TOKEN_ENV_VAR = "DISCORD_BOT_TOKEN"
+TELEGRAM_NOTIFY_ENV_VAR = "TELEGRAM_NOTIFY_ID"
+
+#: The fixed names of the environment variables that hold gateway secrets. Every ``CMG_*``
+#: variable is treated the same way (see :func:`is_secret_env_var`); the CLI sees none of them.
+#: ``CLAUDE_CODE_OAUTH_TOKEN`` is not among them: it belongs to the CLI and passes through.
+SECRET_ENV_VARS: frozenset[str] = frozenset(
+    {API_KEYS_ENV_VAR, TELEGRAM_TOKEN_ENV_VAR, DISCORD_TOKEN_ENV_VAR}
+)
+
+#: Where a secret key would sit in the config, and the variable that must carry it instead.
+_SECRET_KEYS: dict[tuple[str, ...], str] = {
+    ("server", "api_keys"): API_KEYS_ENV_VAR,
+    ("server", "api_key_secrets"): API_KEYS_ENV_VAR,
+    ("telegram", "token"): TELEGRAM_TOKEN_ENV_VAR,
+    ("discord", "token"): DISCORD_TOKEN_ENV_VAR,
+}
+
+
+def is_secret_env_var(name: str) -> bool:
+    """True for an environment variable that holds gateway configuration or a gateway secret."""
+    return name in SECRET_ENV_VARS or name.upper().startswith(ENV_PREFIX)
+
+
+def secret_env_var_names(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """:data:`SECRET_ENV_VARS` plus every ``CMG_*`` variable present in ``environ``.
+
+    This is the set the engine removes from the CLI's environment.
+    """
+    environ = os.environ if environ is None else environ
+    return SECRET_ENV_VARS | frozenset(name for name in environ if is_secret_env_var(name))
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``~/.config/claude-max-gateway/config.toml`` (it may not exist)."""
+    return _home(environ) / ".config" / APP_NAME / "config.toml"
+
+
+def default_data_dir(
+    environ: Mapping[str, str] | None = None, platform: str = sys.platform
+) -> Path:
+    """Where the gateway keeps its database when ``storage.data_dir`` is not set."""
+    environ = os.environ if environ is None else environ
+    home = _home(environ)
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / APP_NAME
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP_NAME
+    return home / ".local" / "share" / APP_NAME
+
+
+def _home(environ: Mapping[str, str] | None) -> Path:
+    home = (environ or {}).get("HOME")
+    return Path(home) if home else Path.home()
+
+
+def _expand(path: str) -> str:
+    """``~`` expanded (against the HOME of the environment being loaded), made absolute."""
+    if not path:
+        return path
+    if path == "~" or path.startswith("~/"):
+        inputs = _LOAD_INPUTS.get()
+        path = str(_home(inputs.environ if inputs else None)) + path[1:]
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1``: addresses only this machine can reach."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    """A ``[section]`` of config.toml: unknown keys are errors, values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would quietly read `true` as 1 for an int field; a typo deserves an error.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in _flatten(annotation) and (_flatten(annotation) & {int, float}):
+                raise PydanticCustomError("bool_for_number", "a boolean where a number belongs")
+        return value
+
+
+def _cross_field_error(fields: tuple[str, ...], message: str) -> PydanticCustomError:
+    """An error of one section that involves several of its keys (named in the report)."""
+    return PydanticCustomError("cmg_cross_field", message, {"fields": ",".join(fields)})
+
+
+class ServerSettings(_Section):
+    """``[server]``: the OpenAI-compatible HTTP endpoint."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address to listen on; anything but loopback requires GATEWAY_API_KEYS.",
+    )
+    port: int = Field(default=3456, ge=1, le=65535, description="TCP port of the HTTP API.")
+    max_body_mb: float = Field(
+        default=20, gt=0, description="Largest accepted request body, in MiB."
+    )
+    max_concurrent_requests: int = Field(
+        default=16, ge=1, description="Chat completions served at once; more get HTTP 503."
+    )
+    keepalive_seconds: float = Field(
+        default=10.0, gt=0, description="Send an empty stream chunk after this many silent seconds."
+    )
+    stream_mode: Literal["smart", "final", "verbose"] = Field(
+        default="smart", description="Default streaming policy when a request names none."
+    )
+    on_disconnect: Literal["interrupt", "finish"] = Field(
+        default="interrupt", description="What happens to a turn when its HTTP client goes away."
+    )
+    api_key_secrets: tuple[SecretStr, ...] = Field(
+        default=(),
+        serialization_alias="api_keys",
+        description="Bearer keys for the HTTP API; read from GATEWAY_API_KEYS only.",
+    )
+
+    @field_validator("api_key_secrets", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return tuple(key.strip() for key in text.split(",") if key.strip())
+        return value
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The accepted bearer keys (from ``GATEWAY_API_KEYS``); empty means no authentication."""
+        return [key.get_secret_value() for key in self.api_key_secrets]
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _key_required_off_loopback(self) -> ServerSettings:
+        if not is_loopback_host(self.host) and not self.api_key_secrets:
+            raise _cross_field_error(
+                ("host",),
+                f"{json.dumps(self.host)} can be reached from other machines, but no API key is"
+                f" set: set {API_KEYS_ENV_VAR}=<key>[,<key>...] in the environment, or bind"
+                ' host = "127.0.0.1"',
+            )
+        return self
+
+
+class ClaudeSettings(_Section):
+    """``[claude]``: how the Claude Code CLI is run."""
+
+    cli_path: str = Field(
+        default="",
+        description="Path of the claude CLI; empty = `claude` on PATH, else the bundled one.",
+    )
+    workspace: Path = Field(
+        default=Path("~/claude-workspace"), description="Working directory of the CLI processes."
+    )
+    permission_mode: Literal[
+        "default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"
+    ] = Field(default="bypassPermissions", description="The CLI's --permission-mode.")
+    default_model: str = Field(
+        default="", description="Model when a request names none; empty = the CLI's own default."
+    )
+    append_system_prompt: str = Field(
+        default="", description="Text appended to Claude Code's own system prompt."
+    )
+    activity_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds without any CLI event before a turn counts as stuck.",
+    )
+    bash_max_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest Bash command in seconds (the CLI's BASH_MAX_TIMEOUT_MS).",
+    )
+    max_live_sessions: int = Field(
+        default=4,
+        ge=1,
+        description="CLI processes kept alive at once (~300 MB each); LRU eviction.",
+    )
+    idle_timeout: float = Field(
+        default=1800.0, gt=0, description="Seconds after which an idle CLI process is closed."
+    )
+    max_parallel_turns: int = Field(
+        default=4, ge=1, description="Turns running at once across all conversations."
+    )
+    max_queued_per_conversation: int = Field(
+        default=8, ge=1, description="Messages waiting behind a running turn in one conversation."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the CLI processes."
+    )
+
+    @field_validator("cli_path")
+    @classmethod
+    def _expand_cli_path(cls, value: str) -> str:
+        # A bare name ("claude") is looked up on PATH; only paths are made absolute.
+        if value and (os.sep in value or value.startswith("~")):
+            return _expand(value)
+        return value
+
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _workspace_given(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError(
+                "cmg_empty", "must not be empty (the default is ~/claude-workspace)"
+            )
+        return value
+
+    @field_validator("workspace")
+    @classmethod
+    def _expand_workspace(cls, value: Path) -> Path:
+        return Path(_expand(str(value)))
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or "=" in name or "\0" in name:
+                raise PydanticCustomError(
+                    "cmg_env_name",
+                    "{name} is not a valid environment variable name",
+                    {"name": json.dumps(name)},
+                )
+        return value
+
+    @property
+    def bash_max_timeout_ms(self) -> int:
+        return int(self.bash_max_timeout * 1000)
+
+    @model_validator(mode="after")
+    def _activity_covers_bash(self) -> ClaudeSettings:
+        if self.activity_timeout < self.bash_max_timeout:
+            raise _cross_field_error(
+                ("activity_timeout", "bash_max_timeout"),
+                f"activity_timeout ({self.activity_timeout:g} s) must be at least"
+                f" bash_max_timeout ({self.bash_max_timeout:g} s): a silent Bash command may"
+                " legitimately run that long, and the turn would be killed as stuck."
+                " Raise activity_timeout or lower bash_max_timeout",
+            )
+        return self
+
+
+class ModelsSettings(_Section):
+    """``[models]``: names a request may use for a model (checked by the engine)."""
+
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description='Model name aliases, e.g. fast = "haiku".'
+    )
+
+
+class StorageSettings(_Section):
+    """``[storage]``: where the gateway keeps its state."""
+
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="Directory of the SQLite database and other state; empty = platform default.",
+    )
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _platform_default(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            inputs = _LOAD_INPUTS.get()
+            return default_data_dir(inputs.environ if inputs else None)
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: Path) -> Path:
+        return Path(_expand(str(value)))
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.sqlite3"
+
+
+class LoggingSettings(_Section):
+    """``[logging]``."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level written to the log."
+    )
+    file: str = Field(
+        default="", description="Also write the log to this file; empty = stderr only."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("file")
+    @classmethod
+    def _expand_file(cls, value: str) -> str:
+        return _expand(value)
+
+    @property
+    def file_path(self) -> Path | None:
+        return Path(self.file) if self.file else None
+
+
+class NotifySettings(_Section):
+    """``[notify]``: where the gateway sends notices about itself and scheduled jobs."""
+
+    telegram_chat_id: int | None = Field(
+        default=None, description="Telegram chat for notifications (env TELEGRAM_NOTIFY_ID)."
+    )
+
+
+class TelegramSettings(_Section):
+    """``[telegram]``: the bot runs when ``TELEGRAM_BOT_TOKEN`` is set."""
+
+    token: SecretStr | None = Field(
+        default=None, description="Bot token; read from TELEGRAM_BOT_TOKEN only."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class DiscordSettings(_Section):
+    """``[discord]``: the bot runs when ``DISCORD_BOT_TOKEN`` is set."""
+
+    token: SecretStr | None = Field(
+        default=None, description="Bot token; read from DISCORD_BOT_TOKEN only."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class _SourceInputs:
+    """What one :func:`load_settings` call reads: a TOML file (or none) and an environment."""
+
+    toml_file: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+#: The inputs of the :func:`load_settings` call in progress. pydantic-settings builds its
+#: sources in a classmethod, so the call hands them over here for exactly that call.
+_LOAD_INPUTS: ContextVar[_SourceInputs | None] = ContextVar("_LOAD_INPUTS", default=None)
+
+
+class _MappingSource(PydanticBaseSettingsSource):
+    """A source that returns a ready nested mapping (named env vars, platform defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any], name: str) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+        self.__name__ = name
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"{self.__name__}({sorted(self._data)})"
+
+
+class _PrefixedEnvSource(EnvSettingsSource):
+    """pydantic-settings' ``CMG_*`` environment source, reading a given mapping."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.case_sensitive:
+            return dict(self._environ)
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+def _named_env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The gateway's fixed-name variables, placed where they belong in the config."""
+    data: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in _NAMED_ENV_VARS.items():
+        value = environ.get(name, "").strip()
+        if value:
+            data.setdefault(section, {})[key] = value
+    return data
+
+
+_NAMED_ENV_VARS: dict[str, tuple[str, str]] = {
+    API_KEYS_ENV_VAR: ("server", "api_key_secrets"),
+    TELEGRAM_TOKEN_ENV_VAR: ("telegram", "token"),
+    DISCORD_TOKEN_ENV_VAR: ("discord", "token"),
+    TELEGRAM_NOTIFY_ENV_VAR: ("notify", "telegram_chat_id"),
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings(BaseSettings):
+    """The gateway's whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    server: ServerSettings = Field(
+        default_factory=ServerSettings, description="The OpenAI-compatible HTTP endpoint."
+    )
+    claude: ClaudeSettings = Field(
+        default_factory=ClaudeSettings, description="How the Claude Code CLI is run."
+    )
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="Model aliases.")
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="Where state is kept."
+    )
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings, description="Where notifications go."
+    )
+    telegram: TelegramSettings = Field(
+        default_factory=TelegramSettings, description="The Telegram bot."
+    )
+    discord: DiscordSettings = Field(
+        default_factory=DiscordSettings, description="The Discord bot."
+    )
+
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        inputs = _LOAD_INPUTS.get() or _SourceInputs()
+        return (
+            init_settings,
+            _MappingSource(settings_cls, _named_env_values(inputs.environ), "NamedEnvSource"),
+            _PrefixedEnvSource(settings_cls, inputs.environ),
+            TomlConfigSettingsSource(settings_cls, toml_file=inputs.toml_file),
+            _MappingSource(
+                settings_cls,
+                {"storage": {"data_dir": str(default_data_dir(inputs.environ))}},
+                "PlatformDefaultsSource",
+            ),
+        )
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from, if any."""
+        return self._config_file
+
+    def secrets(self) -> list[str]:
+        """Every secret value that is set (for redaction in logs), longest first."""
+        found = {value for value in _secret_values(self) if value}
+        return sorted(found, key=lambda value: (-len(value), value))
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration as JSON-able data; secrets appear as "set"/"not set"."""
+        data = _describe_model(self)
+        data["storage"]["db_path"] = str(self.storage.db_path)
+        return {"config_file": str(self.config_file) if self.config_file else None, **data}
+
+
+def _secret_values(model: BaseModel) -> Iterator[str]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _secret_values(value)
+        elif isinstance(value, SecretStr):
+            yield value.get_secret_value()
+        elif isinstance(value, tuple | list):
+            yield from (v.get_secret_value() for v in value if isinstance(v, SecretStr))
+
+
+def _describe_model(model: BaseModel) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = info.serialization_alias or name
+        if isinstance(value, BaseModel):
+            data[key] = _describe_model(value)
+        elif SecretStr in _flatten(info.annotation):
+            data[key] = "set" if value else "not set"
+        else:
+            data[key] = model.model_dump(mode="json", include={name})[name]
+    return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_config_path(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """The config file to read: ``path`` > ``$CLAUDE_MAX_GATEWAY_CONFIG`` > the default
+    location if it exists > none. A file named explicitly must exist."""
+    environ = os.environ if env is None else env
+    if path is not None and str(path) != "":
+        given, origin = Path(path).expanduser(), "--config"
+    elif environ.get(CONFIG_PATH_ENV_VAR, ""):
+        given, origin = Path(environ[CONFIG_PATH_ENV_VAR]).expanduser(), CONFIG_PATH_ENV_VAR
+    else:
+        default = default_config_path(environ)
+        return default if default.is_file() else None
+    if not given.exists():
+        raise ConfigError(f"{given}: config file not found (named by {origin})")
+    if not given.is_file():
+        raise ConfigError(f"{given}: not a file (named by {origin})")
+    return given
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the configuration: ``env`` (default ``os.environ``) over the TOML file over defaults.
+
+    Raises :class:`ConfigError` listing every problem, one per line.
+    """
+    environ = os.environ if env is None else env
+    config_file = resolve_config_path(path, environ)
+    toml_data = _read_toml(config_file) if config_file is not None else {}
+    report = _Report(str(config_file) if config_file else "config", toml_data)
+    report.check_toml_secrets()
+    report.check_env(environ)
+
+    token = _LOAD_INPUTS.set(_SourceInputs(config_file, environ))
+    settings: Settings | None = None
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        report.add_validation_errors(exc.errors(include_url=False))
+    except SettingsError as exc:  # a CMG_ value that should be JSON and is not
+        if not report.problems:
+            report.problems.append(f"environment: {exc}")
+    finally:
+        _LOAD_INPUTS.reset(token)
+
+    if report.problems or settings is None:
+        raise ConfigError("\n".join(report.problems) or "invalid configuration")
+    settings._config_file = config_file
+    return settings
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config file is not UTF-8 text ({exc.reason})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        position = _TOML_POSITION.search(message)
+        if position:
+            line, column = position.groups()
+            message = _TOML_POSITION.sub("", message)
+            raise ConfigError(
+                f"{path}: line {line}, column {column}: invalid TOML: {message}"
+            ) from exc
+        raise ConfigError(f"{path}: invalid TOML: {message}") from exc
+
+
+_MISSING = object()
+
+
+def _walk(data: Any, loc: tuple[str | int, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+class _Report:
+    """Collects configuration problems and attributes each to the source that gave it."""
+
+    def __init__(self, toml_label: str, toml_data: dict[str, Any]) -> None:
+        self.toml_label = toml_label
+        self.toml_data = toml_data
+        self.problems: list[str] = []
+        self.reported: set[str] = set()
+        #: path in the config → (environment variable that set it, its value)
+        self.env_origins: dict[tuple[str, ...], tuple[str, Any]] = {}
+
+    def add(self, source: str, dotted: str, text: str) -> None:
+        line = f"{source}: {dotted}: {text}" if dotted else f"{source}: {text}"
+        if line not in self.problems:
+            self.problems.append(line)
+        self.reported.add(dotted)
+
+    # -- checks before validation
+
+    def check_toml_secrets(self) -> None:
+        for loc, env_var in _SECRET_KEYS.items():
+            if _walk(self.toml_data, loc) is not _MISSING:
+                self.add(
+                    self.toml_label,
+                    ".".join(loc),
+                    f"secrets do not belong in the config file; set the {env_var}"
+                    " environment variable instead",
+                )
+
+    def check_env(self, environ: Mapping[str, str]) -> None:
+        for name, (section, key) in _NAMED_ENV_VARS.items():
+            if environ.get(name, "").strip():
+                self.env_origins[(section, key)] = (name, environ[name].strip())
+        for name, value in sorted(environ.items()):
+            if name.upper().startswith(ENV_PREFIX):
+                self._check_prefixed(name, value)
+
+    def _check_prefixed(self, name: str, value: str) -> None:
+        parts = tuple(name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER))
+        dotted = ".".join(parts)
+        if not all(parts):
+            self.add(
+                name, dotted, "malformed name; use CMG_<SECTION>__<KEY>, e.g. CMG_SERVER__PORT"
+            )
+            return
+        model: type[BaseModel] = Settings
+        for depth, part in enumerate(parts):
+            fields = model.model_fields
+            if part not in fields:
+                self.add(
+                    name,
+                    dotted,
+                    _unknown_key_text(
+                        model, parts[:depth], part, env=True, rest=parts[depth + 1 :]
+                    ),
+                )
+                return
+            annotation = fields[part].annotation
+            here = parts[: depth + 1]
+            rest = parts[depth + 1 :]
+            if here in _SECRET_KEYS:
+                self.add(name, dotted, f"is a secret; set {_SECRET_KEYS[here]} instead")
+                return
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                if not rest:
+                    self._check_json_section(name, here, value)
+                    return
+                model = annotation
+                continue
+            if rest:
+                if get_origin(annotation) is dict:
+                    self.add(
+                        name,
+                        dotted,
+                        "keys inside a table cannot be set one variable each (variable names are"
+                        f" read case-insensitively); set {ENV_PREFIX}"
+                        f"{ENV_NESTED_DELIMITER.join(p.upper() for p in here)} to a JSON object,"
+                        ' e.g. \'{"NAME": "value"}\'',
+                    )
+                else:
+                    self.add(name, dotted, f"unknown key: {'.'.join(here)} has no sub-keys")
+                return
+            if get_origin(annotation) is dict:
+                self._check_json_section(name, here, value)
+                return
+            self.env_origins[here] = (name, value)
+            return
+
+    def _check_json_section(self, name: str, loc: tuple[str, ...], value: str) -> None:
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = _MISSING
+        if not isinstance(decoded, dict):
+            self.add(name, ".".join(loc), f"expected a JSON object, got {_show(value)}")
+            return
+        for secret_loc, env_var in _SECRET_KEYS.items():
+            if secret_loc[: len(loc)] == loc and _walk(decoded, secret_loc[len(loc) :]) is not (
+                _MISSING
+            ):
+                self.add(name, ".".join(secret_loc), f"is a secret; set {env_var} instead")
+        self.env_origins[loc] = (name, decoded)
+
+    # -- after validation
+
+    def add_validation_errors(self, errors: list[ErrorDetails]) -> None:
+        for error in errors:
+            loc = tuple(str(part) for part in error["loc"])
+            kind = error["type"]
+            ctx = error.get("ctx") or {}
+            if kind == "cmg_cross_field":
+                section = loc
+                fields = tuple(str(ctx.get("fields", "")).split(","))
+                dotted = ".".join((*section, fields[0]))
+                sources = self._sources_for([(*section, f) for f in fields])
+                self.add(sources, dotted, error["msg"])
+                continue
+            dotted = ".".join(loc)
+            if dotted in self.reported:
+                continue
+            source = self._sources_for([loc])
+            if kind == "extra_forbidden":
+                model = _model_at(loc[:-1])
+                text = (
+                    _unknown_key_text(model, loc[:-1], loc[-1], env=False)
+                    if model is not None
+                    else "unknown key"
+                )
+                self.add(source, dotted, text)
+                continue
+            if loc in _SECRET_KEYS:
+                self.add(source, dotted, f"invalid value (not shown): {error['msg']}")
+                continue
+            expected = _expected_text(loc)
+            got = _show(error["input"])
+            if kind.startswith("cmg_"):
+                self.add(source, dotted, error["msg"])
+            elif expected is None:
+                self.add(source, dotted, f"{_lower_first(error['msg'])}, got {got}")
+            else:
+                self.add(source, dotted, f"expected {expected}, got {got}")
+
+    def _sources_for(self, locs: list[tuple[str, ...]]) -> str:
+        labels: list[str] = []
+        for loc in locs:
+            label = self._source_for(loc)
+            if label and label not in labels:
+                labels.append(label)
+        return ", ".join(labels) if labels else "defaults"
+
+    def _source_for(self, loc: tuple[str, ...]) -> str | None:
+        for depth in range(len(loc), 0, -1):
+            origin = self.env_origins.get(loc[:depth])
+            if origin is not None:
+                name, value = origin
+                if depth == len(loc) or _walk(value, loc[depth:]) is not _MISSING:
+                    return name
+        if _walk(self.toml_data, loc) is not _MISSING:
+            return self.toml_label
+        # a section-level problem: whoever set something inside it
+        inside = [name for path, (name, _) in self.env_origins.items() if path[: len(loc)] == loc]
+        if inside:
+            return inside[0]
+        return None
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        info = model.model_fields.get(part)
+        if info is None or not (
+            isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        ):
+            return None
+        model = info.annotation
+    return model
+
+
+def _field_at(loc: tuple[str, ...]) -> tuple[FieldInfo, tuple[str, ...]] | None:
+    """The field named by ``loc`` and what is left of ``loc`` below it (inside a table)."""
+    model: type[BaseModel] = Settings
+    for depth, part in enumerate(loc):
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        annotation = info.annotation
+        if (
+            depth + 1 < len(loc)
+            and isinstance(annotation, type)
+            and issubclass(annotation, BaseModel)
+        ):
+            model = annotation
+            continue
+        return info, loc[depth + 1 :]
+    return None
+
+
+def _unknown_key_text(
+    model: type[BaseModel],
+    parent: tuple[str, ...],
+    key: str,
+    *,
+    env: bool,
+    rest: tuple[str, ...] = (),
+) -> str:
+    known = [name for name in model.model_fields if (*parent, name) not in _SECRET_KEYS]
+    where = f"[{'.'.join(parent)}]" if parent else "the top level"
+    guess: tuple[str, ...] | None = None
+    for name in known:  # CMG_SERVER_PORT: one underscore where two belong
+        if env and key.startswith(name + "_"):
+            guess = (*parent, name, key[len(name) + 1 :], *rest)
+            break
+    if guess is None:
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            guess = (*parent, close[0], *rest)
+    if guess is not None:
+        hint = (
+            ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in guess)
+            if env
+            else ".".join(guess)
+        )
+        return f"unknown key (did you mean {hint}?)"
+    return f"unknown key; {where} accepts: {', '.join(known)}"
+
+
+def _flatten(annotation: Any) -> set[Any]:
+    """The plain types inside an annotation (``int | None`` → {int, NoneType})."""
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        found: set[Any] = set()
+        for arg in get_args(annotation):
+            found |= _flatten(arg)
+        return found
+    if origin in (tuple, list):
+        found = set()
+        for arg in get_args(annotation):
+            if arg is not Ellipsis:
+                found |= _flatten(arg)
+        return found
+    return {annotation}
+
+
+_TYPE_WORDS: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    Path: "a path",
+}
+
+
+def _expected_text(loc: tuple[str, ...]) -> str | None:
+    """What the field at ``loc`` accepts, in words: "an integer from 1 to 65535"."""
+    found = _field_at(loc)
+    if found is None:
+        return None
+    info, below = found
+    annotation = info.annotation
+    if below:  # inside a table: describe its values
+        if get_origin(annotation) is dict and len(below) == 1:
+            return _TYPE_WORDS.get(get_args(annotation)[1])
+        return None
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(json.dumps(v) for v in get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a table [{'.'.join(loc)}]"
+    if get_origin(annotation) is dict:
+        return "a table of strings"
+    plain = _flatten(annotation) - {type(None)}
+    if len(plain) != 1:
+        return None
+    (base,) = plain
+    words = _TYPE_WORDS.get(base)
+    if words is None:
+        return None
+    ge = le = gt = min_len = None
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            ge = bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            le = bound.le
+        elif isinstance(bound, annotated_types.Gt):
+            gt = bound.gt
+        elif isinstance(bound, annotated_types.MinLen):
+            min_len = bound.min_length
+    if ge is not None and le is not None:
+        words += f" from {ge} to {le}"
+    elif ge is not None:
+        words += f" of at least {ge}"
+    elif gt is not None:
+        words += f" greater than {gt}"
+    elif le is not None:
+        words += f" of at most {le}"
+    if min_len:
+        words = "a non-empty string" if base is str else words
+    if type(None) in _flatten(annotation):
+        words += " (or leave it unset)"
+    return words
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text else text
+
+
+# --------------------------------------------------------------------------- logging
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_HANDLER_PREFIX = f"{APP_NAME}."
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every secret value in a record's message (and traceback) with ``***``."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: let the handler report it
+            return True
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    """Log to stderr (and ``logging.file`` if set) at ``logging.level``, secrets redacted.
+
+    Calling it again replaces the handlers it installed before.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (handler.get_name() or "").startswith(_HANDLER_PREFIX):
+            root.removeHandler(handler)
+            handler.close()
+
+    formatter = logging.Formatter(LOG_FORMAT)
+    redact = RedactSecrets(settings.secrets())
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].set_name(_HANDLER_PREFIX + "stderr")
+    log_file = settings.logging.file_path
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            file_handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"logging.file: cannot open {log_file}: {exc}") from exc
+        file_handler.set_name(_HANDLER_PREFIX + "file")
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redact)
+        root.addHandler(handler)
+    root.setLevel(settings.logging.level)
