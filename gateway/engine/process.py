@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -119,6 +120,24 @@ async def cli_version(path: str, env: Mapping[str, str] | None = None) -> str:
             f" {err.decode(errors='replace')[:300]}",
         )
     return out.decode(errors="replace").strip().split(" ")[0]
+
+
+async def cli_auth_status(path: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """``claude auth status --json``: whether the CLI can authenticate (costs no quota)."""
+    full = {**os.environ, **env}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            path, "auth", "status", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    except (OSError, TimeoutError) as exc:
+        return {"loggedIn": False, "error": f"cannot run {path} auth status: {exc}"}
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return {"loggedIn": False, "error": (err or out).decode(errors="replace").strip()[:300]}
+    return data if isinstance(data, dict) else {"loggedIn": False, "error": "unexpected output"}
 
 
 def cli_environment(config: EngineConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:

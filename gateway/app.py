@@ -1,0 +1,104 @@
+"""Builds everything from Settings, and starts and stops it in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.api import api_config_from_settings, check_bind, create_app
+from gateway.config import Settings, secret_env_var_names
+from gateway.engine import Alert, Engine, EngineConfig
+from gateway.errors import ConfigError
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+#: How long a shutdown waits for running turns before their processes are killed.
+SHUTDOWN_GRACE = 5.0
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    claude = settings.claude
+    return EngineConfig(
+        workspace=claude.workspace,
+        cli_path=claude.cli_path,
+        permission_mode=claude.permission_mode,
+        default_model=claude.default_model,
+        model_aliases=dict(settings.models.aliases),
+        append_system_prompt=claude.append_system_prompt,
+        activity_timeout=claude.activity_timeout,
+        bash_max_timeout=claude.bash_max_timeout,
+        max_live_sessions=claude.max_live_sessions,
+        idle_timeout=claude.idle_timeout,
+        max_parallel_turns=claude.max_parallel_turns,
+        max_queued_per_conversation=claude.max_queued_per_conversation,
+        env=dict(claude.env),
+        secret_env_vars=secret_env_var_names(os.environ),
+    )
+
+
+@dataclass
+class Gateway:
+    """The running process: engine, HTTP server (and, later, bridges and scheduler)."""
+
+    settings: Settings
+    engine: Engine
+    runner: web.AppRunner | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Gateway:
+        api_config = api_config_from_settings(settings)
+        check_bind(settings.server.host, api_config)
+        engine = Engine(engine_config(settings), Store(settings.storage.db_path))
+        return cls(settings, engine)
+
+    async def start(self) -> None:
+        await self.engine.start()
+        self.engine.add_alert_handler(_log_alert)
+        app = create_app(self.engine, api_config_from_settings(self.settings))
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.server.host, self.settings.server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(
+                f"cannot listen on {self.settings.server.host}:{self.settings.server.port}:"
+                f" {exc.strerror or exc}. Is another gateway running? Change server.port."
+            ) from exc
+        log.info("listening on http://%s:%d", self.settings.server.host,
+                 self.settings.server.port)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.engine.stop(grace=SHUTDOWN_GRACE)
+
+
+async def _log_alert(alert: Alert) -> None:
+    log.warning("turn of %s (%s) ended: %s: %s", alert.key, alert.origin or "?",
+                alert.error.kind.value, alert.error.message)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    gateway = Gateway.build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await gateway.stop()
