@@ -478,3 +478,72 @@ def test_no_stray_cli_processes_left_by_this_module() -> None:
         if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
     assert leftovers == []
+
+
+async def test_global_cap_on_parallel_turns(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_parallel_turns=1)
+    await asyncio.gather(collect(engine, "t:c1", "warm"), collect(engine, "t:c2", "warm"))
+    started = time.monotonic()
+    a, b = await asyncio.gather(
+        collect(engine, "t:c1", "SLOW one"), collect(engine, "t:c2", "SLOW two")
+    )
+    elapsed = time.monotonic() - started
+    assert result_of(a).text == "echo: SLOW one" and result_of(b).text == "echo: SLOW two"
+    assert elapsed > 2.0, f"with a cap of 1 the SLOW turns must run in turn ({elapsed:.1f} s)"
+
+
+async def _start_long_bash(
+    engine: Engine, fake_api: FakeAnthropic, key: str
+) -> asyncio.Future[list[object]]:
+    # (Claude Code refuses "sleep N; ..." chains, so sleep inside Python)
+    command = 'python3 -c "import time; time.sleep(37)" && echo done'
+    fake_api.script({"tool_use": {"name": "Bash", "input": {"command": command}}},
+                    match="long bash")
+    turn: asyncio.Future[list[object]] = asyncio.ensure_future(
+        collect(engine, key, "long bash")
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if any("time.sleep(37)" in p for p in _descendants()):
+            return turn
+        await asyncio.sleep(0.1)
+    raise AssertionError("the Bash command never started")
+
+
+def _descendants() -> list[str]:
+    """Command lines of the live descendants of this test process."""
+    out = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            pass
+    return out
+
+
+async def test_stop_during_a_bash_command_kills_the_whole_tree(
+    make_engine: EngineFactory, fake_api: FakeAnthropic
+) -> None:
+    engine = await make_engine()
+    turn = await _start_long_bash(engine, fake_api, "t:tree")
+    await engine.stop()
+    assert isinstance((await turn)[-1], TurnError)
+    deadline = time.monotonic() + 5
+    while _descendants() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert _descendants() == []
+
+
+async def test_timeout_during_a_silent_bash_command_kills_its_children(
+    make_engine: EngineFactory, fake_api: FakeAnthropic
+) -> None:
+    engine = await make_engine(activity_timeout=3.0, bash_max_timeout=3.0)
+    turn = await _start_long_bash(engine, fake_api, "t:tree2")
+    events = await turn
+    assert error_of(events).kind is ErrorKind.TIMEOUT
+    deadline = time.monotonic() + 5
+    while any("time.sleep(37)" in p for p in _descendants()):
+        assert time.monotonic() < deadline, "the Bash command outlived the timeout"
+        await asyncio.sleep(0.1)
+    assert result_of(await collect(engine, "t:tree2", "still here?")).text == "echo: still here?"
