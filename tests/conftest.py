@@ -78,8 +78,7 @@ async def collect(
     engine: Engine, key: str, text: str | Prompt, options: TurnOptions | None = None
 ) -> list[Event]:
     """Run one turn to its end and return all its events."""
-    prompt = text if isinstance(prompt_or_none := text, Prompt) else Prompt(text=str(text))
-    del prompt_or_none
+    prompt = text if isinstance(text, Prompt) else Prompt(text=text)
     return [event async for event in engine.turn(key, prompt, options)]
 
 

@@ -1,0 +1,22 @@
+"""The OpenAI-compatible HTTP API: a thin frontend over the engine.
+
+* :func:`create_app` builds the aiohttp application (``/health``, ``/openapi.json``,
+  ``/v1/models``, ``/v1/models/{id}``, ``/v1/chat/completions``).
+* :class:`ApiConfig` is what it needs from the settings; :func:`api_config_from_settings`
+  builds it from ``settings.server`` and refuses a non-loopback bind without API keys.
+
+Request conversion lives in :mod:`gateway.api.convert`, the conversation rules in
+:mod:`gateway.api.conversation`, the handlers and the error table in :mod:`gateway.api.routes`.
+"""
+
+from gateway.api.config import ApiConfig, api_config_from_settings, check_bind, is_loopback
+from gateway.api.routes import ApiEngine, create_app
+
+__all__ = [
+    "ApiConfig",
+    "ApiEngine",
+    "api_config_from_settings",
+    "check_bind",
+    "create_app",
+    "is_loopback",
+]

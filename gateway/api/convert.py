@@ -1,0 +1,666 @@
+"""OpenAI Chat Completions wire format <-> engine types. Pure functions, no I/O.
+
+* :func:`parse_chat_request` validates a request body; every problem is a
+  ``GatewayError(INVALID_REQUEST, "<field path>: <what is wrong>")``.
+* :func:`split_conversation` separates instructions (``system``/``developer``), the history
+  the client already has answers for, and the new messages of this turn.
+* :func:`build_prompt` renders the new messages (and, for a fresh session, the earlier history
+  as a delimited transcript) into one :class:`Prompt`.
+* :class:`ChunkFactory` builds ``chat.completion.chunk`` / ``chat.completion`` bodies;
+  :func:`usage_to_openai` maps token counts; :func:`http_error` maps an :class:`ErrorKind`
+  to an HTTP status and an OpenAI error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.engine.events import (
+    Commentary,
+    Event,
+    ImagePart,
+    Prompt,
+    StreamMode,
+    TextDelta,
+    ToolStarted,
+    Usage,
+)
+from gateway.errors import ErrorKind, GatewayError
+
+# --------------------------------------------------------------------------- request model
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """An OpenAI ``tool_calls[]`` entry of an assistant message (kept for the transcript)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One request message, normalised: text parts joined, images decoded from data URLs."""
+
+    role: str
+    text: str
+    images: tuple[ImagePart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    index: int = 0  # position in the request's ``messages``
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The parts of a Chat Completions request the gateway acts on."""
+
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False
+    stream_mode: StreamMode | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
+
+
+def _invalid(path: str, problem: str) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST, f"{path}: {problem}")
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def parse_stream_mode(value: object, path: str) -> StreamMode:
+    """``smart``/``final``/``verbose`` (case-insensitive), else a 400 naming ``path``."""
+    if isinstance(value, str):
+        try:
+            return StreamMode(value.strip().lower())
+        except ValueError:
+            pass
+    raise _invalid(path, f"must be one of smart, final, verbose (got {value!r})")
+
+
+def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(name, f"must be a string, not {_type_name(value)}")
+    return value if value.strip() else None
+
+
+def _check_unsupported(body: Mapping[str, Any]) -> None:
+    """Reject what the gateway cannot honour; everything else unknown is ignored, as OpenAI does."""
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise _invalid("n", "only 1 completion per request is supported")
+    if body.get("logprobs") not in (None, False):
+        raise _invalid("logprobs", "log probabilities are not available through Claude Code")
+    if body.get("top_logprobs") not in (None, 0):
+        raise _invalid("top_logprobs", "log probabilities are not available through Claude Code")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict):
+            raise _invalid("response_format", f"must be an object, not {_type_name(fmt)}")
+        if fmt.get("type", "text") != "text":
+            raise _invalid(
+                "response_format.type",
+                f"{fmt.get('type')!r} is not supported; only 'text' (ask for JSON in a message)",
+            )
+    modalities = body.get("modalities")
+    if modalities is not None:
+        if not isinstance(modalities, list) or any(m != "text" for m in modalities):
+            raise _invalid("modalities", "only ['text'] is supported")
+    if body.get("audio") is not None:
+        raise _invalid("audio", "audio output is not supported")
+
+
+def parse_chat_request(body: object) -> ChatRequest:
+    """Validate a decoded JSON body. Raises ``GatewayError(INVALID_REQUEST)`` naming the field."""
+    if not isinstance(body, dict):
+        raise _invalid("body", f"must be a JSON object, not {_type_name(body)}")
+    model = body.get("model")
+    if model is None:
+        raise _invalid("model", "is required")
+    if not isinstance(model, str) or not model.strip():
+        raise _invalid("model", "must be a non-empty string")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("stream", f"must be a boolean, not {_type_name(stream)}")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _invalid("stream_options", f"must be an object, not {_type_name(options)}")
+        iu = options.get("include_usage")
+        if iu is not None and not isinstance(iu, bool):
+            raise _invalid("stream_options.include_usage", "must be a boolean")
+        include_usage = bool(iu)
+    mode_value = body.get("stream_mode")
+    stream_mode = None if mode_value is None else parse_stream_mode(mode_value, "stream_mode")
+    _check_unsupported(body)
+    raw_messages = body.get("messages")
+    if raw_messages is None:
+        raise _invalid("messages", "is required")
+    if not isinstance(raw_messages, list):
+        raise _invalid("messages", f"must be an array, not {_type_name(raw_messages)}")
+    if not raw_messages:
+        raise _invalid("messages", "must contain at least one message")
+    messages = tuple(parse_message(m, i) for i, m in enumerate(raw_messages))
+    return ChatRequest(
+        model=model.strip(),
+        messages=messages,
+        stream=bool(stream),
+        include_usage=include_usage,
+        stream_mode=stream_mode,
+        prompt_cache_key=_optional_str(body, "prompt_cache_key"),
+        user=_optional_str(body, "user"),
+    )
+
+
+def parse_message(raw: object, index: int) -> Message:
+    path = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise _invalid(path, f"must be an object, not {_type_name(raw)}")
+    role = raw.get("role")
+    if role not in ROLES:
+        raise _invalid(f"{path}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _invalid(f"{path}.name", "must be a string")
+    content = raw.get("content")
+    allow_images = role == "user"
+    tool_calls: tuple[ToolCall, ...] = ()
+    if role == "assistant":
+        tool_calls = _parse_tool_calls(raw, path)
+        if content is None and not tool_calls and raw.get("refusal") is None:
+            raise _invalid(f"{path}.content", "is required unless tool_calls is given")
+        if content is None and isinstance(raw.get("refusal"), str):
+            content = raw["refusal"]
+    elif content is None:
+        raise _invalid(f"{path}.content", "is required")
+    text, images = _parse_content(content, f"{path}.content", allow_images=allow_images)
+    tool_call_id: str | None = None
+    if role == "tool":
+        tcid = raw.get("tool_call_id")
+        if tcid is not None and not isinstance(tcid, str):
+            raise _invalid(f"{path}.tool_call_id", "must be a string")
+        tool_call_id = tcid
+    return Message(
+        role=str(role),
+        text=text,
+        images=images,
+        tool_calls=tool_calls,
+        tool_call_id=tool_call_id,
+        name=name,
+        index=index,
+    )
+
+
+def _parse_tool_calls(raw: Mapping[str, Any], path: str) -> tuple[ToolCall, ...]:
+    calls: list[ToolCall] = []
+    value = raw.get("tool_calls")
+    if value is not None:
+        if not isinstance(value, list):
+            raise _invalid(f"{path}.tool_calls", "must be an array")
+        for j, call in enumerate(value):
+            cpath = f"{path}.tool_calls[{j}]"
+            if not isinstance(call, dict):
+                raise _invalid(cpath, "must be an object")
+            fn = call.get("function") or call.get("custom") or {}
+            if not isinstance(fn, dict):
+                raise _invalid(f"{cpath}.function", "must be an object")
+            args = fn.get("arguments", fn.get("input", ""))
+            calls.append(
+                ToolCall(
+                    id=str(call.get("id") or ""),
+                    name=str(fn.get("name") or "?"),
+                    arguments=args if isinstance(args, str) else json.dumps(args),
+                )
+            )
+    legacy = raw.get("function_call")
+    if isinstance(legacy, dict):
+        args = legacy.get("arguments", "")
+        calls.append(
+            ToolCall(
+                id="",
+                name=str(legacy.get("name") or "?"),
+                arguments=args if isinstance(args, str) else json.dumps(args),
+            )
+        )
+    return tuple(calls)
+
+
+def _parse_content(
+    content: object, path: str, *, allow_images: bool
+) -> tuple[str, tuple[ImagePart, ...]]:
+    if content is None:
+        return "", ()
+    if isinstance(content, str):
+        return content, ()
+    if not isinstance(content, list):
+        raise _invalid(path, f"must be a string or an array of parts, not {_type_name(content)}")
+    texts: list[str] = []
+    images: list[ImagePart] = []
+    for j, part in enumerate(content):
+        ppath = f"{path}[{j}]"
+        if not isinstance(part, dict):
+            raise _invalid(ppath, f"must be an object, not {_type_name(part)}")
+        ptype = part.get("type")
+        if ptype in ("text", "input_text", "output_text", "refusal"):
+            key = "refusal" if ptype == "refusal" else "text"
+            value = part.get(key)
+            if not isinstance(value, str):
+                raise _invalid(f"{ppath}.{key}", "must be a string")
+            texts.append(value)
+        elif ptype == "image_url":
+            if not allow_images:
+                raise _invalid(f"{ppath}.type", "images are only accepted in user messages")
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise _invalid(f"{ppath}.image_url.url", "must be a string")
+            images.append(parse_data_url(url, f"{ppath}.image_url.url"))
+        else:
+            raise _invalid(
+                f"{ppath}.type",
+                f"{ptype!r} is not supported; use 'text' or 'image_url' with a data: URL",
+            )
+    return "\n".join(texts), tuple(images)
+
+
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*);base64,(.*)$", re.DOTALL)
+
+
+def _sniff_image(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def parse_data_url(url: str, path: str) -> ImagePart:
+    """A ``data:image/...;base64,...`` URL as an :class:`ImagePart`.
+
+    The media type is taken from the image bytes when they disagree with the URL (the
+    Anthropic API rejects a mismatch); remote ``http(s)`` URLs are refused.
+    """
+    if url.startswith(("http://", "https://")):
+        raise _invalid(path, "remote image URLs are not fetched; send the image as a data: URL")
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise _invalid(path, "must be a data: URL such as data:image/png;base64,<data>")
+    declared = match.group(1).lower()
+    data = re.sub(r"\s+", "", match.group(3))
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid(path, "the base64 data is invalid") from None
+    if not raw:
+        raise _invalid(path, "the image is empty")
+    media_type = _sniff_image(raw[:16]) or ("image/jpeg" if declared == "image/jpg" else declared)
+    if media_type not in IMAGE_TYPES:
+        raise _invalid(path, f"{declared} is not supported; use PNG, JPEG, GIF or WebP")
+    return ImagePart(media_type, data)
+
+
+# --------------------------------------------------------------------------- conversation split
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A request's messages, split at the last assistant message."""
+
+    system: str | None  # system + developer messages, joined with blank lines
+    history: tuple[Message, ...]  # up to and including the last assistant message
+    new: tuple[Message, ...]  # after the last assistant message: this turn's input
+    messages: tuple[Message, ...] = field(default=(), repr=False)  # all non-system messages
+
+    @property
+    def last_reply(self) -> Message | None:
+        """The last assistant message, if the client sent one."""
+        return self.history[-1] if self.history else None
+
+    @property
+    def first_user(self) -> Message | None:
+        return next((m for m in self.messages if m.role == "user"), None)
+
+
+def split_conversation(messages: Sequence[Message]) -> Conversation:
+    """Split at the last ``assistant`` message. Raises 400 when nothing follows it."""
+    instructions = [
+        m.text for m in messages if m.role in ("system", "developer") and m.text.strip()
+    ]
+    chat = tuple(m for m in messages if m.role not in ("system", "developer"))
+    if not chat:
+        raise _invalid("messages", "must contain at least one user message")
+    last_assistant = max((i for i, m in enumerate(chat) if m.role == "assistant"), default=-1)
+    history, new = chat[: last_assistant + 1], chat[last_assistant + 1 :]
+    if not new:
+        raise _invalid(
+            f"messages[{chat[-1].index}]",
+            "the conversation ends with an assistant message; end it with a user (or tool) "
+            "message, continuing a partial assistant reply is not supported",
+        )
+    return Conversation(
+        system="\n\n".join(instructions) if instructions else None,
+        history=history,
+        new=new,
+        messages=chat,
+    )
+
+
+# --------------------------------------------------------------------------- prompt rendering
+
+HISTORY_OPEN = "<conversation_history>"
+HISTORY_CLOSE = "</conversation_history>"
+HISTORY_PREFACE = (
+    "The earlier part of this conversation, as the client recorded it, is between the "
+    "conversation_history tags. Treat it as what was said before; answer the new message(s) "
+    "after it."
+)
+
+
+def _tool_names(messages: Sequence[Message]) -> dict[str, str]:
+    return {c.id: c.name for m in messages for c in m.tool_calls if c.id}
+
+
+def _tool_label(message: Message, names: Mapping[str, str]) -> str:
+    name = message.name or names.get(message.tool_call_id or "")
+    label = f"[tool result: {name}" if name else "[tool result"
+    if message.tool_call_id:
+        label += f" (call {message.tool_call_id})"
+    return label + "]"
+
+
+def _render_new(message: Message, names: Mapping[str, str], marker: int | None) -> str:
+    text = message.text
+    if marker is not None and message.images:
+        marks = " ".join(f"[image {marker + k}]" for k in range(len(message.images)))
+        text = f"{marks}\n{text}" if text else marks
+    if message.role in ("tool", "function"):
+        return f"{_tool_label(message, names)}\n{text}"
+    return text
+
+
+def _render_history(message: Message, names: Mapping[str, str], marker: int) -> str:
+    body = _render_new(message, names, marker)
+    if message.role in ("tool", "function"):
+        return body  # already labelled
+    who = f"[{message.role} ({message.name})]" if message.name else f"[{message.role}]"
+    calls = "".join(f"\n[tool call: {c.name}] {c.arguments}" for c in message.tool_calls)
+    return f"{who}\n{body}{calls}" if body else f"{who}{calls}"
+
+
+def _escape(text: str) -> str:
+    return text.replace(HISTORY_CLOSE, "</conversation_history >")
+
+
+def build_prompt(conversation: Conversation, *, seed: bool) -> Prompt:
+    """This turn's :class:`Prompt`.
+
+    Without ``seed``: the new messages only (texts joined with blank lines, tool results as
+    labelled text, images as images). With ``seed``: the earlier history first, as a delimited
+    transcript, then the new messages; images are numbered so the text can refer to them.
+    """
+    names = _tool_names(conversation.messages)
+    seed = seed and bool(conversation.history)
+    images: list[ImagePart] = []
+    parts: list[str] = []
+    if seed:
+        lines = []
+        for m in conversation.history:
+            lines.append(_escape(_render_history(m, names, len(images) + 1)))
+            images.extend(m.images)
+        parts.append(
+            f"{HISTORY_PREFACE}\n{HISTORY_OPEN}\n" + "\n\n".join(lines) + f"\n{HISTORY_CLOSE}"
+        )
+    for m in conversation.new:
+        text = _render_new(m, names, len(images) + 1 if seed else None)
+        images.extend(m.images)
+        if text.strip():
+            parts.append(text)
+    return Prompt(text="\n\n".join(parts), images=tuple(images))
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+_DIRECTIVE = re.compile(r"\[\[\s*[a-z_]+(?:\s*:[^\]]*)?\s*\]\]")
+
+
+def normalize_text(text: str) -> str:
+    """What two copies of one message have in common: whitespace collapsed, chat-client
+    reply directives such as OpenClaw's ``[[reply_to_current]]`` removed."""
+    return " ".join(_DIRECTIVE.sub(" ", text).split())
+
+
+def fingerprint(text: str, images: Sequence[ImagePart] = ()) -> str:
+    """sha256 of the normalised text (and image data): what the store keeps, never the text."""
+    h = hashlib.sha256(normalize_text(text).encode("utf-8"))
+    for image in images:
+        h.update(b"\x00image:" + hashlib.sha256(image.data_b64.encode("ascii")).digest())
+    return h.hexdigest()
+
+
+def message_fingerprint(message: Message) -> str:
+    return fingerprint(message.text, message.images)
+
+
+# --------------------------------------------------------------------------- events -> output
+
+
+def render_event(event: Event, mode: StreamMode) -> str | None:
+    """The answer text an event adds to the response, or ``None``.
+
+    Commentary is progress, not answer; in ``verbose`` mode tool calls are shown as lines.
+    """
+    if isinstance(event, TextDelta):
+        return event.text or None
+    if isinstance(event, ToolStarted) and mode is StreamMode.VERBOSE:
+        return f"\n[tool] {event.summary or event.name}\n"
+    if isinstance(event, Commentary):
+        return None
+    return None
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    if stop_reason in ("max_tokens", "model_context_window_exceeded"):
+        return "length"
+    if stop_reason == "refusal":
+        return "content_filter"
+    return "stop"
+
+
+def usage_to_openai(usage: Usage) -> dict[str, Any]:
+    prompt = usage.prompt_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": prompt + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+    }
+
+
+@dataclass(frozen=True)
+class ChunkFactory:
+    """Builds the bodies of one completion; every chunk carries the same id/created/model."""
+
+    id: str
+    created: int
+    model: str
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def role(self) -> dict[str, Any]:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def keepalive(self) -> dict[str, Any]:
+        # The exact shape measured to reset OpenClaw's idle timer (SSE comments do not).
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def text(self, text: str) -> dict[str, Any]:
+        return self.chunk({"content": text})
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return self.chunk({}, reason)
+
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage_to_openai(usage),
+        }
+
+    def completion(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "finish_reason": reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage_to_openai(usage),
+        }
+
+
+def sse(data: Mapping[str, Any]) -> bytes:
+    """One server-sent event carrying ``data`` as compact JSON."""
+    return (
+        b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    )
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+# --------------------------------------------------------------------------- errors
+
+NOT_LOGGED_IN_HINT = (
+    "The Claude Code CLI on the gateway host is not logged in. The gateway owner must run "
+    "`claude` on that host and use /login (with the Claude Max account), then retry."
+)
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """An error as the API reports it: status, OpenAI ``type``/``code``, Retry-After."""
+
+    status: int
+    type: str
+    code: str
+    message: str
+    retry_after: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {"message": self.message, "type": self.type, "code": self.code, "param": None}
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+# kind -> (status, type, code, default Retry-After seconds)
+ERROR_TABLE: dict[ErrorKind, tuple[int, str, str, int | None]] = {
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error", "invalid_request", None),
+    ErrorKind.UNKNOWN_MODEL: (400, "invalid_request_error", "model_not_found", None),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error", "rate_limit_exceeded", 60),
+    ErrorKind.BUSY: (503, "server_error", "conversation_busy", 5),
+    ErrorKind.OVERLOADED: (503, "server_error", "overloaded", 10),
+    ErrorKind.CLI_MISSING: (503, "server_error", "cli_unavailable", None),
+    ErrorKind.NOT_LOGGED_IN: (503, "server_error", "cli_not_logged_in", None),
+    ErrorKind.SHUTDOWN: (503, "server_error", "shutting_down", 5),
+    ErrorKind.AUTHENTICATION: (502, "upstream_error", "upstream_authentication_failed", None),
+    ErrorKind.API_ERROR: (502, "upstream_error", "upstream_error", None),
+    ErrorKind.CRASHED: (502, "server_error", "cli_crashed", None),
+    ErrorKind.TIMEOUT: (504, "server_error", "timeout", None),
+    ErrorKind.INTERRUPTED: (409, "server_error", "interrupted", None),
+    ErrorKind.CONFIG: (500, "server_error", "configuration_error", None),
+}
+
+
+def http_error(
+    kind: ErrorKind,
+    message: str,
+    retry_after: float | None = None,
+    upstream_status: int | None = None,
+) -> HttpError:
+    """The HTTP form of a typed failure (see the table in ``gateway/api/__init__.py``)."""
+    status, etype, code, default_retry = ERROR_TABLE.get(
+        kind, (500, "server_error", "internal_error", None)
+    )
+    if kind is ErrorKind.API_ERROR and upstream_status is not None:
+        if upstream_status in (400, 404, 413, 422):
+            # The upstream refused the request itself (e.g. prompt too long): retrying is futile.
+            status, etype, code = 400, "invalid_request_error", "upstream_invalid_request"
+        elif upstream_status == 429:
+            status, etype, code, default_retry = 429, "rate_limit_error", "rate_limit_exceeded", 60
+        elif upstream_status in (503, 529):
+            status, etype, code, default_retry = 503, "server_error", "overloaded", 10
+    if kind is ErrorKind.NOT_LOGGED_IN and "/login" not in message:
+        message = f"{NOT_LOGGED_IN_HINT} ({message})" if message else NOT_LOGGED_IN_HINT
+    retry: int | None = None
+    if retry_after is not None and retry_after >= 0:
+        retry = max(1, math.ceil(retry_after))
+    elif default_retry is not None:
+        retry = default_retry
+    return HttpError(status, etype, code, message or code, retry)
+
+
+def http_error_from_exc(exc: GatewayError) -> HttpError:
+    return http_error(exc.kind, exc.message, exc.retry_after, exc.status)
+
+
+def request_error(
+    status: int, code: str, message: str, retry_after: int | None = None
+) -> HttpError:
+    """Errors the HTTP layer itself raises (401, 404, 405, 413, 503 server_busy)."""
+    etype = "invalid_request_error" if status < 500 else "server_error"
+    return HttpError(status, etype, code, message, retry_after)

@@ -1,0 +1,392 @@
+"""The OpenAPI 3.1 document of the API, served at ``/openapi.json``.
+
+The schemas are JSON Schema 2020-12 and describe what the handlers really send; the tests
+validate real responses against them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gateway import __version__
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_CONVERSATION = {
+    "X-Conversation-Id": {
+        "description": "The conversation this request used; send it back in the "
+        "X-Conversation-Id request header to pin the conversation.",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _error(description: str, *, retry: bool = False, conversation: bool = False) -> dict[str, Any]:
+    response = _json("Error", description)
+    headers: dict[str, Any] = {}
+    if retry:
+        headers.update(_RETRY_AFTER)
+    if conversation:
+        headers.update(_CONVERSATION)
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_AUTH_ERROR = _error("Missing or wrong gateway API key (only when server.api_keys is set).")
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": _NULLABLE_STRING,
+                    "param": _NULLABLE_STRING,
+                },
+            }
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": [
+            "status",
+            "version",
+            "cli_path",
+            "cli_version",
+            "live_processes",
+            "sessions",
+            "running_turns",
+            "rate_limit",
+        ],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "version": {"type": "string"},
+            "cli_path": _NULLABLE_STRING,
+            "cli_version": _NULLABLE_STRING,
+            "live_processes": {"type": "integer", "minimum": 0},
+            "sessions": {"type": "integer", "minimum": 0},
+            "running_turns": {"type": "integer", "minimum": 0},
+            "rate_limit": {
+                "type": ["object", "null"],
+                "description": "The last rate-limit status the CLI reported.",
+            },
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"],
+        "properties": {
+            "prompt_tokens": {"type": "integer", "minimum": 0},
+            "completion_tokens": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+            "prompt_tokens_details": {
+                "type": "object",
+                "required": ["cached_tokens"],
+                "properties": {"cached_tokens": {"type": "integer", "minimum": 0}},
+            },
+        },
+    },
+    "FinishReason": {"enum": ["stop", "length", "content_filter"]},
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string", "description": "The model id the request named."},
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"const": 0},
+                        "message": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                                "refusal": {"type": "null"},
+                            },
+                        },
+                        "finish_reason": _ref("FinishReason"),
+                        "logprobs": {"type": "null"},
+                    },
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "ChatCompletionChunk": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion.chunk"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "maxItems": 1,
+                "description": "Empty only in the final usage chunk.",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "delta", "finish_reason"],
+                    "properties": {
+                        "index": {"const": 0},
+                        "delta": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                        "finish_reason": {"oneOf": [_ref("FinishReason"), {"type": "null"}]},
+                    },
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "StreamEvent": {
+        "description": "The JSON of one `data:` line of the stream; the stream ends with "
+        "`data: [DONE]`.",
+        "oneOf": [_ref("ChatCompletionChunk"), _ref("Error")],
+    },
+    "ContentPart": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": ["text", "image_url", "input_text", "output_text", "refusal"]},
+            "text": {"type": "string"},
+            "image_url": {
+                "type": "object",
+                "required": ["url"],
+                "properties": {
+                    "url": {"type": "string", "description": "A data:image/...;base64 URL."}
+                },
+            },
+        },
+    },
+    "ChatMessage": {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+            "content": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": _ref("ContentPart")},
+                    {"type": "null"},
+                ]
+            },
+            "name": {"type": "string"},
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+            "tool_call_id": {"type": "string"},
+        },
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "description": "Other OpenAI fields (temperature, tools, tool_choice, "
+        "max_completion_tokens, ...) are accepted and ignored.",
+        "properties": {
+            "model": {"type": "string"},
+            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+            "stream": {"type": ["boolean", "null"]},
+            "stream_options": {
+                "type": ["object", "null"],
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+            "stream_mode": {
+                "enum": ["smart", "final", "verbose"],
+                "description": "Gateway extension: how answer text streams.",
+            },
+            "prompt_cache_key": {
+                "type": "string",
+                "description": "Names the conversation unless X-Conversation-Id is sent.",
+            },
+            "user": {
+                "type": "string",
+                "description": "Names the conversation unless a header or prompt_cache_key does.",
+            },
+            "n": {"const": 1},
+        },
+    },
+}
+
+
+def _chat_path() -> dict[str, Any]:
+    header = {"in": "header", "required": False, "schema": {"type": "string"}}
+    return {
+        "post": {
+            "operationId": "createChatCompletion",
+            "summary": "Run one turn of a conversation through Claude Code.",
+            "parameters": [
+                {**header, "name": "X-Conversation-Id", "description": "Names the conversation."},
+                {**header, "name": "X-Session-Id", "description": "Same as X-Conversation-Id."},
+                {
+                    **header,
+                    "name": "X-Stream-Mode",
+                    "schema": {"enum": ["smart", "final", "verbose"]},
+                    "description": "How answer text streams (overrides the body's stream_mode).",
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "A chat.completion, or with stream=true an SSE stream of "
+                    "StreamEvent objects ending with `data: [DONE]`.",
+                    "headers": _CONVERSATION,
+                    "content": {
+                        "application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {
+                            "schema": {"type": "string"},
+                            "x-event-schema": _ref("StreamEvent"),
+                        },
+                    },
+                },
+                "400": _error("Invalid request; the message names the field."),
+                "401": _AUTH_ERROR,
+                "409": _error(
+                    "The turn was interrupted (interrupt or reset of the conversation).",
+                    conversation=True,
+                ),
+                "413": _error("The request body is larger than server.max_body_mb."),
+                "429": _error("Claude usage limit reached.", retry=True, conversation=True),
+                "502": _error(
+                    "The Claude Code CLI crashed, or the Anthropic API failed.", conversation=True
+                ),
+                "503": _error(
+                    "Overloaded, CLI unavailable or not logged in, shutting down, or the "
+                    "gateway is at max_concurrent_requests (code server_busy).",
+                    retry=True,
+                ),
+                "504": _error("The turn showed no activity for too long.", conversation=True),
+            },
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may modify it)."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Claude Max Gateway",
+                "version": __version__,
+                "description": "An OpenAI-compatible endpoint in front of the real Claude Code "
+                "CLI. Errors are OpenAI error JSON.",
+            },
+            "components": {
+                "schemas": SCHEMAS,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+            "security": [{}, {"bearer": []}],
+            "paths": {
+                "/health": {
+                    "get": {
+                        "operationId": "health",
+                        "security": [],
+                        "summary": "Gateway and CLI status.",
+                        "responses": {
+                            "200": _json("Health", "The CLI is available."),
+                            "503": _json("Health", "The CLI is not available."),
+                        },
+                    }
+                },
+                "/openapi.json": {
+                    "get": {
+                        "operationId": "openapi",
+                        "security": [],
+                        "summary": "This document.",
+                        "responses": {
+                            "200": {
+                                "description": "The OpenAPI document.",
+                                "content": {"application/json": {"schema": {"type": "object"}}},
+                            }
+                        },
+                    }
+                },
+                "/v1/models": {
+                    "get": {
+                        "operationId": "listModels",
+                        "summary": "Model ids and aliases the gateway accepts.",
+                        "responses": {
+                            "200": _json("ModelList", "The models."),
+                            "401": _AUTH_ERROR,
+                        },
+                    }
+                },
+                "/v1/models/{model_id}": {
+                    "get": {
+                        "operationId": "retrieveModel",
+                        "summary": "One model.",
+                        "parameters": [
+                            {
+                                "name": "model_id",
+                                "in": "path",
+                                "required": True,
+                                "schema": {"type": "string"},
+                            }
+                        ],
+                        "responses": {
+                            "200": _json("Model", "The model."),
+                            "401": _AUTH_ERROR,
+                            "404": _error("No such model."),
+                        },
+                    }
+                },
+                "/v1/chat/completions": _chat_path(),
+            },
+        }
+    )

@@ -1,0 +1,555 @@
+"""The aiohttp application: handlers, SSE writer, keepalive, auth and limits.
+
+Errors are always OpenAI error JSON, ``{"error": {"message", "type", "code", "param"}}``
+(see :data:`gateway.api.convert.ERROR_TABLE` for the kind -> status table):
+
+* 400 invalid request (the message names the field), unknown model (``model_not_found``);
+* 401 only for a missing/wrong gateway API key, when keys are configured;
+* 404 unknown path or model id, 405 wrong method, 413 body over ``max_body_bytes``;
+* 409 ``interrupted``: the turn was stopped by ``interrupt``/``reset`` of its conversation;
+* 429 rate limited, with ``Retry-After``;
+* 502 CLI crash, upstream API error or upstream authentication failure (never 401/403:
+  OpenClaw disables a provider for a minute after one);
+* 503 overloaded, CLI missing, CLI not logged in, shutting down, conversation busy, and
+  ``server_busy`` when ``max_concurrent_requests`` chat requests are already running (with
+  ``Retry-After``; 503 rather than 429 so clients do not read it as an account rate limit);
+* 504 activity timeout.
+
+A stream starts (HTTP 200 + headers) at the first output, or when the keepalive interval
+passes without any, so a failure before that still gets its real status. A failure after it
+is an in-stream ``{"error": {...}}`` event; ``data: [DONE]`` always ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.api.config import ApiConfig
+from gateway.api.conversation import Plan, plan_conversation
+from gateway.api.convert import (
+    SSE_DONE,
+    ChatRequest,
+    ChunkFactory,
+    HttpError,
+    build_prompt,
+    finish_reason,
+    http_error,
+    http_error_from_exc,
+    parse_chat_request,
+    parse_stream_mode,
+    render_event,
+    request_error,
+    split_conversation,
+    sse,
+)
+from gateway.api.openapi import openapi_document
+from gateway.api.turn import MetaStore, TurnPump, answer_text
+from gateway.engine.events import (
+    Event,
+    Prompt,
+    TurnError,
+    TurnOptions,
+    TurnResult,
+)
+from gateway.errors import ErrorKind, GatewayError
+
+log = logging.getLogger(__name__)
+
+CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
+STREAM_MODE_HEADER = "X-Stream-Mode"
+SERVER_BUSY_RETRY_AFTER = 2
+#: how often a waiting handler checks whether its client is still connected
+DISCONNECT_POLL_SECONDS = 0.25
+#: the most of an oversized body that is read and discarded so the client sees the 413
+DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
+#: bodies larger than this are parsed in a worker thread
+THREAD_PARSE_BYTES = 512 * 1024
+
+
+class ApiEngine(Protocol):
+    """What the API uses of :class:`gateway.engine.Engine`."""
+
+    @property
+    def store(self) -> MetaStore: ...
+
+    def turn(
+        self, key: str, prompt: Prompt, options: TurnOptions = ...
+    ) -> AsyncIterator[Event]: ...
+
+    def resolve_model(self, name: str | None) -> str | None: ...
+
+    def model_names(self) -> list[str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ApiState:
+    """Per-application mutable state (no globals)."""
+
+    started_at: float = field(default_factory=time.time)
+    active_requests: int = 0
+    claimed: set[str] = field(default_factory=set)  # automatic keys with a turn in flight
+    pumps: set[TurnPump] = field(default_factory=set)
+
+    def claim(self, key: str) -> bool:
+        if key in self.claimed:
+            return False
+        self.claimed.add(key)
+        return True
+
+    def release(self, key: str) -> None:
+        self.claimed.discard(key)
+
+
+ENGINE: web.AppKey[ApiEngine] = web.AppKey("api_engine", ApiEngine)
+CONFIG: web.AppKey[ApiConfig] = web.AppKey("api_config", ApiConfig)
+STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
+
+
+class ApiError(Exception):
+    """Raised inside handlers; the error middleware turns it into a JSON response."""
+
+    def __init__(self, error: HttpError, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.headers = headers or {}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def error_response(error: HttpError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        error.body(), status=error.status, headers={**error.headers(), **(headers or {})}
+    )
+
+
+# --------------------------------------------------------------------------- middlewares
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.error, exc.headers)
+    except GatewayError as exc:
+        return error_response(http_error_from_exc(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"Unknown path: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        elif exc.status == 413:
+            limit = request.app[CONFIG].max_body_bytes
+            message = f"The request body is larger than the limit of {_mb(limit)}"
+        else:
+            message = exc.reason
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        return error_response(request_error(exc.status, code, message))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(
+            request_error(500, "internal_error", "Internal gateway error; see the gateway log")
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
+def _offered_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-Api-Key") or None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = request.app[CONFIG].api_keys
+    if keys and request.path.startswith("/v1/"):
+        offered = _offered_key(request)
+        good = False
+        if offered is not None:
+            candidate = offered.encode()
+            for key in keys:  # no early exit: the time taken does not depend on which key
+                good |= hmac.compare_digest(candidate, key.encode())
+        if not good:
+            raise ApiError(
+                request_error(
+                    401,
+                    "invalid_api_key",
+                    "Missing or wrong gateway API key: send 'Authorization: Bearer <key>' "
+                    "with one of the keys in server.api_keys.",
+                )
+            )
+    return await handler(request)
+
+
+# --------------------------------------------------------------------------- simple routes
+
+
+async def health(request: web.Request) -> web.Response:
+    try:
+        status = request.app[ENGINE].status()
+    except Exception as exc:
+        log.exception("engine status failed")
+        return web.json_response({"status": "error", "error": str(exc)}, status=503)
+    ok = bool(status.get("cli_path"))
+    body = {"status": "ok" if ok else "unavailable", "version": __version__, **status}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def _model_object(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "anthropic"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    created = int(request.app[STATE].started_at)
+    names = request.app[ENGINE].model_names()
+    return web.json_response({"object": "list", "data": [_model_object(n, created) for n in names]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    model_id = request.match_info["model_id"]
+    if model_id not in engine.model_names():
+        try:
+            engine.resolve_model(model_id)
+        except GatewayError as exc:
+            raise ApiError(request_error(404, "model_not_found", exc.message)) from None
+    return web.json_response(_model_object(model_id, int(request.app[STATE].started_at)))
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+# --------------------------------------------------------------------------- chat completions
+
+
+async def _drain(request: web.Request, already: int) -> None:
+    total = already
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > DRAIN_LIMIT_BYTES:
+            break
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, or a 413 once it exceeds ``limit`` (read to the end, so the client
+    gets the response instead of a reset connection)."""
+    too_large = ApiError(
+        request_error(
+            413,
+            "request_too_large",
+            f"The request body is larger than the limit of {_mb(limit)} (server.max_body_mb)",
+        )
+    )
+    length = request.content_length
+    if length is not None and length > limit:
+        await _drain(request, 0)
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            await _drain(request, len(body))
+            raise too_large
+    return bytes(body)
+
+
+def _decode_and_parse(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise GatewayError(
+            ErrorKind.INVALID_REQUEST,
+            f"body: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+        ) from None
+    return parse_chat_request(body)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = request.app[CONFIG]
+    if state.active_requests >= config.max_concurrent_requests:
+        await _drain(request, 0)
+        raise ApiError(
+            request_error(
+                503,
+                "server_busy",
+                f"The gateway is already serving {config.max_concurrent_requests} requests "
+                "(server.max_concurrent_requests); retry shortly.",
+                SERVER_BUSY_RETRY_AFTER,
+            )
+        )
+    state.active_requests += 1
+    try:
+        return await _chat_completions(request, state, config)
+    finally:
+        state.active_requests -= 1
+
+
+async def _chat_completions(
+    request: web.Request, state: ApiState, config: ApiConfig
+) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    raw = await read_body(request, config.max_body_bytes)
+    if len(raw) > THREAD_PARSE_BYTES:
+        chat = await asyncio.to_thread(_decode_and_parse, raw)
+    else:
+        chat = _decode_and_parse(raw)
+    del raw
+    header_mode = request.headers.get(STREAM_MODE_HEADER)
+    if header_mode:
+        mode = parse_stream_mode(header_mode, f"{STREAM_MODE_HEADER} header")
+    else:
+        mode = chat.stream_mode or config.stream_mode
+    try:
+        model = engine.resolve_model(chat.model)
+    except GatewayError as exc:
+        raise GatewayError(ErrorKind.UNKNOWN_MODEL, f"model: {exc.message}") from None
+    conversation = split_conversation(chat.messages)
+    header_id = next(
+        (request.headers[h] for h in CONVERSATION_HEADERS if request.headers.get(h)), None
+    )
+    plan = await plan_conversation(
+        conversation,
+        header_id=header_id,
+        prompt_cache_key=chat.prompt_cache_key,
+        user=chat.user,
+        store=engine.store,
+        claim=state.claim,
+    )
+    try:
+        prompt = build_prompt(conversation, seed=plan.seed)
+        if prompt.is_empty():
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST,
+                f"messages[{conversation.new[-1].index}].content: is empty; there is nothing "
+                "to send after the last assistant message",
+            )
+        options = TurnOptions(model=model, mode=mode, system=conversation.system, origin="api")
+    except BaseException:
+        if plan.claimed:
+            state.release(plan.key)
+        raise
+    log.info("chat %s rule=%s seed=%s stream=%s", plan.key, plan.rule, plan.seed, chat.stream)
+    pump = _start_pump(state, engine, plan, prompt, options)
+    factory = ChunkFactory(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
+    headers = {"X-Conversation-Id": plan.conversation_id}
+    out = _SseWriter(request, factory, headers)
+    try:
+        if chat.stream:
+            return await _stream(request, pump, out, chat, config)
+        return await _complete(request, pump, factory, headers)
+    except (_Disconnected, ConnectionError):
+        _client_gone(pump, config)
+        # Nobody will read this; aiohttp needs a response to finish the request.
+        return out.response if out.response is not None else web.Response(status=499)
+    except asyncio.CancelledError:
+        _client_gone(pump, config)
+        raise
+
+
+def _client_gone(pump: TurnPump, config: ApiConfig) -> None:
+    if pump.task.done():
+        return
+    if config.on_disconnect == "interrupt":
+        log.info("client went away: interrupting %s", pump.plan.key)
+        pump.cancel()
+    else:
+        log.info("client went away: %s finishes in the background", pump.plan.key)
+
+
+def _start_pump(
+    state: ApiState, engine: ApiEngine, plan: Plan, prompt: Prompt, options: TurnOptions
+) -> TurnPump:
+    def done(pump: TurnPump) -> None:
+        state.pumps.discard(pump)
+        if plan.claimed:
+            state.release(plan.key)
+
+    pump = TurnPump(engine, plan, prompt, options, on_done=done)
+    state.pumps.add(pump)
+    return pump
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+async def _next_event(request: web.Request, pump: TurnPump, idle: float | None) -> Event | None:
+    """The next event, or None when ``idle`` seconds passed first. Raises on a disconnect."""
+    loop = asyncio.get_running_loop()
+    deadline = None if idle is None else loop.time() + idle
+    while True:
+        wait = DISCONNECT_POLL_SECONDS
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - loop.time()))
+        try:
+            return await asyncio.wait_for(pump.get(), wait)
+        except TimeoutError:
+            pass
+        if not _connected(request):
+            raise _Disconnected()
+        if deadline is not None and loop.time() >= deadline:
+            return None
+
+
+async def _complete(
+    request: web.Request, pump: TurnPump, factory: ChunkFactory, headers: dict[str, str]
+) -> web.StreamResponse:
+    rendered: list[str] = []
+    while True:
+        event = await _next_event(request, pump, None)
+        if event is None:
+            continue
+        if isinstance(event, TurnResult):
+            text = answer_text("".join(rendered), event)
+            body = factory.completion(text, finish_reason(event.stop_reason), event.usage)
+            return web.json_response(body, headers=headers)
+        if isinstance(event, TurnError):
+            error = http_error(event.kind, event.message, event.retry_after, event.status)
+            return error_response(error, headers)
+        piece = render_event(event, pump.mode)
+        if piece:
+            rendered.append(piece)
+
+
+class _SseWriter:
+    def __init__(self, request: web.Request, factory: ChunkFactory, headers: dict[str, str]):
+        self.request = request
+        self.factory = factory
+        self.headers = headers
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def start(self) -> None:
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                **self.headers,
+            },
+        )
+        await response.prepare(self.request)
+        self.response = response
+        await self.send(self.factory.role())
+
+    async def send(self, data: dict[str, Any]) -> None:
+        if self.response is None:
+            await self.start()
+        assert self.response is not None
+        await self.response.write(sse(data))
+
+    async def done(self) -> web.StreamResponse:
+        if self.response is None:
+            await self.start()
+        assert self.response is not None
+        await self.response.write(SSE_DONE)
+        await self.response.write_eof()
+        return self.response
+
+
+async def _stream(
+    request: web.Request,
+    pump: TurnPump,
+    out: _SseWriter,
+    chat: ChatRequest,
+    config: ApiConfig,
+) -> web.StreamResponse:
+    factory = out.factory
+    wrote_text = False
+    while True:
+        event = await _next_event(request, pump, config.keepalive_seconds)
+        if event is None:  # nothing to say for keepalive_seconds: an empty delta
+            if out.started:
+                await out.send(factory.keepalive())
+            else:
+                await out.start()
+            continue
+        if isinstance(event, TurnResult):
+            if not wrote_text and event.text:
+                await out.send(factory.text(event.text))
+            await out.send(factory.finish(finish_reason(event.stop_reason)))
+            if chat.include_usage:
+                await out.send(factory.usage(event.usage))
+            return await out.done()
+        if isinstance(event, TurnError):
+            error = http_error(event.kind, event.message, event.retry_after, event.status)
+            if not out.started:
+                return error_response(error, out.headers)
+            await out.send(error.body())
+            return await out.done()
+        piece = render_event(event, pump.mode)
+        if piece:
+            await out.send(factory.text(piece))
+            wrote_text = True
+
+
+# --------------------------------------------------------------------------- app factory
+
+
+async def _stop_pumps(app: web.Application) -> None:
+    pumps = list(app[STATE].pumps)
+    for pump in pumps:
+        pump.cancel()
+    if pumps:
+        await asyncio.gather(*(p.task for p in pumps), return_exceptions=True)
+
+
+def create_app(engine: ApiEngine, config: ApiConfig) -> web.Application:
+    """The OpenAI-compatible API as an aiohttp application (the caller runs and binds it)."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[ENGINE] = engine
+    app[CONFIG] = config
+    app[STATE] = ApiState()
+    app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.on_shutdown.append(_stop_pumps)
+    return app

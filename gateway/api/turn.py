@@ -1,0 +1,141 @@
+"""One engine turn run by its own task, so the HTTP handler can wait with timeouts.
+
+The engine's event iterator is driven by a single task from start to end (the engine may
+hold cancel scopes across ``yield``), and the handler reads a queue. Cancelling the task
+closes the iterator, which interrupts the turn; leaving it running lets the turn finish
+after the HTTP client went away. After a successful turn the task stores the conversation's
+fingerprints, so the next request can be matched to this session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from gateway.api.conversation import Plan, meta_after_turn
+from gateway.api.convert import render_event
+from gateway.engine.events import (
+    Event,
+    Prompt,
+    StreamMode,
+    TurnError,
+    TurnOptions,
+    TurnResult,
+)
+from gateway.errors import ErrorKind, GatewayError
+
+log = logging.getLogger(__name__)
+
+
+class MetaStore(Protocol):
+    async def set_meta(self, key: str, **values: str) -> None: ...
+
+    async def get_meta(self, key: str) -> dict[str, str]: ...
+
+    async def find_keys(self, name: str, value: str) -> list[str]: ...
+
+
+class TurnSource(Protocol):
+    """The slice of :class:`gateway.engine.Engine` a turn needs."""
+
+    @property
+    def store(self) -> MetaStore: ...
+
+    def turn(
+        self, key: str, prompt: Prompt, options: TurnOptions = ...
+    ) -> AsyncIterator[Event]: ...
+
+
+def answer_text(rendered: str, result: TurnResult) -> str:
+    """What the client receives as the answer: the streamed text, else the result's text."""
+    return rendered if rendered else result.text
+
+
+class TurnPump:
+    """Runs ``engine.turn`` in a task and hands its events over through a queue."""
+
+    def __init__(
+        self,
+        engine: TurnSource,
+        plan: Plan,
+        prompt: Prompt,
+        options: TurnOptions,
+        *,
+        on_done: Callable[[TurnPump], None],
+    ) -> None:
+        """``on_done`` is called when the final event is known and again when the task ends."""
+        self.plan = plan
+        self.mode: StreamMode = options.mode
+        self._engine = engine
+        self._prompt = prompt
+        self._options = options
+        self._on_done = on_done
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._rendered: list[str] = []
+        self.task: asyncio.Task[None] = asyncio.create_task(
+            self._run(), name=f"api-turn:{plan.key}"
+        )
+
+    async def get(self) -> Event:
+        """The next event (cancellation-safe; use with ``asyncio.wait_for``)."""
+        return await self._queue.get()
+
+    def cancel(self) -> None:
+        """Interrupt the turn (closes the engine's iterator)."""
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        events: AsyncIterator[Event] | None = None
+        final = False
+        try:
+            events = self._engine.turn(self.plan.key, self._prompt, self._options)
+            async for event in events:
+                if final:
+                    continue  # nothing may follow the final event; drain quietly
+                if isinstance(event, TurnResult):
+                    await self._remember(event)
+                    final = True
+                elif isinstance(event, TurnError):
+                    final = True
+                if final:
+                    # Before the client can see the answer: its follow-up may arrive at once
+                    # and must find the conversation free.
+                    self._on_done(self)
+                else:
+                    piece = render_event(event, self.mode)
+                    if piece:
+                        self._rendered.append(piece)
+                self._queue.put_nowait(event)
+            if not final:
+                self._queue.put_nowait(
+                    TurnError(ErrorKind.CRASHED, "the turn ended without a result")
+                )
+        except asyncio.CancelledError:
+            raise
+        except GatewayError as exc:
+            if not final:
+                self._queue.put_nowait(TurnError.from_exc(exc))
+        except Exception as exc:
+            log.exception("turn %s failed inside the gateway", self.plan.key)
+            if not final:
+                self._queue.put_nowait(
+                    TurnError(ErrorKind.CRASHED, f"internal gateway error: {type(exc).__name__}")
+                )
+        finally:
+            if events is not None:
+                aclose: Any = getattr(events, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+            self._on_done(self)
+
+    async def _remember(self, result: TurnResult) -> None:
+        reply = answer_text("".join(self._rendered), result)
+        try:
+            await self._engine.store.set_meta(self.plan.key, **meta_after_turn(self.plan, reply))
+        except Exception:
+            # The answer still reaches the client; the next request may start a new session.
+            log.exception("could not store conversation metadata for %s", self.plan.key)
