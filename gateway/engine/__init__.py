@@ -22,6 +22,7 @@ from gateway.engine.events import (
     Usage,
 )
 from gateway.engine.process import CliInfo, EngineConfig
+from gateway.engine.tools import FileSink, OutgoingFile
 
 __all__ = [
     "FINAL_EVENTS",
@@ -31,8 +32,10 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Event",
+    "FileSink",
     "ImagePart",
     "Notice",
+    "OutgoingFile",
     "Prompt",
     "RateLimitStatus",
     "SessionInfo",

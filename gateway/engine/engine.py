@@ -48,6 +48,7 @@ from gateway.engine.process import (
     kill_tree,
     process_tree,
 )
+from gateway.engine.tools import SEND_FILE, SERVER_NAME, FileSink, send_file_server
 from gateway.engine.translate import NO_CONVERSATION, TurnTranslator
 from gateway.errors import ErrorKind, GatewayError
 from gateway.store import Store
@@ -134,6 +135,7 @@ class Engine:
         self._turn_slots = asyncio.Semaphore(config.max_parallel_turns)
         self._slot_cond = asyncio.Condition()
         self._alert_handlers: list[AlertHandler] = []
+        self._file_sinks: dict[str, FileSink] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.cli: CliInfo | None = None
@@ -189,6 +191,22 @@ class Engine:
     def add_alert_handler(self, handler: AlertHandler) -> None:
         """Called on turns that end by timeout or crash (bridges, TELEGRAM_NOTIFY_ID)."""
         self._alert_handlers.append(handler)
+
+    def register_file_sink(self, prefix: str, sink: FileSink) -> None:
+        """Conversations whose key starts with ``prefix`` get the ``send_file`` tool.
+
+        The sink delivers what Claude sends (the chat bridges register one each). It takes
+        effect for processes started after the call.
+        """
+        self._file_sinks[prefix] = sink
+
+    def _tools_for(self, key: str) -> dict[str, Any]:
+        sink = next((s for p, s in self._file_sinks.items() if key.startswith(p)), None)
+        if sink is None:
+            return {}
+        roots = (self.config.workspace, *self.config.send_file_dirs)
+        server = send_file_server(key, sink, cwd=self.config.workspace, roots=roots)
+        return {"mcp_servers": {SERVER_NAME: server}, "allowed_tools": [SEND_FILE]}
 
     # ================================================================== public API
 
@@ -578,7 +596,7 @@ class Engine:
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         options = build_options(
             self.config, cli_path=self.cli.path, model=model, system=system, resume=resume,
-            env=self._env, stderr=stderr.append,
+            env=self._env, stderr=stderr.append, extra=self._tools_for(conv.key),
         )
         client = ClaudeSDKClient(options)
         try:

@@ -58,6 +58,8 @@ class EngineConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     #: names of environment variables that hold gateway secrets; never passed to the CLI
     secret_env_vars: frozenset[str] = frozenset()
+    #: folders besides the workspace that send_file may send from
+    send_file_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
