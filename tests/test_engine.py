@@ -547,3 +547,28 @@ async def test_timeout_during_a_silent_bash_command_kills_its_children(
         assert time.monotonic() < deadline, "the Bash command outlived the timeout"
         await asyncio.sleep(0.1)
     assert result_of(await collect(engine, "t:tree2", "still here?")).text == "echo: still here?"
+
+
+async def test_set_model_and_attach_a_terminal_session(
+    engine: Engine, fake_api: FakeAnthropic, cli_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.errors import GatewayError
+
+    assert await engine.set_model("t:set", "claude-haiku-4") == "haiku"
+    await collect(engine, "t:set", "hello")
+    assert fake_api.requests()[-1]["model"].startswith("claude-haiku")
+    with pytest.raises(GatewayError) as bad:
+        await engine.set_model("t:set", "gpt-5")
+    assert bad.value.kind is ErrorKind.UNKNOWN_MODEL
+
+    # a session "started at the desk" in another conversation, then continued from a chat
+    desk = result_of(await collect(engine, "t:desk", "desk work: the bug is in parser.py"))
+    monkeypatch.setenv("HOME", str(cli_home))  # where the CLI keeps its transcripts here
+    listed = await engine.cli_sessions()
+    assert desk.session_id in [s.session_id for s in listed]
+    await engine.attach_session("t:phone", desk.session_id)
+    events = await collect(engine, "t:phone", "where was the bug?")
+    assert result_of(events).session_id == desk.session_id
+    assert "the bug is in parser.py" in str(fake_api.requests()[-1]["messages"])
+    with pytest.raises(GatewayError):
+        await engine.attach_session("t:phone", "not-a-uuid")

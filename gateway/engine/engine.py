@@ -15,13 +15,15 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
-from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError
+from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError, SDKSessionInfo
+from claude_agent_sdk import list_sessions as list_cli_sessions
 
 from gateway.engine.events import (
     FINAL_EVENTS,
@@ -286,6 +288,44 @@ class Engine:
             await self._evict(conv)
             self._conversations.pop(key, None)
         await self.store.delete_session(key)
+
+    async def set_model(self, key: str, name: str | None) -> str | None:
+        """Choose the model of a conversation for its next turns (history is kept).
+
+        ``None`` or ``""`` goes back to the configured default. Returns the CLI model value.
+        """
+        model = self.catalog.resolve(name)
+        await self.store.ensure_session(key, str(self.config.workspace))
+        await self.store.set_session_fields(key, model=model)
+        return model
+
+    async def attach_session(self, key: str, session_id: str) -> None:
+        """Continue an existing Claude Code session (e.g. one started in a terminal) in ``key``."""
+        try:
+            session_id = str(uuid.UUID(session_id.strip()))
+        except ValueError:
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST, f"{session_id!r} is not a Claude Code session id"
+            ) from None
+        conv = self._conversations.get(key)
+        if conv is not None and (conv.current is not None or conv.pending):
+            raise GatewayError(
+                ErrorKind.BUSY, "a turn is running in this conversation; stop it first"
+            )
+        if conv is not None:
+            await self._evict(conv)
+        await self.store.ensure_session(key, str(self.config.workspace))
+        await self.store.set_session_fields(key, session_id=session_id)
+
+    async def cli_sessions(self, limit: int = 20) -> list[SDKSessionInfo]:
+        """Claude Code's own sessions of the workspace, newest first, terminal ones included.
+
+        Read from the CLI's transcripts under ``~/.claude/projects`` (or
+        ``$CLAUDE_CONFIG_DIR``) of the gateway's own environment.
+        """
+        return await asyncio.to_thread(
+            list_cli_sessions, directory=str(self.config.workspace), limit=limit
+        )
 
     async def describe(self, key: str) -> SessionInfo | None:
         row = await self.store.get_session(key)
