@@ -93,12 +93,22 @@ class _Request:
 
 @dataclass(eq=False)
 class _Live:
+    """One CLI process. Its host task connected it and is the one that disconnects it
+    (the SDK requires both in one task), so conversations may use it from their own tasks
+    and a pre-started spare can be handed to any conversation."""
+
     client: ClaudeSDKClient
     pid: int | None
     model: str | None
     system_hash: str
+    profile: str  # the file-sink prefix its tools were built for ("" = no tools)
     stderr: deque[str]
+    close_event: asyncio.Event
+    host: asyncio.Task[None]
+    #: the conversation using it; read by its tools at call time
+    owner: dict[str, str] = field(default_factory=dict)
     dead: bool = False
+    closed: bool = False
     #: the CLI reports total_cost_usd cumulated over the life of the process
     cost_seen: float = 0.0
 
@@ -112,7 +122,6 @@ class _Conversation:
     live: _Live | None = None
     current: _Request | None = None
     evict: bool = False
-    holds_slot: bool = False
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -138,6 +147,10 @@ class Engine:
         self._slot_cond = asyncio.Condition()
         self._alert_handlers: list[AlertHandler] = []
         self._file_sinks: dict[str, FileSink] = {}
+        self._slots_used = 0  # live CLI processes, spares and ones starting included
+        self._spares: list[_Live] = []
+        self._hosts: set[asyncio.Task[None]] = set()
+        self._refilling: dict[tuple[str | None, str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.cli: CliInfo | None = None
@@ -160,6 +173,7 @@ class Engine:
         await self.store.open()
         log.info("Claude Code %s (%s, %s); workspace %s", version, source, path,
                  self.config.workspace)
+        self._schedule_refill(self.catalog.default, "", "")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Fail queued turns, interrupt running ones, end every CLI process. No orphans."""
@@ -188,6 +202,10 @@ class Engine:
                     task.cancel()
         for task in list(self._background):
             task.cancel()
+        spares, self._spares = self._spares, []
+        await asyncio.gather(*(self._close_process(s, kill=False) for s in spares))
+        if self._hosts:  # processes still starting close themselves once connected
+            await asyncio.wait(list(self._hosts), timeout=grace + 10)
         await self.store.close()
 
     def add_alert_handler(self, handler: AlertHandler) -> None:
@@ -202,12 +220,18 @@ class Engine:
         """
         self._file_sinks[prefix] = sink
 
-    def _tools_for(self, key: str) -> dict[str, Any]:
-        sink = next((s for p, s in self._file_sinks.items() if key.startswith(p)), None)
+    def _profile(self, key: str) -> str:
+        """Which tool set a conversation gets: the prefix of its file sink, or ""."""
+        return next((p for p in self._file_sinks if key.startswith(p)), "")
+
+    def _tools(self, profile: str, owner: dict[str, str]) -> dict[str, Any]:
+        sink = self._file_sinks.get(profile) if profile else None
         if sink is None:
             return {}
         roots = (self.config.workspace, *self.config.send_file_dirs)
-        server = send_file_server(key, sink, cwd=self.config.workspace, roots=roots)
+        server = send_file_server(
+            lambda: owner.get("key", ""), sink, cwd=self.config.workspace, roots=roots
+        )
         return {"mcp_servers": {SERVER_NAME: server}, "allowed_tools": [SEND_FILE]}
 
     # ================================================================== public API
@@ -348,6 +372,7 @@ class Engine:
             "sessions": len(self._conversations),
             "running_turns": sum(1 for c in self._conversations.values() if c.current),
             "queued_turns": sum(len(c.pending) for c in self._conversations.values()),
+            "spare_processes": len(self._spares),
             "rate_limit": None
             if rl is None
             else {
@@ -631,70 +656,206 @@ class Engine:
         self, conv: _Conversation, model: str | None, system: str, system_hash: str,
         resume: str | None,
     ) -> _Live:
+        """A process for ``conv``: a pre-started spare for a new session, else a new one."""
+        profile = self._profile(conv.key)
+        live = None
+        if not resume:
+            starting = self._refilling.get((model, system_hash, profile))
+            if starting is not None:  # a matching spare is on its way: cheaper to wait for it
+                await asyncio.wait([starting])
+            live = self._take_spare(model, system_hash, profile)
+        if live is None:
+            live = await self._start_process(model, system, system_hash, resume, profile,
+                                             for_conversation=conv)
+        else:
+            log.info("using a pre-started Claude Code (pid %s) for %s", live.pid, conv.key)
+        if not resume:
+            self._schedule_refill(model, system, profile)
+        live.owner["key"] = conv.key
+        conv.live = live
+        log.info("Claude Code for %s: pid %s, resume %s", conv.key, live.pid, resume)
+        return live
+
+    async def _start_process(
+        self, model: str | None, system: str, system_hash: str, resume: str | None,
+        profile: str, *, for_conversation: _Conversation | None,
+    ) -> _Live:
+        """Start and connect a CLI process; it takes one of the live-process slots."""
         assert self.cli is not None
-        await self._acquire_slot(conv)
+        if for_conversation is not None:
+            await self._acquire_slot(for_conversation)
+        elif not await self._try_acquire_slot():
+            raise GatewayError(ErrorKind.BUSY, "no free process slot for a spare")
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        owner: dict[str, str] = {}
         options = build_options(
             self.config, cli_path=self.cli.path, model=model, system=system, resume=resume,
-            env=self._env, stderr=stderr.append, extra=self._tools_for(conv.key),
+            env=self._env, stderr=stderr.append, extra=self._tools(profile, owner),
         )
+        ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        close_event = asyncio.Event()
+        host = asyncio.create_task(self._host(options, stderr, ready, close_event))
+        self._hosts.add(host)
+        host.add_done_callback(self._hosts.discard)
+        try:
+            client, pid = await ready
+        except BaseException:
+            self._release_slot()
+            raise
+        return _Live(client, pid, model, system_hash, profile, stderr, close_event, host,
+                     owner)
+
+    async def _host(
+        self,
+        options: Any,
+        stderr: deque[str],
+        ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]],
+        close_event: asyncio.Event,
+    ) -> None:
+        """Connects one CLI process, waits until it is to be closed, disconnects it."""
         client = ClaudeSDKClient(options)
         try:
             await client.connect()
-        except CLINotFoundError as exc:
-            self._release_slot(conv)
-            raise GatewayError(ErrorKind.CLI_MISSING, f"Claude Code CLI not found: {exc}") from exc
-        except (ClaudeSDKError, OSError) as exc:
-            pid = client_pid(client)
-            kill_tree(process_tree(pid))
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-            self._release_slot(conv)
-            detail = f"{exc} {_tail(stderr)}"
-            raise GatewayError(
-                ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(detail)}"
-            ) from exc
-        live = _Live(client, client_pid(client), model, system_hash, stderr)
-        conv.live = live
-        log.info("started Claude Code for %s (pid %s, resume %s)", conv.key, live.pid, resume)
-        return live
+        except BaseException as exc:
+            kill_tree(process_tree(client_pid(client)))
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(client.disconnect(), timeout=10)
+            if not ready.done():
+                if isinstance(exc, CLINotFoundError):
+                    error = GatewayError(ErrorKind.CLI_MISSING, f"Claude Code CLI not found: {exc}")
+                elif isinstance(exc, ClaudeSDKError | OSError):
+                    detail = f"{exc} {_tail(stderr)}"
+                    error = GatewayError(
+                        ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(detail)}"
+                    )
+                else:
+                    error = GatewayError(ErrorKind.SHUTDOWN, "start of Claude Code cancelled")
+                ready.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if ready.done() or self._stopping:  # nobody waits for it any more
+            if not ready.done():
+                ready.set_exception(GatewayError(ErrorKind.SHUTDOWN, "shutting down"))
+            close_event.set()
+        else:
+            ready.set_result((client, client_pid(client)))
+        try:
+            await close_event.wait()
+        finally:
+            try:
+                await asyncio.wait_for(client.disconnect(), timeout=10)
+            except BaseException as exc:  # cleanup must go on
+                log.debug("disconnect: %r", exc)
 
     async def _close_live(self, conv: _Conversation, *, kill: bool) -> None:
         live = conv.live
         if live is None:
             return
         conv.live = None
+        await self._close_process(live, kill=kill)
+        log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
+
+    async def _close_process(self, live: _Live, *, kill: bool) -> None:
+        if live.closed:
+            return
+        live.closed = True
         procs = process_tree(live.pid)
         if kill:
             kill_tree(procs)
+        live.close_event.set()
         try:
-            await asyncio.wait_for(asyncio.shield(live.client.disconnect()), timeout=10)
+            await asyncio.wait_for(asyncio.shield(live.host), timeout=15)
         except BaseException as exc:  # cleanup must go on
-            log.debug("disconnect of %s: %r", conv.key, exc)
+            log.debug("closing pid %s: %r", live.pid, exc)
         leftovers = [p for p in procs if _running(p)]
         if leftovers:
             kill_tree(leftovers)
-        self._release_slot(conv)
-        log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
+        self._release_slot()
 
-    async def _acquire_slot(self, conv: _Conversation) -> None:
+    # ------------------------------------------------------------------ spares
+
+    def _take_spare(self, model: str | None, system_hash: str, profile: str) -> _Live | None:
+        for live in list(self._spares):
+            if (live.model, live.system_hash, live.profile) != (model, system_hash, profile):
+                continue
+            self._spares.remove(live)
+            if _alive(live.pid):
+                return live
+            self._spawn(self._close_process(live, kill=True))
+        return None
+
+    def _schedule_refill(self, model: str | None, system: str, profile: str) -> None:
+        """Keep a pre-started process ready for the next new conversation of this kind."""
+        want = (model, _hash(system), profile)
+        if self.config.spare_processes <= 0 or self._stopping or want in self._refilling:
+            return
+        if any((s.model, s.system_hash, s.profile) == want for s in self._spares):
+            return
+        task = asyncio.ensure_future(self._refill(model, system, profile, want))
+        self._refilling[want] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refill(
+        self, model: str | None, system: str, profile: str, want: tuple[str | None, str, str]
+    ) -> None:
+        try:
+            while len(self._spares) >= self.config.spare_processes:
+                await self._close_process(self._spares.pop(0), kill=False)
+            live = await self._start_process(model, system, want[1], None, profile,
+                                             for_conversation=None)
+            if self._stopping:
+                await self._close_process(live, kill=False)
+                return
+            self._spares.append(live)
+            log.info("pre-started Claude Code (pid %s) for the next new conversation", live.pid)
+            async with self._slot_cond:  # a waiter may take it, or close it for room
+                self._slot_cond.notify_all()
+        except GatewayError as exc:
+            log.info("no spare Claude Code process: %s", exc.message)
+        finally:
+            self._refilling.pop(want, None)
+
+    # ------------------------------------------------------------------ slots
+
+    async def _acquire_slot(self, requester: _Conversation) -> None:
+        """Wait for a live-process slot, closing a spare or the least recently used idle
+        conversation's process to make room."""
         while True:
+            victim: _Conversation | None = None
+            spare: _Live | None = None
             async with self._slot_cond:
-                holders = [c for c in self._conversations.values() if c.holds_slot]
-                if conv.holds_slot or len(holders) < self.config.max_live_sessions:
-                    conv.holds_slot = True
+                if self._slots_used < self.config.max_live_sessions:
+                    self._slots_used += 1
                     return
-                idle = [c for c in holders
-                        if c is not conv and c.current is None and not c.pending and c.live]
-                if not idle:
-                    await self._slot_cond.wait()
-                    continue
-                victim = min(idle, key=lambda c: c.last_used)
-            log.info("evicting %s to make room for %s", victim.key, conv.key)
-            await self._evict(victim)
+                if self._spares:
+                    spare = self._spares.pop(0)
+                else:
+                    idle = [c for c in self._conversations.values()
+                            if c is not requester and c.current is None and not c.pending
+                            and c.live is not None]
+                    if not idle:
+                        await self._slot_cond.wait()
+                        continue
+                    victim = min(idle, key=lambda c: c.last_used)
+            if spare is not None:
+                await self._close_process(spare, kill=False)
+            elif victim is not None:
+                log.info("evicting %s to make room for %s", victim.key, requester.key)
+                await self._evict(victim)
 
-    def _release_slot(self, conv: _Conversation) -> None:
-        conv.holds_slot = False
+    async def _try_acquire_slot(self) -> bool:
+        async with self._slot_cond:
+            if self._slots_used < self.config.max_live_sessions:
+                self._slots_used += 1
+                return True
+            return False
+
+    def _release_slot(self) -> None:
+        self._slots_used -= 1
 
         async def notify() -> None:
             async with self._slot_cond:

@@ -60,6 +60,8 @@ class EngineConfig:
     secret_env_vars: frozenset[str] = frozenset()
     #: folders besides the workspace that send_file may send from
     send_file_dirs: tuple[Path, ...] = ()
+    #: processes started ahead of time for the next new conversation (0 = none)
+    spare_processes: int = 1
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,10 @@ def resolve_outgoing(raw: str, *, cwd: Path, roots: Sequence[Path]) -> Path:
 
 
 def send_file_server(
-    key: str, sink: FileSink, *, cwd: Path, roots: Sequence[Path]
+    owner: Callable[[], str], sink: FileSink, *, cwd: Path, roots: Sequence[Path]
 ) -> McpSdkServerConfig:
-    """The MCP server with ``send_file`` bound to one conversation."""
+    """The MCP server with ``send_file``; ``owner()`` names the conversation at call time
+    (a pre-started process gets its conversation only when it is handed one)."""
 
     schema: dict[str, Any] = {
         "type": "object",
@@ -91,6 +92,7 @@ def send_file_server(
     )
     async def send_file(args: dict[str, Any]) -> dict[str, Any]:
         kind = args.get("kind") or "file"
+        key = owner()
         try:
             if kind not in KINDS:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"kind must be one of {KINDS}")
