@@ -16,8 +16,8 @@ from tests.fake_anthropic import FakeAnthropic
 pytestmark = pytest.mark.cli
 
 
-async def spare_pids(engine: Engine, count: int = 1, timeout: float = 20) -> set[int]:
-    deadline = time.monotonic() + timeout
+async def spare_pids(engine: Engine, count: int = 1, within: float = 20) -> set[int]:
+    deadline = time.monotonic() + within
     while engine.status()["spare_processes"] < count:
         assert time.monotonic() < deadline, "no spare process was started"
         await asyncio.sleep(0.05)
