@@ -42,6 +42,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         secret_env_vars=secret_env_var_names(os.environ),
     )
 
+        spare_processes=claude.spare_processes,
+        send_file_dirs=tuple(claude.send_file_dirs),
 
 @dataclass
 class Gateway:

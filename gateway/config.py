@@ -267,6 +267,16 @@ class ClaudeSettings(_Section):
     max_queued_per_conversation: int = Field(
         default=8, ge=1, description="Messages waiting behind a running turn in one conversation."
     )
+    spare_processes: int = Field(
+        default=1,
+        ge=0,
+        description="CLI processes started ahead of time so a new conversation's first turn"
+        " skips the start-up (0 = none); they count against max_live_sessions.",
+    )
+    send_file_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders besides the workspace that Claude may send files from in chats.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the CLI processes."
     )
@@ -292,6 +302,11 @@ class ClaudeSettings(_Section):
     @classmethod
     def _expand_workspace(cls, value: Path) -> Path:
         return Path(_expand(str(value)))
+
+    @field_validator("send_file_dirs")
+    @classmethod
+    def _expand_send_file_dirs(cls, value: list[Path]) -> list[Path]:
+        return [Path(_expand(str(p))) for p in value]
 
     @field_validator("env")
     @classmethod

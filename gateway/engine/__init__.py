@@ -1,5 +1,6 @@
 """The engine: one typed API through which every frontend reaches Claude Code."""
 
+from gateway.engine.client_tools import ClientTool, ToolCall, ToolMode, ToolResult
 from gateway.engine.engine import Alert, Engine
 from gateway.engine.events import (
     FINAL_EVENTS,
@@ -13,6 +14,7 @@ from gateway.engine.events import (
     StepBoundary,
     StreamMode,
     TextDelta,
+    ToolCallsRequested,
     ToolFinished,
     ToolStarted,
     TurnError,
@@ -28,6 +30,7 @@ __all__ = [
     "FINAL_EVENTS",
     "Alert",
     "CliInfo",
+    "ClientTool",
     "Commentary",
     "Engine",
     "EngineConfig",
@@ -42,7 +45,11 @@ __all__ = [
     "StepBoundary",
     "StreamMode",
     "TextDelta",
+    "ToolCall",
+    "ToolCallsRequested",
     "ToolFinished",
+    "ToolMode",
+    "ToolResult",
     "ToolStarted",
     "TurnError",
     "TurnOptions",

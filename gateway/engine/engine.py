@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -25,6 +26,13 @@ import psutil
 from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError, SDKSessionInfo
 from claude_agent_sdk import list_sessions as list_cli_sessions
 
+from gateway.engine.client_tools import (
+    CallBroker,
+    ClientTool,
+    ToolMode,
+    client_tools_server,
+    tools_fingerprint,
+)
 from gateway.engine.events import (
     FINAL_EVENTS,
     Event,
@@ -32,6 +40,7 @@ from gateway.engine.events import (
     Prompt,
     RateLimitStatus,
     SessionInfo,
+    ToolCallsRequested,
     TurnError,
     TurnOptions,
     TurnResult,
@@ -102,6 +111,8 @@ class _Live:
     model: str | None
     system_hash: str
     profile: str  # the file-sink prefix its tools were built for ("" = no tools)
+    tools_hash: str  # the client tool set it offers ("" = none)
+    broker: CallBroker
     stderr: deque[str]
     close_event: asyncio.Event
     host: asyncio.Task[None]
@@ -123,6 +134,20 @@ class _Conversation:
     current: _Request | None = None
     evict: bool = False
     last_used: float = field(default_factory=time.monotonic)
+
+
+#: what makes processes interchangeable: model, system text, file-sink tools, client tools
+_SpareKey = tuple[str | None, str, str, str]
+
+
+@dataclass(frozen=True)
+class _ToolSet:
+    tools: tuple[ClientTool, ...] = ()
+    mode: ToolMode = ToolMode.AGENT
+
+    @property
+    def fingerprint(self) -> str:
+        return tools_fingerprint(self.tools, self.mode)
 
 
 def _hash(text: str) -> str:
@@ -150,7 +175,7 @@ class Engine:
         self._slots_used = 0  # live CLI processes, spares and ones starting included
         self._spares: list[_Live] = []
         self._hosts: set[asyncio.Task[None]] = set()
-        self._refilling: dict[tuple[str | None, str, str], asyncio.Task[None]] = {}
+        self._refilling: dict[_SpareKey, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.cli: CliInfo | None = None
@@ -173,7 +198,7 @@ class Engine:
         await self.store.open()
         log.info("Claude Code %s (%s, %s); workspace %s", version, source, path,
                  self.config.workspace)
-        self._schedule_refill(self.catalog.default, "", "")
+        self._schedule_refill(self.catalog.default, "", "", _ToolSet())
 
     async def stop(self, grace: float = 5.0) -> None:
         """Fail queued turns, interrupt running ones, end every CLI process. No orphans."""
@@ -224,15 +249,28 @@ class Engine:
         """Which tool set a conversation gets: the prefix of its file sink, or ""."""
         return next((p for p in self._file_sinks if key.startswith(p)), "")
 
-    def _tools(self, profile: str, owner: dict[str, str]) -> dict[str, Any]:
+    def _tools(
+        self, profile: str, owner: dict[str, str], toolset: _ToolSet, broker: CallBroker
+    ) -> dict[str, Any]:
+        """Extra process options: the send_file tool for chat frontends, the client's tools."""
+        extra: dict[str, Any] = {}
+        servers: dict[str, Any] = {}
         sink = self._file_sinks.get(profile) if profile else None
-        if sink is None:
-            return {}
-        roots = (self.config.workspace, *self.config.send_file_dirs)
-        server = send_file_server(
-            lambda: owner.get("key", ""), sink, cwd=self.config.workspace, roots=roots
-        )
-        return {"mcp_servers": {SERVER_NAME: server}, "allowed_tools": [SEND_FILE]}
+        if sink is not None:
+            roots = (self.config.workspace, *self.config.send_file_dirs)
+            servers[SERVER_NAME] = {**send_file_server(
+                lambda: owner.get("key", ""), sink, cwd=self.config.workspace, roots=roots
+            ), "alwaysLoad": True}
+            extra["allowed_tools"] = [SEND_FILE]
+        if toolset.fingerprint:
+            servers["client"] = client_tools_server(toolset.tools, broker)
+            if toolset.mode is ToolMode.CLIENT:
+                extra["tools"] = []  # Claude Code's built-in tools off
+            elif self.config.hybrid_hidden_tools:
+                extra["disallowed_tools"] = list(self.config.hybrid_hidden_tools)
+        if servers:
+            extra["mcp_servers"] = servers
+        return extra
 
     # ================================================================== public API
 
@@ -272,7 +310,7 @@ class Engine:
         req = _Request(prompt, options, model)
         conv.pending.append(req)
         ahead = len(conv.pending) - 1 + (conv.current is not None)
-        if ahead:
+        if ahead and not prompt.tool_results:
             yield Notice("queued", f"queued behind {ahead} turn(s) of this conversation",
                          {"ahead": ahead})
         self._ensure_worker(conv)
@@ -456,13 +494,17 @@ class Engine:
                 await self._run_turn(conv, req)
             except Exception as exc:  # a bug of ours must still end the turn
                 log.exception("turn of %s failed", conv.key)
-                req.emit(TurnError(ErrorKind.CRASHED, f"internal error: {exc}"))
+                (conv.current or req).emit(TurnError(ErrorKind.CRASHED, f"internal error: {exc}"))
             finally:
-                if not req.done:
-                    req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                # a turn suspended in client tool calls continues in a later request
+                served = {req, conv.current or req}
+                for r in served:
+                    if not r.done:
+                        r.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
                 conv.current = None
                 conv.last_used = time.monotonic()
-                req.ended.set()
+                for r in served:
+                    r.ended.set()
                 async with self._slot_cond:
                     self._slot_cond.notify_all()
 
@@ -472,6 +514,7 @@ class Engine:
         model = req.model or row.model or self.catalog.default
         system = req.options.system or ""
         system_hash = _hash(system)
+        toolset = _ToolSet(req.options.tools, req.options.tool_mode)
         resume = row.session_id
         fresh_retry_allowed = True
         stale_retry_allowed = True
@@ -479,13 +522,14 @@ class Engine:
         while True:
             live = conv.live
             if live is not None and (live.dead or live.system_hash != system_hash
+                                     or live.tools_hash != toolset.fingerprint
                                      or not _alive(live.pid)):
                 await self._close_live(conv, kill=live.dead)
                 live = None
             started_now = live is None
             if live is None:
                 try:
-                    live = await self._open_live(conv, model, system, system_hash, resume)
+                    live = await self._open_live(conv, model, system, toolset, resume)
                 except GatewayError as exc:
                     if resume and fresh_retry_allowed and NO_CONVERSATION in exc.message:
                         fresh_retry_allowed = False
@@ -536,11 +580,16 @@ class Engine:
     async def _exchange(
         self, conv: _Conversation, live: _Live, req: _Request, cwd: str
     ) -> str:
-        """Send the prompt and relay the CLI's messages until the turn ends."""
+        """Send the prompt and relay the CLI's messages until the turn ends.
+
+        A turn that calls client tools is suspended inside the calls: this request ends with
+        ToolCallsRequested, and the turn goes on in the conversation's next request, which
+        brings the results (``req`` changes hands).
+        """
         translator = TurnTranslator(mode=req.options.mode, cwd=cwd)
         message = {
             "type": "user",
-            "message": {"role": "user", "content": req.prompt.content_blocks()},
+            "message": {"role": "user", "content": _content(req)},
             "parent_tool_use_id": None,
         }
         loop = asyncio.get_running_loop()
@@ -552,7 +601,17 @@ class Engine:
                 async for msg in live.client.receive_response():
                     received = True
                     deadline.reschedule(loop.time() + timeout)
-                    for event in translator.feed(msg):
+                    events = translator.feed(msg)
+                    for call in translator.new_client_calls:
+                        live.broker.announce(call.call_id, call.name, json.loads(call.arguments))
+                    translator.new_client_calls.clear()
+                    for event in events:
+                        if isinstance(event, ToolCallsRequested):
+                            req.emit(event)
+                            deadline.reschedule(None)  # the CLI waits for the client
+                            req = await self._suspend(conv, live, req)
+                            deadline.reschedule(loop.time() + timeout)
+                            continue
                         if isinstance(event, TurnResult):
                             event = _per_turn_cost(event, live)
                             await self._record(conv, event, live)
@@ -611,6 +670,55 @@ class Engine:
             return "crashed"
         return "done"
 
+    async def _suspend(self, conv: _Conversation, live: _Live, req: _Request) -> _Request:
+        """Wait for the client's tool results; returns the request the turn continues in.
+
+        The wait frees this turn's parallel-turn slot. If the client sends a new message
+        instead, goes away, or takes longer than ``client_tool_timeout``, the calls fail,
+        the turn is interrupted and its end goes to the finished request (nobody): the
+        conversation stays usable and a waiting message runs next.
+        """
+        self._turn_slots.release()
+        try:
+            nxt = await self._next_tool_results(conv)
+        finally:
+            await self._turn_slots.acquire()
+        if nxt is None:
+            live.broker.fail_all("The client did not return a result for this tool call.")
+            self._spawn(self._interrupt_live(conv.key, live))
+            return req
+        unknown = live.broker.resolve(nxt.prompt.tool_results)
+        if unknown:
+            log.info("tool results for unknown calls in %s: %s", conv.key, unknown)
+        conv.current = nxt
+        return nxt
+
+    async def _next_tool_results(self, conv: _Conversation) -> _Request | None:
+        deadline = time.monotonic() + self.config.client_tool_timeout
+        while not self._stopping and not conv.evict:
+            while conv.pending and conv.pending[0].abandoned:
+                conv.pending.popleft()
+            if conv.pending:
+                if conv.pending[0].prompt.tool_results:
+                    return conv.pending.popleft()
+                return None  # a new message instead of results: it runs after this turn
+            conv.wake.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.info("client tool results for %s did not come in time", conv.key)
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conv.wake.wait(), timeout=remaining)
+        return None
+
+    async def _interrupt_live(self, key: str, live: _Live) -> None:
+        try:
+            await asyncio.wait_for(live.client.interrupt(), timeout=self.config.interrupt_grace)
+        except Exception as exc:
+            log.info("interrupt of %s's abandoned turn failed (%s); killing it", key, exc)
+            live.dead = True
+            kill_tree(process_tree(live.pid))
+
     async def _record(self, conv: _Conversation, result: TurnResult, live: _Live) -> None:
         u = result.usage
         await self.store.record_turn(
@@ -653,31 +761,32 @@ class Engine:
     # ------------------------------------------------------------------ processes
 
     async def _open_live(
-        self, conv: _Conversation, model: str | None, system: str, system_hash: str,
+        self, conv: _Conversation, model: str | None, system: str, toolset: _ToolSet,
         resume: str | None,
     ) -> _Live:
         """A process for ``conv``: a pre-started spare for a new session, else a new one."""
         profile = self._profile(conv.key)
+        key: _SpareKey = (model, _hash(system), profile, toolset.fingerprint)
         live = None
         if not resume:
-            starting = self._refilling.get((model, system_hash, profile))
+            starting = self._refilling.get(key)
             if starting is not None:  # a matching spare is on its way: cheaper to wait for it
                 await asyncio.wait([starting])
-            live = self._take_spare(model, system_hash, profile)
+            live = self._take_spare(key)
         if live is None:
-            live = await self._start_process(model, system, system_hash, resume, profile,
+            live = await self._start_process(model, system, toolset, resume, profile,
                                              for_conversation=conv)
         else:
             log.info("using a pre-started Claude Code (pid %s) for %s", live.pid, conv.key)
         if not resume:
-            self._schedule_refill(model, system, profile)
+            self._schedule_refill(model, system, profile, toolset)
         live.owner["key"] = conv.key
         conv.live = live
         log.info("Claude Code for %s: pid %s, resume %s", conv.key, live.pid, resume)
         return live
 
     async def _start_process(
-        self, model: str | None, system: str, system_hash: str, resume: str | None,
+        self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
         profile: str, *, for_conversation: _Conversation | None,
     ) -> _Live:
         """Start and connect a CLI process; it takes one of the live-process slots."""
@@ -688,9 +797,11 @@ class Engine:
             raise GatewayError(ErrorKind.BUSY, "no free process slot for a spare")
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         owner: dict[str, str] = {}
+        broker = CallBroker()
         options = build_options(
             self.config, cli_path=self.cli.path, model=model, system=system, resume=resume,
-            env=self._env, stderr=stderr.append, extra=self._tools(profile, owner),
+            env=self._env, stderr=stderr.append,
+            extra=self._tools(profile, owner, toolset, broker),
         )
         ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]] = (
             asyncio.get_running_loop().create_future()
@@ -704,8 +815,8 @@ class Engine:
         except BaseException:
             self._release_slot()
             raise
-        return _Live(client, pid, model, system_hash, profile, stderr, close_event, host,
-                     owner)
+        return _Live(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
+                     stderr, close_event, host, owner)
 
     async def _host(
         self,
@@ -777,9 +888,9 @@ class Engine:
 
     # ------------------------------------------------------------------ spares
 
-    def _take_spare(self, model: str | None, system_hash: str, profile: str) -> _Live | None:
+    def _take_spare(self, key: _SpareKey) -> _Live | None:
         for live in list(self._spares):
-            if (live.model, live.system_hash, live.profile) != (model, system_hash, profile):
+            if (live.model, live.system_hash, live.profile, live.tools_hash) != key:
                 continue
             self._spares.remove(live)
             if _alive(live.pid):
@@ -787,25 +898,27 @@ class Engine:
             self._spawn(self._close_process(live, kill=True))
         return None
 
-    def _schedule_refill(self, model: str | None, system: str, profile: str) -> None:
+    def _schedule_refill(
+        self, model: str | None, system: str, profile: str, toolset: _ToolSet
+    ) -> None:
         """Keep a pre-started process ready for the next new conversation of this kind."""
-        want = (model, _hash(system), profile)
+        want: _SpareKey = (model, _hash(system), profile, toolset.fingerprint)
         if self.config.spare_processes <= 0 or self._stopping or want in self._refilling:
             return
-        if any((s.model, s.system_hash, s.profile) == want for s in self._spares):
+        if any((s.model, s.system_hash, s.profile, s.tools_hash) == want for s in self._spares):
             return
-        task = asyncio.ensure_future(self._refill(model, system, profile, want))
+        task = asyncio.ensure_future(self._refill(model, system, profile, toolset, want))
         self._refilling[want] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _refill(
-        self, model: str | None, system: str, profile: str, want: tuple[str | None, str, str]
+        self, model: str | None, system: str, profile: str, toolset: _ToolSet, want: _SpareKey
     ) -> None:
         try:
             while len(self._spares) >= self.config.spare_processes:
                 await self._close_process(self._spares.pop(0), kill=False)
-            live = await self._start_process(model, system, want[1], None, profile,
+            live = await self._start_process(model, system, toolset, None, profile,
                                              for_conversation=None)
             if self._stopping:
                 await self._close_process(live, kill=False)
@@ -876,6 +989,24 @@ def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:
     turn_cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
     return replace(result, cost_usd=round(turn_cost, 6))
+
+
+def _content(req: _Request) -> list[dict[str, Any]]:
+    """The user message for a new turn: the prompt, plus what only text can carry."""
+    prompt, opts = req.prompt, req.options
+    blocks = prompt.content_blocks()
+    if prompt.tool_results:  # results of calls no suspended turn waits for (e.g. a restart)
+        lines = [f"[result of tool call {r.call_id}{' (error)' if r.is_error else ''}]\n"
+                 f"{r.content}" for r in prompt.tool_results]
+        blocks.append({"type": "text", "text": "\n\n".join(lines)})
+    if opts.tools and opts.tool_mode is not ToolMode.AGENT and opts.tool_choice != "auto":
+        names = ", ".join(t.name for t in opts.tools)
+        rule = {
+            "none": "do not call any of the client tools",
+            "required": f"you must call at least one of the client tools ({names})",
+        }.get(opts.tool_choice, f"you must call the client tool {opts.tool_choice}")
+        blocks.append({"type": "text", "text": f"(For this request, {rule}.)"})
+    return blocks
 
 
 async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gateway.engine.client_tools import ClientTool, ToolCall, ToolMode, ToolResult
 from gateway.errors import ErrorKind, GatewayError
 
 
@@ -48,9 +49,11 @@ class Prompt:
 
     text: str = ""
     images: tuple[ImagePart, ...] = ()
+    #: results for the client tool calls a suspended turn waits for (function calling)
+    tool_results: tuple[ToolResult, ...] = ()
 
     def is_empty(self) -> bool:
-        return not self.text.strip() and not self.images
+        return not self.text.strip() and not self.images and not self.tool_results
 
     def content_blocks(self) -> list[dict[str, Any]]:
         """The Anthropic content blocks sent to the CLI over stdin (stream-json)."""
@@ -76,6 +79,13 @@ class TurnOptions:
     system: str | None = None
     #: Free-form origin label used by notifications ("api", "telegram", ...).
     origin: str = ""
+    #: the client's own tools (OpenAI function calling) and how they combine with Claude
+    #: Code's built-in tools
+    tools: tuple[ClientTool, ...] = ()
+    tool_mode: ToolMode = ToolMode.AGENT
+    #: "auto" (default), "none", "required" or a tool name; the CLI has no such switch, so
+    #: anything but "auto" is an instruction added to the prompt
+    tool_choice: str = "auto"
 
 
 # --------------------------------------------------------------------------- output
@@ -157,6 +167,14 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class ToolCallsRequested:
+    """Claude called client tools: the last event of this request. The turn is suspended
+    inside the calls until the next turn() of the conversation brings ``tool_results``."""
+
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
 class TurnResult:
     """The last event of a successful turn."""
 
@@ -200,10 +218,11 @@ Event = (
     | Notice
     | TurnResult
     | TurnError
+    | ToolCallsRequested
 )
 
-#: Events that end a turn: exactly one of them is the last event of every turn.
-FINAL_EVENTS = (TurnResult, TurnError)
+#: Events that end a turn() iteration: exactly one of them is the last event of each.
+FINAL_EVENTS = (TurnResult, TurnError, ToolCallsRequested)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,10 @@ class EngineConfig:
     send_file_dirs: tuple[Path, ...] = ()
     #: processes started ahead of time for the next new conversation (0 = none)
     spare_processes: int = 1
+    #: seconds a turn waits, suspended, for the client's results of its tool calls
+    client_tool_timeout: float = 600.0
+    #: built-in tools hidden in hybrid tool mode (e.g. ones the client's tools duplicate)
+    hybrid_hidden_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

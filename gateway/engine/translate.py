@@ -28,6 +28,7 @@ which is the text of the final step (what Claude Code itself reports as the resu
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ from claude_agent_sdk import (
     UserMessage,
 )
 
+from gateway.engine.client_tools import PREFIX as CLIENT_PREFIX
+from gateway.engine.client_tools import ToolCall
 from gateway.engine.events import (
     Commentary,
     Event,
@@ -52,6 +55,7 @@ from gateway.engine.events import (
     StepBoundary,
     StreamMode,
     TextDelta,
+    ToolCallsRequested,
     ToolFinished,
     ToolStarted,
     TurnError,
@@ -93,6 +97,10 @@ class TurnTranslator:
     _assistant_error: str | None = None
     _assistant_error_text: str | None = None
     _last_retry: dict[str, Any] | None = None
+    #: client tool calls of the current step, reported when the step ends
+    _client_calls: list[ToolCall] = field(default_factory=list)
+    #: client tool calls not yet handed to the engine's broker
+    new_client_calls: list[ToolCall] = field(default_factory=list)
 
     # ------------------------------------------------------------------ public
 
@@ -153,6 +161,9 @@ class TurnTranslator:
             if stop == "tool_use":
                 self._step_has_tool = True
             out += self._settle_block(step_ended=True)
+            if self._client_calls:
+                out.append(ToolCallsRequested(tuple(self._client_calls)))
+                self._client_calls = []
         elif etype == "message_stop":
             out += self._settle_block(step_ended=True)
         return out
@@ -219,6 +230,12 @@ class TurnTranslator:
         for block in msg.content:
             if isinstance(block, ToolUseBlock):
                 self._tool_names[block.id] = block.name
+                if block.name.startswith(CLIENT_PREFIX) and msg.parent_tool_use_id is None:
+                    call = ToolCall(block.id, block.name[len(CLIENT_PREFIX):],
+                                    json.dumps(block.input or {}))
+                    self._client_calls.append(call)
+                    self.new_client_calls.append(call)
+                    continue
                 out.append(ToolStarted(block.id, block.name, tool_summary(block, self.cwd)))
         return out
 
@@ -228,6 +245,8 @@ class TurnTranslator:
             for block in msg.content:
                 if isinstance(block, ToolResultBlock):
                     name = self._tool_names.get(block.tool_use_id, "tool")
+                    if name.startswith(CLIENT_PREFIX):
+                        continue
                     out.append(ToolFinished(block.tool_use_id, name, bool(block.is_error)))
         return out
 
