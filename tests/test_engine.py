@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import psutil
@@ -32,6 +30,7 @@ from gateway.engine import (
 from gateway.errors import ErrorKind
 from tests.conftest import EngineFactory, child_pids, collect
 from tests.fake_anthropic import RATELIMIT_GATEWAY_TOKEN, FakeAnthropic, sample_ratelimit_headers
+from tests.media import png_bytes
 
 pytestmark = pytest.mark.cli
 
@@ -47,21 +46,6 @@ def error_of(events: list[object]) -> TurnError:
     assert isinstance(last, TurnError), f"turn did not fail: {last!r}"
     return last
 
-
-def png_bytes() -> bytes:
-    """A valid 2x2 red PNG, made here."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 # ----------------------------------------------------------------------------- basic turns

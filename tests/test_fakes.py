@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +31,16 @@ FAKE_CLI = Path(__file__).with_name("fake_cli.py")
 CLI_TIMEOUT = 30.0
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
 # --------------------------------------------------------------------------- helpers
 
 
 def http(
-    fake: FakeAnthropic, method: str, path: str, body: Any = None
+    fake_api: FakeAnthropic, method: str, path: str, body: Any = None
 ) -> tuple[int, dict[str, str], bytes]:
     """A blocking request from the test thread (the fake must keep serving meanwhile)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        fake.base_url + path,
+        fake_api.base_url + path,
         data=data,
         method=method,
         headers={"content-type": "application/json", "x-api-key": "sk-secret"},
@@ -152,14 +138,14 @@ def stream_types(events: list[dict[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- fake server alone
 
 
-def test_server_routes_and_non_streaming(fake: FakeAnthropic) -> None:
-    assert http(fake, "GET", "/")[0] == 200
-    assert http(fake, "HEAD", "/")[0] == 200
-    status, _, body = http(fake, "GET", "/v1/models")
+def test_server_routes_and_non_streaming(fake_api: FakeAnthropic) -> None:
+    assert http(fake_api, "GET", "/")[0] == 200
+    assert http(fake_api, "HEAD", "/")[0] == 200
+    status, _, body = http(fake_api, "GET", "/v1/models")
     assert status == 200 and json.loads(body)["data"]
-    status, _, body = http(fake, "POST", "/v1/messages/count_tokens", {"messages": []})
+    status, _, body = http(fake_api, "POST", "/v1/messages/count_tokens", {"messages": []})
     assert status == 200 and json.loads(body)["input_tokens"] > 0
-    status, _, body = http(fake, "GET", "/nope")
+    status, _, body = http(fake_api, "GET", "/nope")
     assert status == 404 and json.loads(body)["type"] == "error"
 
     messages = [
@@ -173,7 +159,7 @@ def test_server_routes_and_non_streaming(fake: FakeAnthropic) -> None:
         {"role": "system", "content": "agents list"},
     ]
     status, headers, body = http(
-        fake,
+        fake_api,
         "POST",
         "/v1/messages?beta=true",
         {
@@ -190,20 +176,20 @@ def test_server_routes_and_non_streaming(fake: FakeAnthropic) -> None:
     assert reply["content"] == [{"type": "text", "text": "echo: hi there"}]
     assert reply["stop_reason"] == "end_turn" and reply["usage"]["input_tokens"] > 0
 
-    (entry,) = fake.requests()
+    (entry,) = fake_api.requests()
     assert entry["path"] == "/v1/messages" and entry["query"] == "beta=true"
     assert entry["roles"] == ["user", "system"] and entry["last_user_text"] == "hi there"
     assert entry["system_text"] == "sys\nagents list" and entry["tools"] == ["Bash"]
     assert entry["stream"] is False and entry["headers"]["x-api-key"] == "<redacted>"
-    assert "GET /nope" in fake.hits()
-    fake.reset()
-    assert fake.requests() == [] and fake.hits() == []
+    assert "GET /nope" in fake_api.hits()
+    fake_api.reset()
+    assert fake_api.requests() == [] and fake_api.hits() == []
 
 
-def test_server_stream_shape_errors_and_triggers(fake: FakeAnthropic) -> None:
+def test_server_stream_shape_errors_and_triggers(fake_api: FakeAnthropic) -> None:
     def post(content: Any, **extra: Any) -> tuple[int, dict[str, str], bytes]:
         body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": content}]}
-        return http(fake, "POST", "/v1/messages", {**body, **extra})
+        return http(fake_api, "POST", "/v1/messages", {**body, **extra})
 
     status, headers, raw = post("RUN_BASH")
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
@@ -249,18 +235,18 @@ def test_server_stream_shape_errors_and_triggers(fake: FakeAnthropic) -> None:
     assert image_reply == "image received (image/png, 4 b64 chars)"
     assert sse_text(post("x" * 5000)[2]) == f"echo: {'x' * 50}… (5000 chars)"
 
-    fake.script({"error": 503, "message": "busy", "retry_after": 3}, match="scripted")
-    fake.script({"text": "two", "usage": {"cache_read_input_tokens": 7}}, match="scripted")
+    fake_api.script({"error": 503, "message": "busy", "retry_after": 3}, match="scripted")
+    fake_api.script({"text": "two", "usage": {"cache_read_input_tokens": 7}}, match="scripted")
     status, headers, raw = post("scripted one")
     assert status == 503 and headers["retry-after"] == "3" and b"busy" in raw
     events = sse_events(post("scripted two")[2])
     assert events[0][1]["message"]["usage"]["cache_read_input_tokens"] == 7
-    assert fake.pending_scripts() == 0
-    assert [r["reply"] for r in fake.requests()][-2:] == ["error 503", "text"]
+    assert fake_api.pending_scripts() == 0
+    assert [r["reply"] for r in fake_api.requests()][-2:] == ["error 503", "text"]
 
 
 def test_server_hang_is_cut_by_stop() -> None:
-    fake = FakeAnthropic().start()
+    fake_api = FakeAnthropic().start()
     results: list[Any] = []
 
     import threading
@@ -269,7 +255,7 @@ def test_server_hang_is_cut_by_stop() -> None:
         try:
             results.append(
                 http(
-                    fake,
+                    fake_api,
                     "POST",
                     "/v1/messages",
                     {"messages": [{"role": "user", "content": "HANG"}]},
@@ -281,12 +267,12 @@ def test_server_hang_is_cut_by_stop() -> None:
     thread = threading.Thread(target=client)
     thread.start()
     deadline = time.monotonic() + 5
-    while not fake.requests() and time.monotonic() < deadline:
+    while not fake_api.requests() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert fake.requests()[0]["reply"] == "hang"
+    assert fake_api.requests()[0]["reply"] == "hang"
     started = time.monotonic()
-    fake.stop()
-    fake.stop()  # idempotent
+    fake_api.stop()
+    fake_api.stop()  # idempotent
     thread.join(5)
     assert time.monotonic() - started < 3
     assert results and isinstance(results[0], Exception)
@@ -328,14 +314,14 @@ def test_standalone_process() -> None:
 
 
 @pytest.mark.cli
-async def test_cli_echo_and_script(fake: FakeAnthropic, home: Path, tmp_path: Path) -> None:
+async def test_cli_echo_and_script(fake_api: FakeAnthropic, cli_home: Path, tmp_path: Path) -> None:
     # A plain API key: rate-limit headers are ignored (see the fake_anthropic docstring).
-    fake.set_ratelimit_headers(sample_ratelimit_headers())
-    fake.script(
+    fake_api.set_ratelimit_headers(sample_ratelimit_headers())
+    fake_api.script(
         {"text": "scripted reply", "usage": {"cache_read_input_tokens": 1234}}, match="magic"
     )
     events, code = await run_cli(
-        cli_env(fake.base_url, str(home)), tmp_path, ["hello fake", "the magic word"]
+        cli_env(fake_api.base_url, str(cli_home)), tmp_path, ["hello fake", "the magic word"]
     )
     assert code == 0
     results = of_type(events, "result")
@@ -367,19 +353,19 @@ async def test_cli_echo_and_script(fake: FakeAnthropic, home: Path, tmp_path: Pa
     (assistant,) = of_type(first_turn, "assistant")
     assert assistant["message"]["id"].startswith("msg_fake")
 
-    requests = fake.requests()
+    requests = fake_api.requests()
     assert [r["last_user_text"] for r in requests] == ["hello fake", "the magic word"]
     assert all(r["stream"] and r["query"] == "beta=true" for r in requests)
     assert "user" in requests[0]["roles"] and "Bash" in requests[0]["tools"]
     assert requests[0]["headers"]["x-api-key"] == "<redacted>"
     assert requests[0]["headers"]["user-agent"].startswith("claude-cli/")
-    assert fake.pending_scripts() == 0
+    assert fake_api.pending_scripts() == 0
 
 
 @pytest.mark.cli
-async def test_cli_bash_round_trip(fake: FakeAnthropic, home: Path, tmp_path: Path) -> None:
+async def test_cli_bash_round_trip(fake_api: FakeAnthropic, cli_home: Path, tmp_path: Path) -> None:
     events, code = await run_cli(
-        cli_env(fake.base_url, str(home)),
+        cli_env(fake_api.base_url, str(cli_home)),
         tmp_path,
         ["RUN_BASH please"],
         "--permission-mode",
@@ -400,7 +386,7 @@ async def test_cli_bash_round_trip(fake: FakeAnthropic, home: Path, tmp_path: Pa
         for e in of_type(events, "stream_event")
         if e["event"]["type"] == "content_block_delta"
     }
-    first, second = fake.requests()
+    first, second = fake_api.requests()
     assert first["reply"] == "tool_use" and second["last_user_text"] == ""
     assert second["tool_results"] == [
         {"tool_use_id": tool_uses[0]["id"], "content": "hello", "is_error": False}
@@ -409,21 +395,24 @@ async def test_cli_bash_round_trip(fake: FakeAnthropic, home: Path, tmp_path: Pa
 
 
 @pytest.mark.cli
-async def test_cli_fail_500(fake: FakeAnthropic, home: Path, tmp_path: Path) -> None:
-    events, code = await run_cli(cli_env(fake.base_url, str(home)), tmp_path, ["boom FAIL_500"])
+async def test_cli_fail_500(fake_api: FakeAnthropic, cli_home: Path, tmp_path: Path) -> None:
+    env = cli_env(fake_api.base_url, str(cli_home))
+    events, code = await run_cli(env, tmp_path, ["boom FAIL_500"])
     assert code == 1
     (result,) = of_type(events, "result")
     assert result["is_error"] is True and result["api_error_status"] == 500
     assert result["subtype"] == "success"  # sic: errors are flagged by is_error
     (assistant,) = of_type(events, "assistant")
     assert assistant["error"] == "server_error"
-    assert [r["reply"] for r in fake.requests()] == ["error 500"]
+    assert [r["reply"] for r in fake_api.requests()] == ["error 500"]
 
 
 @pytest.mark.cli
-async def test_cli_rate_limit_event(fake: FakeAnthropic, home: Path, tmp_path: Path) -> None:
-    fake.set_ratelimit_headers(sample_ratelimit_headers("allowed_warning", 0.91))
-    env = cli_env(fake.base_url, str(home), ANTHROPIC_AUTH_TOKEN=RATELIMIT_GATEWAY_TOKEN)
+async def test_cli_rate_limit_event(
+    fake_api: FakeAnthropic, cli_home: Path, tmp_path: Path
+) -> None:
+    fake_api.set_ratelimit_headers(sample_ratelimit_headers("allowed_warning", 0.91))
+    env = cli_env(fake_api.base_url, str(cli_home), ANTHROPIC_AUTH_TOKEN=RATELIMIT_GATEWAY_TOKEN)
     events, code = await run_cli(env, tmp_path, ["hi"])
     assert code == 0
     (event,) = of_type(events, "rate_limit_event")

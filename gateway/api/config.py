@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.events import StreamMode
 from gateway.errors import ConfigError
 
@@ -47,17 +47,6 @@ class ApiConfig:
             )
         if any(not k.strip() for k in self.api_keys):
             raise ConfigError("server.api_keys: a key is empty")
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
-    name = host.strip().strip("[]")
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, config: ApiConfig) -> None:
