@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bridges.telegram import TelegramBridge
 from gateway.api import api_config_from_settings, check_bind, create_app
 from gateway.config import Settings, secret_env_var_names
 from gateway.engine import Alert, Engine, EngineConfig
@@ -40,18 +41,20 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_queued_per_conversation=claude.max_queued_per_conversation,
         env=dict(claude.env),
         secret_env_vars=secret_env_var_names(os.environ),
-    )
-
         spare_processes=claude.spare_processes,
         send_file_dirs=tuple(claude.send_file_dirs),
+    )
+
 
 @dataclass
 class Gateway:
-    """The running process: engine, HTTP server (and, later, bridges and scheduler)."""
+    """The running process: engine, HTTP server, chat bridges (and, later, the scheduler)."""
 
     settings: Settings
     engine: Engine
     runner: web.AppRunner | None = None
+    #: chat frontends, started after the engine and the HTTP server, stopped before them
+    bridges: list[TelegramBridge] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -78,7 +81,27 @@ class Gateway:
         log.info("listening on http://%s:%d", self.settings.server.host,
                  self.settings.server.port)
 
+        try:
+            await self._start_bridges()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_bridges(self) -> None:
+        telegram = TelegramBridge.from_settings(self.engine, self.settings)
+        if telegram is not None:
+            self.engine.register_file_sink(telegram.core.key_prefix, telegram.core.deliver_file)
+            self.engine.add_alert_handler(telegram.core.on_alert)
+            self.bridges.append(telegram)
+            await telegram.start()
+
     async def stop(self) -> None:
+        for bridge in reversed(self.bridges):
+            try:
+                await bridge.stop()
+            except Exception:
+                log.exception("stopping a chat bridge failed")
+        self.bridges.clear()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
@@ -44,6 +44,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -410,10 +411,120 @@ class TelegramSettings(_Section):
     token: SecretStr | None = Field(
         default=None, description="Bot token; read from TELEGRAM_BOT_TOKEN only."
     )
+    allowed_users: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Telegram user ids that may use the bot; empty = nobody (deny by default).",
+    )
+    allowed_chats: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Chats (groups) in which every member may use the bot.",
+    )
+    base_url: str = Field(
+        default="",
+        description="Bot API base URL (a self-hosted server); empty = https://api.telegram.org/bot",
+    )
+    base_file_url: str = Field(
+        default="", description="Bot API file URL; empty = derived from base_url."
+    )
+    local_mode: bool = Field(
+        default=False,
+        description="The self-hosted Bot API server runs with --local (files are local paths).",
+    )
+    mode: Literal["polling", "webhook"] = Field(
+        default="polling", description="How updates arrive: long polling or a webhook."
+    )
+    poll_timeout: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds one long poll (getUpdates) waits."
+    )
+    webhook_url: str = Field(
+        default="", description="Public https URL Telegram posts updates to (webhook mode)."
+    )
+    webhook_listen: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the webhook server binds."
+    )
+    webhook_port: int = Field(
+        default=8443, ge=1, le=65535, description="Port the webhook server listens on."
+    )
+    stream: Literal["draft", "edit", "off"] = Field(
+        default="draft",
+        description="How answers stream: draft previews (private chats; edits elsewhere),"
+        " edits of one message, or off (sent once at the end).",
+    )
+    stream_interval: float = Field(
+        default=1.0, ge=0.3, le=60, description="Seconds between two updates of a streamed answer."
+    )
+    status_interval: float = Field(
+        default=3.0, ge=1, le=300, description="Seconds between two edits of the status message."
+    )
+    status_delay: float = Field(
+        default=2.0, ge=0, le=300,
+        description="Show the status message after this many seconds without an answer.",
+    )
+    max_upload_mb: float = Field(
+        default=20.0, gt=0, le=2000, description="Largest file a user may send, in MiB."
+    )
+    long_answer_file_chars: int = Field(
+        default=12000, ge=0, description="Answers longer than this also come as a file; 0 = never."
+    )
+    default_model: str = Field(
+        default="", description="Model of new Telegram conversations; empty = claude.default_model."
+    )
+
+    @field_validator("allowed_users", "allowed_chats", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> Any:
+        # CMG_TELEGRAM__ALLOWED_USERS=123,456 as well as a JSON/TOML list
+        items: Any = value
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                items = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
+            except ValueError:
+                items = None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items = [value]
+        ids: list[int] = []
+        for item in items if isinstance(items, list | tuple) else [None]:
+            if isinstance(item, str) and re.fullmatch(r"-?\d+", item.strip()):
+                item = int(item)
+            elif isinstance(item, str) and not item.strip():
+                continue
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise PydanticCustomError(
+                    "cmg_id_list",
+                    "expected a list of numeric Telegram ids, e.g. [123456789], got {value}",
+                    {"value": _show(value)},
+                )
+            ids.append(item)
+        return ids
+
+    @field_validator("base_url", "base_file_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise PydanticCustomError(
+                "cmg_url", "expected an http:// or https:// URL, got {value}",
+                {"value": json.dumps(value)},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> TelegramSettings:
+        if self.mode == "webhook" and not self.webhook_url.startswith("https://"):
+            raise _cross_field_error(
+                ("webhook_url", "mode"),
+                'mode = "webhook" needs webhook_url: the public https:// address Telegram'
+                " posts updates to (it reaches webhook_listen:webhook_port through your proxy)",
+            )
+        return self
 
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 class DiscordSettings(_Section):

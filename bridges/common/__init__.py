@@ -1,0 +1,34 @@
+"""Chat logic shared by every chat platform (Telegram now, Discord next).
+
+No platform imports here: an adapter implements :class:`Platform` and feeds a
+:class:`ChatBridge`; see ``bridges/telegram`` for the first one.
+"""
+
+from bridges.common.bridge import CHAT_PREFIXES, BridgeSettings, ChatBridge, VoiceHandler
+from bridges.common.commands import Command, CommandContext, CommandRegistry, parse_command
+from bridges.common.platform import Chat, MessageId, Platform, User
+from bridges.common.split import MarkdownChunk, split_markdown
+from bridges.common.text import error_text, notice_text, status_text
+from bridges.common.view import TurnView, ViewSettings
+
+__all__ = [
+    "CHAT_PREFIXES",
+    "BridgeSettings",
+    "Chat",
+    "ChatBridge",
+    "Command",
+    "CommandContext",
+    "CommandRegistry",
+    "MarkdownChunk",
+    "MessageId",
+    "Platform",
+    "TurnView",
+    "User",
+    "ViewSettings",
+    "VoiceHandler",
+    "error_text",
+    "notice_text",
+    "parse_command",
+    "split_markdown",
+    "status_text",
+]

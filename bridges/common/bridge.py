@@ -1,0 +1,536 @@
+"""The chat logic every platform shares, written once: :class:`ChatBridge`.
+
+An adapter (``bridges.telegram``, later ``bridges.discord``) turns platform updates into
+calls on the bridge and implements :class:`~bridges.common.platform.Platform` for the way
+back. The bridge decides everything else:
+
+* who may talk to it (deny-by-default allow-list; one refusal per stranger, with their id);
+* commands (:mod:`bridges.common.commands`): /new /stop /model /status /help /sessions
+  /resume built in, more added by other features through :attr:`ChatBridge.commands`;
+* one conversation per chat (or topic), messages sent during a turn waiting and going in
+  together as the next turn, each turn rendered by a :class:`~bridges.common.view.TurnView`;
+* files: the inbox for what the person sends, the ``send_file`` sink for what Claude sends;
+* alerts: a turn that timed out or crashed is reported to the chat it came from, and turns of
+  other frontends (the HTTP API) to the notification chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridges.common.commands import Command, CommandContext, CommandRegistry
+from bridges.common.platform import Chat, Platform, User
+from bridges.common.split import split_markdown
+from bridges.common.text import ago, error_text, rate_limit_text, size
+from bridges.common.view import TurnView, ViewSettings
+from gateway.engine import (
+    Alert,
+    Engine,
+    ImagePart,
+    OutgoingFile,
+    Prompt,
+    StreamMode,
+    ToolCallsRequested,
+    TurnError,
+    TurnOptions,
+    TurnResult,
+)
+from gateway.errors import ErrorKind, GatewayError
+
+log = logging.getLogger(__name__)
+
+#: Key prefixes of the chat bridges. Alerts of these keys belong to their own bridge; alerts
+#: of any other key (``openai:``, ``cron:``) go to the notification chat.
+CHAT_PREFIXES = ("telegram:", "discord:")
+
+#: Transcribes a voice note: (chat, audio bytes, MIME type) -> the text it says.
+VoiceHandler = Callable[[Chat, bytes, str], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    #: user ids that may talk to the bot; empty = nobody
+    allowed_users: frozenset[int] = frozenset()
+    #: chats (groups) in which every member may talk to the bot
+    allowed_chats: frozenset[int] = frozenset()
+    #: model of new conversations of this platform (None = the gateway's default)
+    model: str | None = None
+    #: incoming files larger than this are refused
+    max_upload_bytes: int = 20 * 1024 * 1024
+    #: conversation key that alerts of other frontends go to ("telegram:<id>"), if any
+    notify_key: str | None = None
+    #: the setting that holds the upload limit, named in the refusal ("telegram.max_upload_mb")
+    upload_setting: str = "max_upload_mb"
+    view: ViewSettings = field(default_factory=ViewSettings)
+
+
+@dataclass(eq=False)
+class _ChatState:
+    chat: Chat
+    pending: list[Prompt] = field(default_factory=list)
+    worker: asyncio.Task[None] | None = None
+    view: TurnView | None = None
+    #: session ids of the last /sessions listing, so /resume 2 works
+    sessions: list[str] = field(default_factory=list)
+
+
+class ChatBridge:
+    def __init__(self, engine: Engine, platform: Platform, settings: BridgeSettings) -> None:
+        self.engine = engine
+        self.platform = platform
+        self.settings = settings
+        self.commands = CommandRegistry()
+        #: set by the voice feature; without it voice notes get a polite explanation
+        self.voice_handler: VoiceHandler | None = None
+        self._chats: dict[str, _ChatState] = {}
+        self._refused: set[int] = set()
+        self._stopping = False
+        self._add_builtin_commands()
+
+    @property
+    def key_prefix(self) -> str:
+        return f"{self.platform.name}:"
+
+    @property
+    def title(self) -> str:
+        return self.platform.name.capitalize()
+
+    # ================================================================== lifecycle
+
+    def check(self) -> None:
+        """Log what a person should know about the configuration at start-up."""
+        if not self.settings.allowed_users and not self.settings.allowed_chats:
+            log.warning(
+                "%s bridge: the allow-list is empty, so nobody may use the bot and everyone"
+                " gets a refusal with their user id. Add ids to %s.allowed_users.",
+                self.title, self.platform.name,
+            )
+
+    async def stop(self) -> None:
+        """End every turn this bridge runs (their processes stay with the engine)."""
+        self._stopping = True
+        workers = [s.worker for s in self._chats.values() if s.worker and not s.worker.done()]
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers, timeout=10)
+
+    # ================================================================== who may talk
+
+    def is_allowed(self, user: User, chat: Chat) -> bool:
+        return user.id in self.settings.allowed_users or chat.id in self.settings.allowed_chats
+
+    async def admit(self, user: User, chat: Chat) -> bool:
+        """True if ``user`` may use the bot here; otherwise refuse them (once) and say why."""
+        if self.is_allowed(user, chat):
+            return True
+        log.info("%s: refused user %s in chat %s", self.title, user.id, chat.id)
+        if user.id in self._refused:
+            return False
+        self._refused.add(user.id)
+        meta_key = f"{self.platform.name}-user:{user.id}"
+        try:
+            if (await self.engine.store.get_meta(meta_key)).get("refused_at"):
+                return False
+            await self.engine.store.set_meta(meta_key, refused_at=str(int(time.time())))
+        except Exception as exc:  # the store is closing: refusing is what matters
+            log.debug("refusal memory: %s", exc)
+        await self.say(
+            chat,
+            f"Sorry, this is a private assistant and you are not on its allow-list. Your"
+            f" {self.title} user id is {user.id}: if this is your bot, add it to"
+            f" {self.platform.name}.allowed_users in the gateway's config.",
+            markdown=False,
+        )
+        return False
+
+    # ================================================================== messages in
+
+    async def run_command(self, chat: Chat, user: User, name: str, args: str) -> None:
+        command = self.commands.get(name)
+        if command is None:
+            await self.say(chat, f"Unknown command /{name}. /help lists what I understand.",
+                           markdown=False)
+            return
+        try:
+            await command.handler(CommandContext(self, chat, user, args))
+        except GatewayError as exc:
+            await self.say(chat, error_text(TurnError.from_exc(exc)), markdown=False)
+        except Exception:
+            log.exception("command /%s in %s failed", name, chat.key)
+            await self.say(chat, f"⚠️ /{name} failed; the gateway's log has the details.",
+                           markdown=False)
+
+    async def submit(self, chat: Chat, prompt: Prompt) -> None:
+        """Send ``prompt`` to Claude; during a running turn it waits and goes in next."""
+        if prompt.is_empty() or self._stopping:
+            return
+        state = self._state(chat)
+        state.pending.append(prompt)
+        if state.view is not None:
+            state.view.queued = len(state.pending)
+            state.view.touch()
+        if state.worker is None or state.worker.done():
+            state.worker = asyncio.create_task(self._work(state), name=f"chat {chat.key}")
+
+    async def handle_voice(
+        self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str = ""
+    ) -> None:
+        """A voice note: transcribed by :attr:`voice_handler` and sent as text, if there is one."""
+        if self.voice_handler is None:
+            await self.say(
+                chat,
+                "🎤 Voice messages need the gateway's voice feature, which is not enabled here."
+                " Please type your message instead.",
+                markdown=False,
+            )
+            return
+        data = await fetch()
+        text = (await self.voice_handler(chat, data, mime_type)).strip()
+        if not text:
+            await self.say(chat, "🎤 I could not make out any words in that voice message.",
+                           markdown=False)
+            return
+        await self.submit(chat, Prompt(text=f"{caption}\n\n{text}".strip()))
+
+    def upload_refusal(self, name: str, nbytes: int | None) -> str | None:
+        """The reply for a file that is too large to accept, or ``None`` if it is fine."""
+        limit = self.settings.max_upload_bytes
+        if nbytes is None or nbytes <= limit:
+            return None
+        return (
+            f"📎 {name} is {size(nbytes)}; I accept files up to {size(limit)}"
+            f" ({self.platform.name}.{self.settings.upload_setting}). Send a smaller file, or"
+            " put it on the gateway's machine and tell me the path."
+        )
+
+    def inbox_dir(self, chat: Chat) -> Path:
+        return self.engine.config.workspace / "inbox" / f"{self.platform.name}-{chat.id}"
+
+    async def save_upload(self, chat: Chat, name: str, data: bytes) -> Path:
+        """Save a file the person sent into the chat's inbox folder; returns its path."""
+        folder = self.inbox_dir(chat)
+        stem = time.strftime("%Y%m%d-%H%M%S-") + safe_filename(name)
+        path = folder / stem
+        counter = 1
+        while path.exists():
+            path = folder / f"{stem}-{counter}"
+            counter += 1
+
+        def write() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+        await asyncio.to_thread(write)
+        return path
+
+    def upload_note(self, path: Path, name: str, mime_type: str | None, nbytes: int) -> str:
+        """What Claude is told about a file the person sent."""
+        kind = f"{mime_type}, " if mime_type else ""
+        return (
+            f"[The user sent a file: {name} ({kind}{size(nbytes)}), saved at {path}]"
+        )
+
+    # ================================================================== messages out
+
+    async def say(self, chat: Chat, text: str, *, markdown: bool = True) -> None:
+        """Send a text of any length (split to fit the platform's limit)."""
+        chunks = split_markdown(text, self.platform.max_length, measure=self.platform.measure)
+        for chunk in chunks:
+            if chunk.text.strip():
+                await self.platform.send_text(chat, chunk.text, markdown=markdown)
+
+    async def deliver_file(self, item: OutgoingFile) -> None:
+        """The engine's ``send_file`` sink: send what Claude hands the person, natively."""
+        chat = self.platform.chat_for_key(item.key)
+        if chat is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"{item.key} is not a chat of"
+                               f" {self.title}")
+        nbytes = (await asyncio.to_thread(item.path.stat)).st_size
+        if nbytes > self.platform.max_upload_bytes:
+            raise GatewayError(
+                ErrorKind.INVALID_REQUEST,
+                f"{item.path.name} is {size(nbytes)}; {self.title} bots can send at most"
+                f" {size(self.platform.max_upload_bytes)}",
+            )
+        await self.platform.send_file(chat, item.path, item.caption, item.kind)
+
+    async def on_alert(self, alert: Alert) -> None:
+        """A turn ended by timeout or crash: tell the chat it came from, or the owner."""
+        chat = self.platform.chat_for_key(alert.key)
+        if chat is not None:
+            state = self._chats.get(chat.key)
+            if state is not None and state.view is not None:
+                return  # the turn is on screen: its view shows the error
+            await self.say(chat, error_text(alert.error, rate_limit=self._rate_limit()),
+                           markdown=False)
+            return
+        if alert.key.startswith(CHAT_PREFIXES) or not self.settings.notify_key:
+            return
+        target = self.platform.chat_for_key(self.settings.notify_key)
+        if target is None:
+            return
+        origin = f" ({alert.origin})" if alert.origin else ""
+        await self.say(
+            target,
+            f"A turn of {alert.key}{origin} ended badly:\n"
+            + error_text(alert.error, rate_limit=self._rate_limit()),
+            markdown=False,
+        )
+
+    # ================================================================== turns
+
+    def _state(self, chat: Chat) -> _ChatState:
+        state = self._chats.get(chat.key)
+        if state is None:
+            state = self._chats[chat.key] = _ChatState(chat)
+        return state
+
+    def busy(self, chat: Chat) -> bool:
+        state = self._chats.get(chat.key)
+        return state is not None and (state.view is not None or bool(state.pending))
+
+    async def _work(self, state: _ChatState) -> None:
+        while state.pending and not self._stopping:
+            prompts, state.pending = state.pending, []
+            await self._run_turn(state, _merge(prompts))
+
+    async def _run_turn(self, state: _ChatState, prompt: Prompt) -> None:
+        chat = state.chat
+        view = TurnView(self.platform, chat, self.settings.view, rate_limit=self._rate_limit)
+        state.view = view
+        final: TurnResult | TurnError | None = None
+        try:
+            await view.start()
+            options = TurnOptions(
+                model=await self._model_for(chat), mode=StreamMode.SMART,
+                origin=self.platform.name,
+            )
+            async for event in self.engine.turn(chat.key, prompt, options):
+                if isinstance(event, TurnResult | TurnError):
+                    final = event
+                elif isinstance(event, ToolCallsRequested):
+                    # Only requests with client tools (the HTTP API) end this way; a chat
+                    # turn never offers any, so this is a bug somewhere: say so, don't hang.
+                    names = ", ".join(c.name for c in event.calls)
+                    final = TurnError(
+                        ErrorKind.CRASHED,
+                        f"the turn ended asking for client tools ({names}), which chats do"
+                        " not offer",
+                    )
+                else:
+                    await view.on_event(event)
+        except Exception as exc:
+            log.exception("turn of %s failed in the bridge", chat.key)
+            final = TurnError(ErrorKind.CRASHED, f"internal error: {exc}")
+        finally:
+            try:
+                await asyncio.wait_for(asyncio.shield(view.finish(final)), timeout=30)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            finally:
+                state.view = None
+
+    async def _model_for(self, chat: Chat) -> str | None:
+        """The platform's default model for a conversation that has not chosen one."""
+        if not self.settings.model:
+            return None
+        info = await self.engine.describe(chat.key)
+        return self.settings.model if info is None or not info.model else None
+
+    def _rate_limit(self) -> dict[str, object] | None:
+        status = self.engine.status().get("rate_limit")
+        return status if isinstance(status, dict) else None
+
+    # ================================================================== built-in commands
+
+    def _add_builtin_commands(self) -> None:
+        for command in (
+            Command("new", "Start a fresh session (forget this conversation)", self._cmd_new),
+            Command("stop", "Stop the running answer at once", self._cmd_stop),
+            Command("model", "Show or change the model", self._cmd_model, "[name]"),
+            Command("status", "Session, model, tokens, cost and usage limits", self._cmd_status),
+            Command("sessions", "Recent Claude Code sessions of the workspace",
+                    self._cmd_sessions),
+            Command("resume", "Continue one of those sessions here", self._cmd_resume,
+                    "<number or id>"),
+            Command("help", "What I can do", self._cmd_help),
+            Command("start", "Say hello", self._cmd_help, hidden=True),
+        ):
+            self.commands.add(command)
+
+    async def _cmd_new(self, ctx: CommandContext) -> None:
+        state = self._state(ctx.chat)
+        state.pending.clear()
+        await self.engine.reset(ctx.chat.key)
+        await ctx.reply("🆕 Fresh session: I have forgotten this conversation.", markdown=False)
+
+    async def _cmd_stop(self, ctx: CommandContext) -> None:
+        state = self._state(ctx.chat)
+        dropped = len(state.pending)
+        state.pending.clear()
+        stopped = await self.engine.interrupt(ctx.chat.key)
+        if dropped:
+            plural = "message" if dropped == 1 else "messages"
+            await ctx.reply(f"⏹ Stopped; {dropped} waiting {plural} not sent.", markdown=False)
+        elif not stopped:
+            await ctx.reply("Nothing is running.", markdown=False)
+
+    async def _cmd_model(self, ctx: CommandContext) -> None:
+        names = ", ".join(self.engine.model_names())
+        if not ctx.args:
+            info = await self.engine.describe(ctx.chat.key)
+            current = (info.model if info else None) or self.settings.model or \
+                self.engine.config.default_model or "the CLI's default"
+            await ctx.reply(f"Model: {current}\nChoose with /model <name>: {names}",
+                            markdown=False)
+            return
+        wanted = ctx.args.split()[0]
+        if wanted.lower() in ("default", "reset"):
+            model = await self.engine.set_model(ctx.chat.key, self.settings.model or None)
+        else:
+            model = await self.engine.set_model(ctx.chat.key, wanted)
+        await ctx.reply(
+            f"Model: {model or 'the default'}. The conversation keeps its history.",
+            markdown=False,
+        )
+
+    async def _cmd_status(self, ctx: CommandContext) -> None:
+        info = await self.engine.describe(ctx.chat.key)
+        rl = rate_limit_text(self._rate_limit())
+        state = self._chats.get(ctx.chat.key)
+        waiting = len(state.pending) if state else 0
+        if info is None:
+            lines = ["**Session:** none yet — your next message starts one."]
+            model = self.settings.model or self.engine.config.default_model or "CLI default"
+        else:
+            sid = f"`{info.session_id}`" if info.session_id else "not started"
+            lines = [f"**Session:** {sid}, {info.turns} turn(s), last used"
+                     f" {ago(info.last_used_at)}"]
+            model = info.model or self.settings.model or self.engine.config.default_model \
+                or "CLI default"
+            u = info.usage
+            lines.append(
+                f"**Tokens:** {u.prompt_tokens:,} in ({u.cache_read_tokens:,} from cache),"
+                f" {u.output_tokens:,} out"
+            )
+            lines.append(f"**Cost so far:** ${info.cost_usd:.4f} (API-equivalent)")
+        running = state is not None and state.view is not None
+        now = "working" if running else "idle"
+        if waiting:
+            now += f", {waiting} message(s) waiting"
+        lines[1:1] = [f"**Model:** {model}"]
+        lines.append(f"**Now:** {now}")
+        lines.append(f"**Usage limit:** {rl}")
+        await ctx.reply("\n".join(lines))
+
+    async def _cmd_sessions(self, ctx: CommandContext) -> None:
+        sessions = await self.engine.cli_sessions(limit=10)
+        state = self._state(ctx.chat)
+        state.sessions = [s.session_id for s in sessions]
+        if not sessions:
+            await ctx.reply(f"No Claude Code sessions in {self.engine.config.workspace} yet.",
+                            markdown=False)
+            return
+        info = await self.engine.describe(ctx.chat.key)
+        mine = info.session_id if info else None
+        lines = [f"Recent Claude Code sessions in `{self.engine.config.workspace}`:", ""]
+        for number, s in enumerate(sessions, 1):
+            title = _one_line(s.summary or s.first_prompt or "(no title)", 70)
+            extra = [ago(s.last_modified / 1000)]
+            if s.git_branch:
+                extra.append(f"branch {s.git_branch}")
+            if s.session_id == mine:
+                extra.append("this chat")
+            lines.append(f"{number}. {_escape(title)} — {', '.join(extra)}")
+            lines.append(f"   `{s.session_id}`")
+        lines += ["", "Continue one here with /resume <number> (or /resume <id>)."]
+        await ctx.reply("\n".join(lines))
+
+    async def _cmd_resume(self, ctx: CommandContext) -> None:
+        wanted = ctx.args.strip()
+        if not wanted:
+            await ctx.reply("Usage: /resume <number or id>. /sessions lists them.",
+                            markdown=False)
+            return
+        state = self._state(ctx.chat)
+        session_id = wanted
+        if wanted.isdigit() and 1 <= int(wanted) <= len(state.sessions):
+            session_id = state.sessions[int(wanted) - 1]
+        elif len(wanted) >= 6:
+            matches = [s for s in state.sessions if s.startswith(wanted)]
+            if len(matches) == 1:
+                session_id = matches[0]
+        if self.busy(ctx.chat):
+            await ctx.reply("A turn is running here; /stop it first.", markdown=False)
+            return
+        await self.engine.attach_session(ctx.chat.key, session_id)
+        summary = ""
+        with contextlib.suppress(Exception):
+            for s in await self.engine.cli_sessions(limit=50):
+                if s.session_id == session_id:
+                    summary = f": {_one_line(s.summary or s.first_prompt or '', 80)}"
+        await ctx.reply(
+            f"▶️ This chat now continues session {session_id}{summary}. Your next message"
+            " goes to it.",
+            markdown=False,
+        )
+
+    async def _cmd_help(self, ctx: CommandContext) -> None:
+        lines = [
+            "I am Claude Code running on your machine. Send a message and I work in the"
+            f" workspace `{self.engine.config.workspace}`, with its files and tools.",
+            "",
+            "Photos reach me as images; other files are saved in my inbox folder and I am"
+            " told where. I can send you files, photos and voice notes. Messages you send"
+            " while I work go in together as the next message.",
+            "",
+        ]
+        for command in self.commands:
+            if command.hidden:
+                continue
+            usage = f" {command.usage}" if command.usage else ""
+            lines.append(f"/{command.name}{_escape(usage)} — {command.description}")
+        await ctx.reply("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _merge(prompts: list[Prompt]) -> Prompt:
+    if len(prompts) == 1:
+        return prompts[0]
+    text = "\n\n".join(p.text for p in prompts if p.text.strip())
+    images: tuple[ImagePart, ...] = tuple(i for p in prompts for i in p.images)
+    return Prompt(text=text, images=images)
+
+
+def safe_filename(name: str, fallback: str = "file") -> str:
+    """A name that is safe on every file system and cannot leave its folder."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .")
+    name = re.sub(r"\s+", "_", name)
+    if not name:
+        return fallback
+    if len(name) > 100:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 100 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:100]
+    return name
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _escape(text: str) -> str:
+    """Markdown-escape text shown inside a Markdown reply."""
+    return re.sub(r"([\\`*_\[\]<>|~#])", r"\\\1", text)
+
