@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bridges.common.schedule_commands import setup_schedules
 from bridges.telegram import TelegramBridge
 from gateway.api import api_config_from_settings, check_bind, create_app
+from gateway.api.routes import STATUS_PROVIDERS
 from gateway.config import Settings, secret_env_var_names
 from gateway.engine import Alert, Engine, EngineConfig
 from gateway.errors import ConfigError
+from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig, SessionMode
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,15 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 @dataclass
 class Gateway:
-    """The running process: engine, HTTP server, chat bridges (and, later, the scheduler)."""
+    """The running process: engine, HTTP server, chat bridges and the scheduler."""
 
     settings: Settings
     engine: Engine
     runner: web.AppRunner | None = None
     #: chat frontends, started after the engine and the HTTP server, stopped before them
     bridges: list[TelegramBridge] = field(default_factory=list)
+    #: scheduled prompts: started after the bridges (it delivers through them), stopped first
+    scheduler: Scheduler | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -67,6 +72,8 @@ class Gateway:
         await self.engine.start()
         self.engine.add_alert_handler(_log_alert)
         app = create_app(self.engine, api_config_from_settings(self.settings))
+        self.scheduler = build_scheduler(self.engine, self.settings)
+        app[STATUS_PROVIDERS] = {"scheduler": self.scheduler.status}
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.server.host, self.settings.server.port)
@@ -83,6 +90,7 @@ class Gateway:
 
         try:
             await self._start_bridges()
+            await self.scheduler.start()
         except BaseException:
             await self.stop()
             raise
@@ -93,9 +101,16 @@ class Gateway:
             self.engine.register_file_sink(telegram.core.key_prefix, telegram.core.deliver_file)
             self.engine.add_alert_handler(telegram.core.on_alert)
             self.bridges.append(telegram)
+            if self.scheduler is not None:
+                setup_schedules(telegram.core, self.scheduler)
             await telegram.start()
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            try:
+                await self.scheduler.stop()
+            except Exception:
+                log.exception("stopping the scheduler failed")
         for bridge in reversed(self.bridges):
             try:
                 await bridge.stop()
@@ -106,6 +121,24 @@ class Gateway:
             await self.runner.cleanup()
             self.runner = None
         await self.engine.stop(grace=SHUTDOWN_GRACE)
+
+
+def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
+    """The scheduler with the ``[scheduler]`` defaults and the ``[[schedules]]`` jobs."""
+    options = settings.scheduler
+    config = SchedulerConfig(
+        enabled=options.enabled, model=options.model, jitter=options.jitter,
+        misfire_grace=options.misfire_grace, timezone=options.timezone,
+    )
+    jobs = [
+        JobSpec(
+            name=job.name, cron=job.cron, prompt=job.prompt, target=job.target,
+            timezone=job.timezone, model=job.model or None, session=SessionMode(job.session),
+            jitter=job.jitter, enabled=job.enabled,
+        )
+        for job in settings.schedules
+    ]
+    return Scheduler(engine, config, jobs)
 
 
 async def _log_alert(alert: Alert) -> None:

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -539,6 +540,199 @@ class DiscordSettings(_Section):
         return self.token is not None
 
 
+class SchedulerSettings(_Section):
+    """``[scheduler]``: defaults of scheduled prompts (the jobs are ``[[schedules]]``)."""
+
+    enabled: bool = Field(default=True, description="Run the scheduled prompts at all.")
+    model: str = Field(
+        default="haiku",
+        description="Model of scheduled turns unless a job names one; a light one by default,"
+        " so regular traffic does not spend Opus.",
+    )
+    jitter: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="Each run starts after a random delay of up to this many seconds.",
+    )
+    misfire_grace: float = Field(
+        default=3600.0, ge=0, le=7 * 86400,
+        description="A run missed while the gateway was down is made up once at start-up if it"
+        " is at most this many seconds old.",
+    )
+    timezone: str = Field(
+        default="", description="Time zone of jobs that name none (IANA); empty = the machine's."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from gateway.scheduler.cron import CronError, parse_timezone
+
+        try:
+            parse_timezone(value)
+        except CronError as exc:
+            raise PydanticCustomError("cmg_timezone", "{text}", {"text": str(exc)}) from None
+        return value.strip()
+
+
+class ScheduleSettings(_Section):
+    """One ``[[schedules]]`` entry: a prompt run on a cron schedule, its answer delivered."""
+
+    name: str = Field(description="Unique name; the job's conversation is cron:<name>.")
+    cron: str = Field(description='5-field cron expression, e.g. "0 8 * * 1-5".')
+    prompt: str = Field(description="What Claude is asked on each run.")
+    target: str = Field(
+        description='Where the answer goes: "telegram:<chat id>", "discord:<channel id>" or'
+        ' "log".'
+    )
+    timezone: str = Field(default="", description="IANA zone; empty = scheduler.timezone.")
+    model: str = Field(default="", description="Model; empty = scheduler.model.")
+    session: Literal["fresh", "continue"] = Field(
+        default="fresh",
+        description="fresh = a new conversation each run; continue = every run continues the"
+        " job's one conversation.",
+    )
+    jitter: float | None = Field(
+        default=None, ge=0, le=3600, description="Random delay in seconds; unset = scheduler's."
+    )
+    enabled: bool = Field(default=True, description="false = keep the job but do not run it.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete(cls, data: Any) -> Any:
+        # Missing and unknown keys, with the job's name, before the field checks.
+        if not isinstance(data, Mapping):
+            raise PydanticCustomError(
+                "cmg_schedule_table",
+                "each [[schedules]] entry is a table with name, cron, prompt and target",
+            )
+        job = _job_label(data)
+        present = [key for key in data if key in cls.model_fields]
+        for key in data:
+            if key not in cls.model_fields:
+                close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1)
+                hint = f"did you mean {close[0]}?" if close else (
+                    "a schedule accepts: " + ", ".join(cls.model_fields))
+                raise _cross_field_error((str(key),), f"{job}: unknown key ({hint})")
+        for key in ("name", "cron", "prompt", "target"):
+            if key not in data:
+                raise _cross_field_error(
+                    (key, *present[:1]), f"{job}: {key} is missing ({_SCHEDULE_HINTS[key]})"
+                )
+        return data
+
+    @field_validator("name", "cron", "prompt", "target", "timezone", "model", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            raise PydanticCustomError(
+                "cmg_schedule", "{text}",
+                {"text": f"{_job_label(info.data)}: expected a string, got {_show(value)}"},
+            )
+        return value
+
+    @field_validator("session", "jitter", "enabled", mode="before")
+    @classmethod
+    def _choices(cls, value: Any, info: ValidationInfo) -> Any:
+        field = info.field_name
+        if field == "session" and value not in ("fresh", "continue"):
+            text = f'expected "fresh" or "continue", got {_show(value)}'
+        elif field == "enabled" and not isinstance(value, bool):
+            text = f"expected true or false, got {_show(value)}"
+        elif field == "jitter" and value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0 <= value <= 3600
+        ):
+            text = f"expected seconds from 0 to 3600, got {_show(value)}"
+        else:
+            return value
+        raise _job_error(info, text)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from gateway.scheduler.jobs import JobError, check_name
+
+        try:
+            return check_name(value)
+        except JobError as exc:
+            raise PydanticCustomError("cmg_schedule", "{text}", {"text": exc.message}) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str, info: ValidationInfo) -> str:
+        from gateway.scheduler.cron import CronError, parse_timezone
+
+        try:
+            parse_timezone(value)
+        except CronError as exc:
+            raise _job_error(info, str(exc)) from None
+        return value.strip()
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        from gateway.scheduler.cron import CronError, validate_cron
+
+        try:
+            return validate_cron(value)
+        except CronError as exc:
+            raise _job_error(info, str(exc)) from None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        from gateway.scheduler.jobs import JobError, check_prompt
+
+        try:
+            return check_prompt("", value)
+        except JobError as exc:
+            raise _job_error(info, f"the prompt {exc.message}") from None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str, info: ValidationInfo) -> str:
+        from gateway.scheduler.jobs import JobError, check_target
+
+        try:
+            return check_target("", value)
+        except JobError as exc:
+            raise _job_error(info, exc.message) from None
+
+
+_SCHEDULE_HINTS = {
+    "name": 'a unique name, e.g. name = "morning-brief"',
+    "cron": 'e.g. cron = "0 8 * * 1-5" for 08:00 on weekdays',
+    "prompt": "what Claude is asked on each run",
+    "target": 'where the answer goes: "telegram:<chat id>", "discord:<channel id>" or "log"',
+}
+
+
+def _job_label(data: Mapping[str, Any]) -> str:
+    name = data.get("name")
+    return f"schedule {json.dumps(name)}" if isinstance(name, str) and name else "schedule"
+
+
+def _job_error(info: ValidationInfo, text: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "cmg_schedule", "{text}", {"text": f"{_job_label(info.data)}: {text}"}
+    )
+
+
+def _unique_schedule_names(
+    value: tuple[ScheduleSettings, ...],
+) -> tuple[ScheduleSettings, ...]:
+    seen: dict[str, int] = {}
+    for index, job in enumerate(value):
+        if job.name in seen:
+            raise _cross_field_error(
+                (str(index), "name"),
+                f"schedule {json.dumps(job.name)}: name: already used by schedules"
+                f".{seen[job.name]}; every job needs its own name",
+            )
+        seen[job.name] = index
+    return value
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -639,6 +833,12 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(
         default_factory=DiscordSettings, description="The Discord bot."
     )
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="Defaults of scheduled prompts."
+    )
+    schedules: Annotated[
+        tuple[ScheduleSettings, ...], AfterValidator(_unique_schedule_names)
+    ] = Field(default=(), description="Scheduled prompts ([[schedules]] entries).")
 
     _config_file: Path | None = PrivateAttr(default=None)
 
@@ -790,6 +990,8 @@ def _walk(data: Any, loc: tuple[str | int, ...]) -> Any:
     for part in loc:
         if isinstance(data, Mapping) and part in data:
             data = data[part]
+        elif isinstance(data, list) and str(part).isdigit() and int(part) < len(data):
+            data = data[int(part)]  # an entry of an array of tables ([[schedules]])
         else:
             return _MISSING
     return data

@@ -47,6 +47,40 @@ CREATE TABLE IF NOT EXISTS conversation_meta (
     PRIMARY KEY (key, name)
 );
 CREATE INDEX IF NOT EXISTS conversation_meta_lookup ON conversation_meta (name, value);
+-- scheduled prompts (gateway.scheduler): jobs made in chats, every run, each job's last slot
+CREATE TABLE IF NOT EXISTS schedule_jobs (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL UNIQUE,
+    cron       TEXT NOT NULL,
+    timezone   TEXT NOT NULL DEFAULT '',
+    prompt     TEXT NOT NULL,
+    model      TEXT,
+    target     TEXT NOT NULL,
+    session    TEXT NOT NULL DEFAULT 'fresh',
+    jitter     REAL,
+    enabled    INTEGER NOT NULL DEFAULT 1,
+    created_by TEXT NOT NULL DEFAULT '',
+    created_in TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    job          TEXT NOT NULL,
+    trigger      TEXT NOT NULL,
+    scheduled_at REAL,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    status       TEXT NOT NULL,
+    duration_ms  INTEGER,
+    cost_usd     REAL,
+    error        TEXT,
+    answer       TEXT
+);
+CREATE INDEX IF NOT EXISTS schedule_runs_job ON schedule_runs (job, id);
+CREATE TABLE IF NOT EXISTS schedule_state (
+    job       TEXT PRIMARY KEY,
+    last_slot REAL NOT NULL
+);
 """
 
 
@@ -255,3 +289,239 @@ _COLUMNS = (
     "key, session_id, model, cwd, system_hash, created_at, last_used_at, turns, input_tokens,"
     " output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd"
 )
+
+# --------------------------------------------------------------------------- scheduled prompts
+
+
+@dataclass(frozen=True)
+class ScheduleJobRow:
+    """A job made in a chat (``/schedule add``); config jobs are not stored."""
+
+    id: int
+    name: str
+    cron: str
+    timezone: str
+    prompt: str
+    model: str | None
+    target: str
+    session: str
+    jitter: float | None
+    enabled: bool
+    created_by: str
+    created_in: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ScheduleRunRow:
+    """One run of a job: ``status`` is running, ok, error, undelivered, skipped, missed or
+    interrupted (the gateway stopped during it)."""
+
+    id: int
+    job: str
+    trigger: str
+    scheduled_at: float | None
+    started_at: float
+    finished_at: float | None
+    status: str
+    duration_ms: int | None
+    cost_usd: float | None
+    error: str | None
+    answer: str | None
+
+
+_JOB_COLUMNS = (
+    "id, name, cron, timezone, prompt, model, target, session, jitter, enabled, created_by,"
+    " created_in, created_at"
+)
+_RUN_COLUMNS = (
+    "id, job, trigger, scheduled_at, started_at, finished_at, status, duration_ms, cost_usd,"
+    " error, answer"
+)
+
+
+class ScheduleStore:
+    """The scheduler's tables, on the :class:`Store`'s connection and thread."""
+
+    #: runs kept per job; older ones are deleted as new ones are recorded
+    keep_runs = 200
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _db(self) -> sqlite3.Connection:
+        return self.store._db()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.store._run(fn, *args)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def jobs(self) -> list[ScheduleJobRow]:
+        def run() -> list[ScheduleJobRow]:
+            rows = self._db().execute(
+                f"SELECT {_JOB_COLUMNS} FROM schedule_jobs ORDER BY id"
+            ).fetchall()
+            return [_job_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def add_job(
+        self, *, name: str, cron: str, timezone: str, prompt: str, model: str | None,
+        target: str, session: str, jitter: float | None, created_by: str, created_in: str,
+    ) -> ScheduleJobRow:
+        """Insert a job; ``sqlite3.IntegrityError`` if the name is taken."""
+
+        def run() -> ScheduleJobRow:
+            db = self._db()
+            cursor = db.execute(
+                "INSERT INTO schedule_jobs (name, cron, timezone, prompt, model, target, session,"
+                " jitter, enabled, created_by, created_in, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                (name, cron, timezone, prompt, model, target, session, jitter, created_by,
+                 created_in, time.time()),
+            )
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM schedule_jobs WHERE id = ?", (cursor.lastrowid,)
+            ).fetchone()
+            return _job_row(row)
+
+        return await self._run(run)
+
+    async def delete_job(self, job_id: int) -> None:
+        def run() -> None:
+            db = self._db()
+            db.execute("BEGIN")
+            name = db.execute("SELECT name FROM schedule_jobs WHERE id = ?", (job_id,)).fetchone()
+            db.execute("DELETE FROM schedule_jobs WHERE id = ?", (job_id,))
+            if name is not None:
+                db.execute("DELETE FROM schedule_state WHERE job = ?", (name[0],))
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def set_enabled(self, job_id: int, enabled: bool) -> None:
+        def run() -> None:
+            self._db().execute(
+                "UPDATE schedule_jobs SET enabled = ? WHERE id = ?", (int(enabled), job_id)
+            )
+
+        await self._run(run)
+
+    # ------------------------------------------------------------------ last slot per job
+
+    async def last_slots(self) -> dict[str, float]:
+        def run() -> dict[str, float]:
+            rows = self._db().execute("SELECT job, last_slot FROM schedule_state").fetchall()
+            return {job: slot for job, slot in rows}
+
+        return await self._run(run)
+
+    async def set_last_slot(self, job: str, slot: float) -> None:
+        def run() -> None:
+            self._db().execute(
+                "INSERT INTO schedule_state (job, last_slot) VALUES (?, ?)"
+                " ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot",
+                (job, slot),
+            )
+
+        await self._run(run)
+
+    # ------------------------------------------------------------------ runs
+
+    async def start_run(self, job: str, trigger: str, scheduled_at: float | None) -> int:
+        def run() -> int:
+            cursor = self._db().execute(
+                "INSERT INTO schedule_runs (job, trigger, scheduled_at, started_at, status)"
+                " VALUES (?, ?, ?, ?, 'running')",
+                (job, trigger, scheduled_at, time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self._run(run)
+
+    async def finish_run(
+        self, run_id: int, *, status: str, duration_ms: int | None = None,
+        cost_usd: float | None = None, error: str | None = None, answer: str | None = None,
+    ) -> None:
+        def run() -> None:
+            db = self._db()
+            db.execute("BEGIN")
+            db.execute(
+                "UPDATE schedule_runs SET finished_at = ?, status = ?, duration_ms = ?,"
+                " cost_usd = ?, error = ?, answer = ? WHERE id = ?",
+                (time.time(), status, duration_ms, cost_usd, error, answer, run_id),
+            )
+            self._prune(db, run_id)
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def record_run(
+        self, job: str, *, trigger: str, status: str, scheduled_at: float | None,
+        error: str | None = None,
+    ) -> None:
+        """A run that did not happen (skipped, missed): recorded at once as finished."""
+
+        def run() -> None:
+            db = self._db()
+            now = time.time()
+            db.execute("BEGIN")
+            cursor = db.execute(
+                "INSERT INTO schedule_runs (job, trigger, scheduled_at, started_at, finished_at,"
+                " status, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job, trigger, scheduled_at, now, now, status, error),
+            )
+            assert cursor.lastrowid is not None
+            self._prune(db, cursor.lastrowid)
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    def _prune(self, db: sqlite3.Connection, run_id: int) -> None:
+        db.execute(
+            "DELETE FROM schedule_runs WHERE job = (SELECT job FROM schedule_runs WHERE id = ?)"
+            " AND id <= (SELECT id FROM schedule_runs WHERE job ="
+            " (SELECT job FROM schedule_runs WHERE id = ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (run_id, run_id, self.keep_runs),
+        )
+
+    async def runs(self, job: str | None = None, limit: int = 20) -> list[ScheduleRunRow]:
+        """The latest runs, newest first (of one job, or of all)."""
+
+        def run() -> list[ScheduleRunRow]:
+            if job is None:
+                rows = self._db().execute(
+                    f"SELECT {_RUN_COLUMNS} FROM schedule_runs ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                rows = self._db().execute(
+                    f"SELECT {_RUN_COLUMNS} FROM schedule_runs WHERE job = ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (job, limit),
+                ).fetchall()
+            return [ScheduleRunRow(*r) for r in rows]
+
+        return await self._run(run)
+
+    async def close_unfinished_runs(self) -> int:
+        """Runs left 'running' by a gateway that died: marked 'interrupted'."""
+
+        def run() -> int:
+            cursor = self._db().execute(
+                "UPDATE schedule_runs SET status = 'interrupted', finished_at = ?,"
+                " error = 'the gateway stopped during this run' WHERE status = 'running'",
+                (time.time(),),
+            )
+            return cursor.rowcount
+
+        return await self._run(run)
+
+
+def _job_row(row: tuple[Any, ...]) -> ScheduleJobRow:
+    values = list(row)
+    values[9] = bool(values[9])
+    return ScheduleJobRow(*values)
+

@@ -116,6 +116,12 @@ class ApiState:
 ENGINE: web.AppKey[ApiEngine] = web.AppKey("api_engine", ApiEngine)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("api_config", ApiConfig)
 STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
+#: Extra sections of ``/health``: name -> a function returning JSON-able data. Set by
+#: ``gateway.app`` after :func:`create_app` (e.g. ``{"scheduler": scheduler.status}``).
+STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
+    "status_providers", dict
+)
+
 
 
 class ApiError(Exception):
@@ -226,6 +232,12 @@ async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "error", "error": str(exc)}, status=503)
     ok = bool(status.get("cli_path"))
     body = {"status": "ok" if ok else "unavailable", "version": __version__, **status}
+    for name, provider in request.app.get(STATUS_PROVIDERS, {}).items():
+        try:
+            body[name] = provider()
+        except Exception as exc:
+            log.exception("%s status failed", name)
+            body[name] = {"error": str(exc)}
     return web.json_response(body, status=200 if ok else 503)
 
 
