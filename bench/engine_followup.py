@@ -18,69 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import WarmCli, spawn_turn  # also puts the repository root on sys.path
 
-from gateway.engine import Engine, EngineConfig, Prompt, TurnResult  # noqa: E402
-from gateway.engine.process import tree_rss  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env  # noqa: E402
-
-
-class WarmCli:
-    """The floor: a streaming-input CLI process driven directly, no SDK, no engine."""
-
-    def __init__(self, cli: str, env: dict[str, str], cwd: Path) -> None:
-        self.cli, self.env, self.cwd = cli, env, cwd
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            self.cli, "-p", "--input-format", "stream-json", "--output-format", "stream-json",
-            "--verbose", "--permission-mode", "bypassPermissions",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, env=self.env, cwd=self.cwd, limit=64 << 20,
-        )
-
-    async def turn(self, text: str) -> float:
-        assert self.proc and self.proc.stdin and self.proc.stdout
-        line = {"type": "user", "message": {"role": "user", "content": text},
-                "parent_tool_use_id": None, "session_id": ""}
-        started = time.perf_counter()
-        self.proc.stdin.write((json.dumps(line) + "\n").encode())
-        await self.proc.stdin.drain()
-        while True:
-            raw = await self.proc.stdout.readline()
-            if not raw:
-                raise RuntimeError("CLI exited")
-            if b'"result"' in raw and json.loads(raw).get("type") == "result":
-                return time.perf_counter() - started
-
-    async def stop(self) -> None:
-        if self.proc and self.proc.stdin:
-            self.proc.stdin.close()
-            await self.proc.wait()
-
-
-async def spawn_turn(cli: str, env: dict[str, str], cwd: Path, session: str, text: str) -> float:
-    started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        cli, "-p", "--output-format", "json", "--resume", session,
-        "--permission-mode", "bypassPermissions", text,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=cwd,
-    )
-    out, _ = await proc.communicate()
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0 or json.loads(out).get("is_error"):
-        raise RuntimeError(f"spawned turn failed: {out[:300]!r}")
-    return elapsed
+from gateway.engine import Engine, EngineConfig, Prompt, TurnResult
+from gateway.engine.process import tree_rss
+from gateway.store import Store
+from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
 
 
 async def engine_turn(engine: Engine, key: str, text: str) -> tuple[float, TurnResult]:
@@ -117,13 +65,14 @@ async def main(turns: int, cli: str) -> None:
             await floor.turn("warm up")
             _, first = await engine_turn(engine, "bench", "warm up")
             session = first.session_id
-            await spawn_turn(cli, env, work, session, "warm up spawn")
+            await spawn_turn(cli, env, work, "warm up spawn", resume=session)
             results: dict[str, list[float]] = {"floor": [], "engine": [], "spawn": []}
             for i in range(turns):
-                results["floor"].append(await floor.turn(f"floor turn {i}"))
+                results["floor"].append((await floor.turn(f"floor turn {i}")).total)
                 results["engine"].append((await engine_turn(engine, "bench", f"turn {i}"))[0])
                 # the spawned process resumes the engine's own session (same cwd, same history)
-                results["spawn"].append(await spawn_turn(cli, env, work, session, f"spawn {i}"))
+                timing, _ = await spawn_turn(cli, env, work, f"spawn {i}", resume=session)
+                results["spawn"].append(timing.total)
             rss = tree_rss(engine.live_pids().get("bench"))
         finally:
             await floor.stop()
