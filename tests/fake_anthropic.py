@@ -42,7 +42,8 @@ blocks). It is ``""`` when that message only carries ``tool_result`` blocks.
    ``chunk_delay`` (seconds between deltas); ``usage`` (overrides ``input_tokens``,
    ``output_tokens``, ``cache_read_input_tokens``, ``cache_creation_input_tokens``);
    ``stop_reason``; ``model``.
-2. A last user message carrying ``tool_result`` blocks → ``Tool said: <result text>``.
+2. A last user message carrying ``tool_result`` blocks and no user text → ``Tool said: <result
+   text>`` (with text too, e.g. a new prompt after an interrupted call, the text is answered).
 3. Triggers in the last user text: ``FAIL_500|429|401|529`` (HTTP error with an Anthropic error
    body, ``retry-after: 1`` for 429/529; ``FAIL_<code>_ONCE`` only the first time that exact text
    is seen), ``HANG`` (never answer), ``STALL`` (headers, ``message_start`` and one text delta,
@@ -680,7 +681,7 @@ class FakeAnthropic:
         plan = {}
         if "SLOW" in text:
             plan.update(delay=1.0, chunk_delay=0.3)
-        if parsed.tool_results:
+        if parsed.tool_results and not text:
             said = "\n".join(str(r["content"]) for r in parsed.tool_results)
             return {**plan, "reply": "text", "text": f"Tool said: {said}"}
         for code in _FAIL_CODES:

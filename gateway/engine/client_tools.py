@@ -110,7 +110,10 @@ class CallBroker:
             match = _Pending(name, args)
             self._calls.append(match)
         match.handled = True
-        return await match.future
+        try:
+            return await match.future
+        finally:
+            self._forget_done()
 
     def resolve(self, results: tuple[ToolResult, ...]) -> list[str]:
         """Give each waiting call its result; returns the ids that matched no call."""
@@ -136,8 +139,14 @@ class CallBroker:
                 p.future.set_result(ToolResult(p.call_id or "", message, True))
         self._forget_done()
 
+    def reset(self) -> None:
+        """A new turn starts: calls of an earlier (interrupted) turn can never be handled."""
+        self.fail_all("The turn was interrupted.")
+        self._calls = []
+
     def _forget_done(self) -> None:
-        self._calls = [p for p in self._calls if not p.future.done()]
+        # A result may come before the CLI calls the handler: keep it until then.
+        self._calls = [p for p in self._calls if not (p.future.done() and p.handled)]
 
 
 def client_tools_server(tools: tuple[ClientTool, ...], broker: CallBroker) -> dict[str, Any]:

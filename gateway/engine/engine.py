@@ -30,6 +30,7 @@ from gateway.engine.client_tools import (
     CallBroker,
     ClientTool,
     ToolMode,
+    ToolResult,
     client_tools_server,
     tools_fingerprint,
 )
@@ -587,6 +588,7 @@ class Engine:
         brings the results (``req`` changes hands).
         """
         translator = TurnTranslator(mode=req.options.mode, cwd=cwd)
+        live.broker.reset()
         message = {
             "type": "user",
             "message": {"role": "user", "content": _content(req)},
@@ -687,7 +689,7 @@ class Engine:
             live.broker.fail_all("The client did not return a result for this tool call.")
             self._spawn(self._interrupt_live(conv.key, live))
             return req
-        unknown = live.broker.resolve(nxt.prompt.tool_results)
+        unknown = live.broker.resolve(_with_note(nxt.prompt))
         if unknown:
             log.info("tool results for unknown calls in %s: %s", conv.key, unknown)
         conv.current = nxt
@@ -989,6 +991,17 @@ def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:
     turn_cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
     return replace(result, cost_usd=round(turn_cost, 6))
+
+
+def _with_note(prompt: Prompt) -> tuple[ToolResult, ...]:
+    """Tool results for a suspended turn; text sent along with them rides on the last one
+    (a running turn can take no new user message)."""
+    results = prompt.tool_results
+    if not prompt.text.strip() or not results:
+        return results
+    last = results[-1]
+    note = f"{last.content}\n\n[The user added, with these results:]\n{prompt.text}"
+    return (*results[:-1], replace(last, content=note))
 
 
 def _content(req: _Request) -> list[dict[str, Any]]:
