@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from bridges.common.schedule_commands import setup_schedules
+from bridges.discord import DiscordBridge
 from bridges.telegram import TelegramBridge
 from gateway.api import api_config_from_settings, check_bind, create_app
 from gateway.api.routes import STATUS_PROVIDERS
@@ -57,7 +58,7 @@ class Gateway:
     engine: Engine
     runner: web.AppRunner | None = None
     #: chat frontends, started after the engine and the HTTP server, stopped before them
-    bridges: list[TelegramBridge] = field(default_factory=list)
+    bridges: list[TelegramBridge | DiscordBridge] = field(default_factory=list)
     #: scheduled prompts: started after the bridges (it delivers through them), stopped first
     scheduler: Scheduler | None = None
 
@@ -104,6 +105,14 @@ class Gateway:
             if self.scheduler is not None:
                 setup_schedules(telegram.core, self.scheduler)
             await telegram.start()
+        discord = DiscordBridge.from_settings(self.engine, self.settings, voice=self.voice)
+        if discord is not None:
+            self.engine.register_file_sink(discord.core.key_prefix, discord.core.deliver_file)
+            self.engine.add_alert_handler(discord.core.on_alert)
+            self.bridges.append(discord)
+            if self.scheduler is not None:
+                setup_schedules(discord.core, self.scheduler)
+            await discord.start()
 
     async def stop(self) -> None:
         if self.scheduler is not None:

@@ -534,10 +534,97 @@ class DiscordSettings(_Section):
     token: SecretStr | None = Field(
         default=None, description="Bot token; read from DISCORD_BOT_TOKEN only."
     )
+    allowed_users: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Discord user ids that may use the bot anywhere; empty = nobody (deny by"
+        " default).",
+    )
+    allowed_guilds: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Servers (guild ids) in which every member may use the bot.",
+    )
+    allowed_channels: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Channels (and their threads) in which every member may use the bot.",
+    )
+    threads: bool = Field(
+        default=True,
+        description="A mention in a server channel opens a thread that is its own conversation"
+        " (false: answer in the channel, one conversation per channel).",
+    )
+    thread_archive_minutes: Literal[60, 1440, 4320, 10080] = Field(
+        default=1440, description="Minutes of inactivity after which Discord hides a thread."
+    )
+    sync_commands: bool = Field(
+        default=True,
+        description="Register the slash commands with Discord at start-up (only when changed).",
+    )
+    stream: Literal["edit", "off"] = Field(
+        default="edit",
+        description="How answers stream: edits of one message, or off (sent once at the end).",
+    )
+    stream_interval: float = Field(
+        default=1.2, ge=0.5, le=60, description="Seconds between two edits of a streamed answer."
+    )
+    status_interval: float = Field(
+        default=3.0, ge=1, le=300, description="Seconds between two edits of the status message."
+    )
+    status_delay: float = Field(
+        default=2.0, ge=0, le=300,
+        description="Show the status message after this many seconds without an answer.",
+    )
+    max_upload_mb: float = Field(
+        default=25.0, gt=0, le=500, description="Largest attachment a user may send, in MiB."
+    )
+    long_answer_file_chars: int = Field(
+        default=8000, ge=0, description="Answers longer than this also come as a file; 0 = never."
+    )
+    default_model: str = Field(
+        default="", description="Model of new Discord conversations; empty = claude.default_model."
+    )
+    connect_timeout: float = Field(
+        default=30.0, gt=0, le=600,
+        description="Seconds start-up waits for Discord's gateway before going on without it.",
+    )
+
+    @field_validator("allowed_users", "allowed_guilds", "allowed_channels", mode="before")
+    @classmethod
+    def _snowflake_list(cls, value: Any) -> Any:
+        # CMG_DISCORD__ALLOWED_USERS=123,456 as well as a JSON/TOML list; Discord ids are
+        # positive 64-bit "snowflakes" (17 to 20 digits), quoted or not
+        items: Any = value
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                items = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
+            except ValueError:
+                items = None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items = [value]
+        ids: list[int] = []
+        for item in items if isinstance(items, list | tuple) else [None]:
+            if isinstance(item, str) and re.fullmatch(r"\d+", item.strip()):
+                item = int(item)
+            elif isinstance(item, str) and not item.strip():
+                continue
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 2**64:
+                raise PydanticCustomError(
+                    "cmg_snowflake_list",
+                    "expected a list of numeric Discord ids, e.g. [123456789012345678] (Discord:"
+                    " Settings → Advanced → Developer Mode, then right-click → Copy ID),"
+                    " got {value}",
+                    {"value": _show(value)},
+                )
+            ids.append(item)
+        return ids
 
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 class SchedulerSettings(_Section):
