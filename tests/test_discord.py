@@ -432,3 +432,31 @@ class _Response:
     def __init__(self, status: int) -> None:
         self.status = status
         self.reason = "Service Unavailable"
+
+
+async def test_claude_sends_a_voice_note_as_a_native_voice_message(
+    make_bridge: BridgeFactory, fake_api: FakeAnthropic
+) -> None:
+    import numpy as np  # the voice extra (part of the test extras) encodes the Ogg/Opus
+
+    from gateway.voice.audio import encode_audio
+
+    bridge, fake = await make_bridge()
+    ws = bridge.engine.config.workspace
+    ws.mkdir(parents=True, exist_ok=True)
+    tone = (np.sin(np.arange(24000) * 2 * np.pi * 440 / 24000) * 8000).astype(np.int16)
+    ogg = encode_audio(tone, 24000, "ogg")  # one second
+    (ws / "note.ogg").write_bytes(ogg)
+    fake_api.script(
+        {"tool_use": {"name": SEND_FILE, "input": {"path": "note.ogg", "kind": "voice"}}},
+        {"text": "Listen."},
+        match="say it",
+    )
+    dm = fake.dm(fake.owner)
+    await fake.message(dm, fake.owner, "say it out loud")
+    await answer(fake, dm.id, "Listen.")
+    voice, = [m for m in fake.bot_messages(dm.id) if m.files]
+    assert voice.flags & (1 << 13), "sent with the voice-message flag"
+    assert voice.files == [("voice-message.ogg", ogg)]
+    sent = next(a for a in fake.of("send", dm.id) if a.data["id"] == voice.id)
+    assert 0.9 <= sent.data["duration_secs"] <= 1.1
