@@ -181,9 +181,10 @@ class ScheduleCommands:
             created_in=ctx.chat.key,
         )
         view = next((v for v in self.scheduler.jobs() if v.spec.name == spec.name), None)
-        lines = [f"✅ Scheduled #{spec.id} “{spec.name}”."]
+        where = "this chat" if spec.target == ctx.chat.key else spec.target
+        lines = [f"✅ Scheduled #{spec.id} “{spec.name}”: {spec.cron} → {where}."]
         if view is not None:
-            lines.extend(self._describe(ctx, view)[1:])
+            lines.extend(self._describe(ctx, view)[1:-1])
         lines.append(f"Pause, run or remove it with /schedule pause|run|remove {spec.id}.")
         await ctx.reply("\n".join(lines), markdown=False)
 
