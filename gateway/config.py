@@ -191,6 +191,11 @@ class ServerSettings(_Section):
     on_disconnect: Literal["interrupt", "finish"] = Field(
         default="interrupt", description="What happens to a turn when its HTTP client goes away."
     )
+    tool_mode: Literal["agent", "client", "hybrid"] = Field(
+        default="agent",
+        description="A client's `tools` (function calling): agent = ignored, Claude Code's own"
+        " tools; client = only the client's; hybrid = both. Per request: X-Tool-Mode.",
+    )
     api_key_secrets: tuple[SecretStr, ...] = Field(
         default=(),
         serialization_alias="api_keys",
@@ -278,6 +283,15 @@ class ClaudeSettings(_Section):
     send_file_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders besides the workspace that Claude may send files from in chats.",
+    )
+    client_tool_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a turn waits for an API client's function results before it ends.",
+    )
+    hybrid_hidden_tools: list[str] = Field(
+        default_factory=list,
+        description='Built-in tools hidden in hybrid tool mode, e.g. ["WebFetch", "WebSearch"].',
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the CLI processes."

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.config import is_loopback_host as is_loopback
+from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import StreamMode
 from gateway.errors import ConfigError
 
@@ -25,6 +26,8 @@ class ApiConfig:
     * ``stream_mode``: the default :class:`StreamMode` when a request names none.
     * ``on_disconnect``: ``interrupt`` the turn when the HTTP client goes away, or let it
       ``finish`` (the conversation then continues from the full answer).
+    * ``tool_mode``: the default for a client's ``tools`` (``agent`` ignores them, ``client``
+      and ``hybrid`` offer them to Claude as real tools).
     """
 
     api_keys: tuple[str, ...] = ()
@@ -33,6 +36,7 @@ class ApiConfig:
     keepalive_seconds: float = 10.0
     stream_mode: StreamMode = StreamMode.SMART
     on_disconnect: OnDisconnect = "interrupt"
+    tool_mode: ToolMode = ToolMode.AGENT
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
@@ -90,6 +94,7 @@ def api_config_from_settings(settings: Any) -> ApiConfig:
         keepalive_seconds=float(getattr(server, "keepalive_seconds", None) or 10.0),
         stream_mode=stream_mode,
         on_disconnect="finish" if on_disconnect == "finish" else "interrupt",
+        tool_mode=ToolMode(str(getattr(server, "tool_mode", None) or "agent")),
     )
     if on_disconnect not in ("interrupt", "finish"):
         raise ConfigError(f"server.on_disconnect: {on_disconnect!r} is not 'interrupt' or 'finish'")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateway.api.convert import Conversation, fingerprint, message_fingerprint
+from gateway.api.functions import calls_fingerprint_text
 
 KEY_PREFIX = "openai:"
 Rule = Literal["header", "prompt_cache_key", "user", "continued", "new"]
@@ -101,9 +102,10 @@ def new_conversation_id() -> str:
 def reply_fingerprint(conversation: Conversation) -> str | None:
     """Fingerprint of the client's last assistant message; None when absent or empty."""
     reply = conversation.last_reply
-    if reply is None or not reply.text.strip():
+    if reply is None:
         return None
-    return fingerprint(reply.text)
+    text = calls_fingerprint_text(reply.text, [(c.name, c.arguments) for c in reply.tool_calls])
+    return fingerprint(text) if text.strip() else None
 
 
 def first_user_fingerprint(conversation: Conversation) -> str | None:

@@ -23,6 +23,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.api.functions import (
+    openai_tool_calls,
+    parse_tool_choice,
+    parse_tool_mode,
+    parse_tools,
+    tool_results,
+)
+from gateway.engine.client_tools import ClientTool, ToolMode
+from gateway.engine.client_tools import ToolCall as EngineToolCall
 from gateway.engine.events import (
     Commentary,
     Event,
@@ -74,6 +83,10 @@ class ChatRequest:
     stream_mode: StreamMode | None = None
     prompt_cache_key: str | None = None
     user: str | None = None
+    #: the client's functions (OpenAI function calling) and how to use them
+    tools: tuple[ClientTool, ...] = ()
+    tool_choice: str = "auto"
+    tool_mode: ToolMode | None = None  # None: the header or the configured default decides
 
 
 def _invalid(path: str, problem: str) -> GatewayError:
@@ -173,6 +186,11 @@ def parse_chat_request(body: object) -> ChatRequest:
     if not raw_messages:
         raise _invalid("messages", "must contain at least one message")
     messages = tuple(parse_message(m, i) for i, m in enumerate(raw_messages))
+    tools = parse_tools(body)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _invalid("parallel_tool_calls", f"must be a boolean, not {_type_name(parallel)}")
+    mode = body.get("tool_mode")
     return ChatRequest(
         model=model.strip(),
         messages=messages,
@@ -181,6 +199,9 @@ def parse_chat_request(body: object) -> ChatRequest:
         stream_mode=stream_mode,
         prompt_cache_key=_optional_str(body, "prompt_cache_key"),
         user=_optional_str(body, "user"),
+        tools=tools,
+        tool_choice=parse_tool_choice(body, tools),
+        tool_mode=None if mode is None else parse_tool_mode(mode, "tool_mode"),
     )
 
 
@@ -427,12 +448,14 @@ def _escape(text: str) -> str:
     return text.replace(HISTORY_CLOSE, "</conversation_history >")
 
 
-def build_prompt(conversation: Conversation, *, seed: bool) -> Prompt:
+def build_prompt(conversation: Conversation, *, seed: bool, results: bool = False) -> Prompt:
     """This turn's :class:`Prompt`.
 
     Without ``seed``: the new messages only (texts joined with blank lines, tool results as
     labelled text, images as images). With ``seed``: the earlier history first, as a delimited
     transcript, then the new messages; images are numbered so the text can refer to them.
+    With ``results`` (function calling on), the new tool messages become the prompt's
+    ``tool_results``, which resume the turn that is waiting for them.
     """
     names = _tool_names(conversation.messages)
     seed = seed and bool(conversation.history)
@@ -446,12 +469,19 @@ def build_prompt(conversation: Conversation, *, seed: bool) -> Prompt:
         parts.append(
             f"{HISTORY_PREFACE}\n{HISTORY_OPEN}\n" + "\n\n".join(lines) + f"\n{HISTORY_CLOSE}"
         )
-    for m in conversation.new:
+    new = conversation.new
+    if results:
+        new = tuple(m for m in new if m.role not in ("tool", "function"))
+    for m in new:
         text = _render_new(m, names, len(images) + 1 if seed else None)
         images.extend(m.images)
         if text.strip():
             parts.append(text)
-    return Prompt(text="\n\n".join(parts), images=tuple(images))
+    return Prompt(
+        text="\n\n".join(parts),
+        images=tuple(images),
+        tool_results=tool_results(conversation.new) if results else (),
+    )
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -552,7 +582,13 @@ class ChunkFactory:
             "usage": usage_to_openai(usage),
         }
 
-    def completion(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
+    def completion(
+        self, text: str, reason: str, usage: Usage, tool_calls: Sequence[EngineToolCall] = ()
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:
+            message["content"] = text or None
+            message["tool_calls"] = openai_tool_calls(tool_calls)
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -561,7 +597,7 @@ class ChunkFactory:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "finish_reason": reason,
                     "logprobs": None,
                 }

@@ -17,10 +17,12 @@ from typing import Any, Protocol
 
 from gateway.api.conversation import Plan, meta_after_turn
 from gateway.api.convert import render_event
+from gateway.api.functions import calls_fingerprint_text
 from gateway.engine.events import (
     Event,
     Prompt,
     StreamMode,
+    ToolCallsRequested,
     TurnError,
     TurnOptions,
     TurnResult,
@@ -96,7 +98,11 @@ class TurnPump:
                 if final:
                     continue  # nothing may follow the final event; drain quietly
                 if isinstance(event, TurnResult):
-                    await self._remember(event)
+                    await self._remember(answer_text("".join(self._rendered), event))
+                    final = True
+                elif isinstance(event, ToolCallsRequested):
+                    calls = [(c.name, c.arguments) for c in event.calls]
+                    await self._remember(calls_fingerprint_text("".join(self._rendered), calls))
                     final = True
                 elif isinstance(event, TurnError):
                     final = True
@@ -132,8 +138,7 @@ class TurnPump:
                         await aclose()
             self._on_done(self)
 
-    async def _remember(self, result: TurnResult) -> None:
-        reply = answer_text("".join(self._rendered), result)
+    async def _remember(self, reply: str) -> None:
         try:
             await self._engine.store.set_meta(self.plan.key, **meta_after_turn(self.plan, reply))
         except Exception:
