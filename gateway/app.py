@@ -21,6 +21,7 @@ from gateway.engine import Alert, Engine, EngineConfig
 from gateway.errors import ConfigError
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig, SessionMode
 from gateway.store import Store
+from gateway.voice import VoiceService
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Gateway:
 
     settings: Settings
     engine: Engine
+    voice: VoiceService | None = None
     runner: web.AppRunner | None = None
     #: chat frontends, started after the engine and the HTTP server, stopped before them
     bridges: list[TelegramBridge | DiscordBridge] = field(default_factory=list)
@@ -69,12 +71,13 @@ class Gateway:
         api_config = api_config_from_settings(settings)
         check_bind(settings.server.host, api_config)
         engine = Engine(engine_config(settings), Store(settings.storage.db_path))
-        return cls(settings, engine)
+        # Cheap: the voice engines import their packages and load models on first use.
+        return cls(settings, engine, VoiceService(settings.voice))
 
     async def start(self) -> None:
         await self.engine.start()
         self.engine.add_alert_handler(_log_alert)
-        app = create_app(self.engine, api_config_from_settings(self.settings))
+        app = create_app(self.engine, api_config_from_settings(self.settings), self.voice)
         self.scheduler = build_scheduler(self.engine, self.settings)
         app[STATUS_PROVIDERS] = {"scheduler": self.scheduler.status}
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -132,6 +135,8 @@ class Gateway:
             await self.runner.cleanup()
             self.runner = None
         await self.engine.stop(grace=SHUTDOWN_GRACE)
+        if self.voice is not None:
+            self.voice.close()
 
 
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:

@@ -230,6 +230,96 @@ SCHEMAS: dict[str, Any] = {
             "tool_call_id": {"type": "string"},
         },
     },
+    "TranscriptionRequest": {
+        "type": "object",
+        "required": ["file"],
+        "description": "Other OpenAI fields (temperature, timestamp_granularities, ...) are "
+        "accepted and ignored.",
+        "properties": {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "description": "Audio in any format FFmpeg reads: OGG/Opus, MP3, M4A, WAV, "
+                "FLAC, WebM, ...",
+            },
+            "model": {
+                "type": "string",
+                "description": "Accepted for compatibility; the configured voice.model answers.",
+            },
+            "language": {"type": "string", "description": "ISO-639-1 code, e.g. en."},
+            "prompt": {"type": "string", "description": "Text to guide the model (names)."},
+            "response_format": {"enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        },
+    },
+    "Transcription": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"type": "string"},
+            "usage": _ref("AudioUsage"),
+        },
+    },
+    "AudioUsage": {
+        "type": "object",
+        "required": ["type", "seconds"],
+        "properties": {
+            "type": {"const": "duration"},
+            "seconds": {"type": "integer", "minimum": 0},
+        },
+    },
+    "TranscriptionSegment": {
+        "type": "object",
+        "required": [
+            "id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+            "compression_ratio", "no_speech_prob",
+        ],
+        "properties": {
+            "id": {"type": "integer", "minimum": 0},
+            "seek": {"type": "integer"},
+            "start": {"type": "number"},
+            "end": {"type": "number"},
+            "text": {"type": "string"},
+            "tokens": {"type": "array", "items": {"type": "integer"}},
+            "temperature": {"type": "number"},
+            "avg_logprob": {"type": "number"},
+            "compression_ratio": {"type": "number"},
+            "no_speech_prob": {"type": "number"},
+        },
+    },
+    "TranscriptionVerbose": {
+        "type": "object",
+        "required": ["task", "language", "duration", "text", "segments"],
+        "properties": {
+            "task": {"const": "transcribe"},
+            "language": {"type": "string", "description": "e.g. english"},
+            "duration": {"type": "number", "minimum": 0},
+            "text": {"type": "string"},
+            "segments": {"type": "array", "items": _ref("TranscriptionSegment")},
+            "usage": _ref("AudioUsage"),
+        },
+    },
+    "SpeechRequest": {
+        "type": "object",
+        "required": ["input"],
+        "description": "instructions is accepted and ignored.",
+        "properties": {
+            "input": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "model": {
+                "type": "string",
+                "description": "Accepted for compatibility; the configured voice speaks.",
+            },
+            "voice": {
+                "description": "Accepted for compatibility; the configured voice speaks.",
+            },
+            "response_format": {
+                "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"],
+                "default": "mp3",
+                "description": "opus is Ogg/Opus; pcm is raw 24 kHz 16-bit mono.",
+            },
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0},
+            "stream_format": {"const": "audio"},
+        },
+    },
     "ChatCompletionRequest": {
         "type": "object",
         "required": ["model", "messages"],
@@ -316,6 +406,96 @@ def _chat_path() -> dict[str, Any]:
     }
 
 
+def _audio_paths() -> dict[str, Any]:
+    """``/v1/audio/transcriptions`` and ``/v1/audio/speech`` (gateway/api/audio.py)."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    text = {"schema": {"type": "string"}}
+    unavailable = _error(
+        "No speech engine is installed (code voice_unavailable; the message names the extra "
+        "to install), or the gateway is at max_concurrent_requests (code server_busy).",
+        retry=True,
+    )
+    return {
+        "/v1/audio/transcriptions": {
+            "post": {
+                "operationId": "createTranscription",
+                "summary": "Transcribe audio with the gateway's Whisper model.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": _ref("TranscriptionRequest")}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The transcript: JSON for json and verbose_json, "
+                        "plain text for text and srt, WebVTT for vtt. Audio without speech "
+                        "gives an empty text.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "anyOf": [
+                                        _ref("TranscriptionVerbose"),
+                                        _ref("Transcription"),
+                                    ]
+                                }
+                            },
+                            "text/plain": text,
+                            "text/vtt": text,
+                        },
+                    },
+                    "400": _error(
+                        "Invalid request (the message names the field), audio that cannot "
+                        "be decoded (audio_undecodable) or is longer than voice.max_seconds "
+                        "(audio_too_long)."
+                    ),
+                    "401": _AUTH_ERROR,
+                    "413": _error("The request body is larger than server.max_body_mb."),
+                    "503": unavailable,
+                },
+            }
+        },
+        "/v1/audio/speech": {
+            "post": {
+                "operationId": "createSpeech",
+                "summary": "Speak text with the gateway's voice (Piper, else espeak-ng).",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SpeechRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The audio, in the requested format.",
+                        "headers": {
+                            "X-Voice-Engine": {
+                                "description": "The engine that spoke: piper or espeak.",
+                                "schema": {"enum": ["piper", "espeak"]},
+                            }
+                        },
+                        "content": {
+                            mime: binary
+                            for mime in (
+                                "audio/mpeg",
+                                "audio/opus",
+                                "audio/aac",
+                                "audio/flac",
+                                "audio/wav",
+                                "audio/pcm",
+                            )
+                        },
+                    },
+                    "400": _error("Invalid request; the message names the field."),
+                    "401": _AUTH_ERROR,
+                    "413": _error("The request body is larger than server.max_body_mb."),
+                    "500": _error("The speech engine failed on this text (synthesis_failed)."),
+                    "503": unavailable,
+                },
+            }
+        },
+    }
+
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy of the document (callers may modify it)."""
     return copy.deepcopy(
@@ -387,6 +567,7 @@ def openapi_document() -> dict[str, Any]:
                     }
                 },
                 "/v1/chat/completions": _chat_path(),
+                **_audio_paths(),
             },
         }
     )

@@ -63,6 +63,7 @@ from gateway.engine.events import (
     TurnResult,
 )
 from gateway.errors import ErrorKind, GatewayError
+from gateway.voice import VoiceService
 
 log = logging.getLogger(__name__)
 
@@ -549,8 +550,16 @@ async def _stop_pumps(app: web.Application) -> None:
         await asyncio.gather(*(p.task for p in pumps), return_exceptions=True)
 
 
-def create_app(engine: ApiEngine, config: ApiConfig) -> web.Application:
-    """The OpenAI-compatible API as an aiohttp application (the caller runs and binds it)."""
+def create_app(
+    engine: ApiEngine, config: ApiConfig, voice: VoiceService | None = None
+) -> web.Application:
+    """The OpenAI-compatible API as an aiohttp application (the caller runs and binds it).
+
+    With ``voice``, ``/v1/audio/transcriptions`` and ``/v1/audio/speech`` use it; without,
+    they answer 503 ``voice_unavailable``.
+    """
+    from gateway.api.audio import setup_audio  # it imports this module
+
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=config.max_body_bytes,
@@ -563,5 +572,6 @@ def create_app(engine: ApiEngine, config: ApiConfig) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id:.+}", get_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    setup_audio(app, voice)
     app.on_shutdown.append(_stop_pumps)
     return app
