@@ -102,7 +102,7 @@ class Gateway:
             raise
 
     async def _start_bridges(self) -> None:
-        telegram = TelegramBridge.from_settings(self.engine, self.settings)
+        telegram = TelegramBridge.from_settings(self.engine, self.settings, voice=self.voice)
         if telegram is not None:
             self.engine.register_file_sink(telegram.core.key_prefix, telegram.core.deliver_file)
             self.engine.add_alert_handler(telegram.core.on_alert)

@@ -19,8 +19,8 @@ kept as bytes), getFile and ``/file/bot<token>/<path>`` downloads. Unknown metho
 
 Injected updates (``user_*`` helpers) carry what Telegram sends: private chats, groups and forum
 supergroups (``thread_id`` → ``is_topic_message``), replies, mentions with their entities,
-commands with a ``bot_command`` entity, photos (several sizes), documents and voice notes
-whose bytes can be downloaded through getFile.
+commands with a ``bot_command`` entity, photos (several sizes), documents, audio files and
+voice notes whose bytes can be downloaded through getFile.
 
 Faults: :meth:`FakeTelegram.fail_next` answers the next N calls of a method with an error
 (429 + ``retry_after`` for flood control, 400, 502 …); ``reject_entities = True`` refuses any
@@ -170,6 +170,7 @@ class FakeTelegram:
         photo: bytes | None = None,
         document: tuple[str, bytes, str] | None = None,
         voice: bytes | None = None,
+        audio: tuple[str, bytes, str] | None = None,
         caption: str | None = None,
         first_name: str = "Owner",
         title: str = "Test group",
@@ -223,6 +224,10 @@ class FakeTelegram:
         if voice is not None:
             message["voice"] = {**self._add_file(voice, "voice", ".oga"), "duration": 2,
                                 "mime_type": "audio/ogg"}
+        if audio is not None:
+            name, data, mime = audio
+            message["audio"] = {**self._add_file(data, "music", ""), "duration": 3,
+                                "file_name": name, "mime_type": mime}
         self._push({"message": message})
         return message
 

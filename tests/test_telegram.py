@@ -5,120 +5,36 @@ fake Anthropic API. Only Telegram's servers are faked."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from bridges.telegram import TelegramBridge
-from gateway.config import TelegramSettings
-from gateway.engine import Engine, TurnError, TurnOptions
+from gateway.engine import TurnError, TurnOptions
 from gateway.engine.tools import SEND_FILE
 from gateway.errors import ErrorKind
 from tests.conftest import EngineFactory, collect
 from tests.fake_anthropic import FakeAnthropic
-from tests.fake_telegram import BotMessage, FakeTelegram, utf16_len
+from tests.fake_telegram import FakeTelegram, utf16_len
+from tests.telegram_support import (
+    BOT,
+    FORUM,
+    GROUP,
+    OWNER,
+    STRANGER,
+    BridgeFactory,
+    answer,
+    free_port,
+    idle,
+    png_bytes,
+    status_messages,
+    texts,
+)
 
+pytest_plugins = ["tests.telegram_support"]
 pytestmark = pytest.mark.cli
-
-OWNER = 4242
-STRANGER = 999
-GROUP = -1001234
-FORUM = -1005678
-BOT = "@claude_test_bot"
-BridgeFactory = Callable[..., Awaitable[TelegramBridge]]
-
-
-@pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def make_bridge(
-    make_engine: EngineFactory, tg: FakeTelegram
-) -> AsyncIterator[BridgeFactory]:
-    """``await make_bridge(engine=None, notify=None, **telegram_settings)``: a running bridge,
-    wired to the engine the way ``gateway.app`` wires it; all are stopped at teardown."""
-    bridges: list[TelegramBridge] = []
-
-    async def factory(engine: Engine | None = None, notify: int | None = None,
-                      **overrides: Any) -> TelegramBridge:
-        engine = engine or await make_engine()
-        values: dict[str, Any] = {
-            "base_url": tg.base_url, "base_file_url": tg.base_file_url,
-            "allowed_users": [OWNER], "poll_timeout": 5.0, "stream_interval": 0.3,
-            "status_interval": 1.0, "status_delay": 0.5,
-        }
-        values.update(overrides)
-        bridge = TelegramBridge(engine, TelegramSettings(**values), token=tg.token,
-                                notify_chat_id=notify)
-        engine.register_file_sink(bridge.core.key_prefix, bridge.core.deliver_file)
-        engine.add_alert_handler(bridge.core.on_alert)
-        await bridge.start()
-        bridges.append(bridge)
-        return bridge
-
-    yield factory
-    for bridge in bridges:
-        await bridge.stop()
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def texts(tg: FakeTelegram, chat: int, thread: int | str | None = "any") -> list[str]:
-    return [m.text for m in tg.visible(chat, thread) if m.kind == "text"]
-
-
-async def answer(tg: FakeTelegram, chat: int, text: str, thread: int | str | None = "any",
-                 within: float = 30.0) -> BotMessage:
-    """Wait until the bot shows a message with exactly ``text``."""
-
-    def find() -> BotMessage | None:
-        return next((m for m in tg.visible(chat, thread) if m.text == text), None)
-
-    return await tg.wait_for(find, within, what=f"answer {text!r} in {chat}")
-
-
-async def idle(bridge: TelegramBridge, chat: int, thread: int | None = None) -> None:
-    """Wait until the chat has no turn running or waiting (its display is final)."""
-    key = f"telegram:{chat}" + (f":{thread}" if thread else "")
-    target = bridge.platform.chat_for_key(key)
-    assert target is not None
-    deadline = time.monotonic() + 30
-    while bridge.core.busy(target):
-        assert time.monotonic() < deadline, "the chat stayed busy"
-        await asyncio.sleep(0.02)
-
-
-def status_messages(tg: FakeTelegram, chat: int) -> list[BotMessage]:
-    return [m for m in tg.sent(chat) if m.kind == "text" and m.history[0].startswith("⚙️")]
-
-
-def png_bytes() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 # ----------------------------------------------------------------------------- who may talk
 

@@ -4,18 +4,21 @@ No platform imports here: an adapter implements :class:`Platform` and feeds a
 :class:`ChatBridge`; see ``bridges/telegram`` for the first one.
 """
 
-from bridges.common.bridge import CHAT_PREFIXES, BridgeSettings, ChatBridge, VoiceHandler
+from bridges.common.bridge import CHAT_PREFIXES, AfterTurn, BridgeSettings, ChatBridge
 from bridges.common.commands import Command, CommandContext, CommandRegistry, parse_command
 from bridges.common.platform import Chat, MessageId, Platform, User
 from bridges.common.split import MarkdownChunk, split_markdown
 from bridges.common.text import error_text, notice_text, status_text
 from bridges.common.view import TurnView, ViewSettings
+from bridges.common.voice import ChatVoice, VoiceBackend
 
 __all__ = [
     "CHAT_PREFIXES",
+    "AfterTurn",
     "BridgeSettings",
     "Chat",
     "ChatBridge",
+    "ChatVoice",
     "Command",
     "CommandContext",
     "CommandRegistry",
@@ -25,7 +28,7 @@ __all__ = [
     "TurnView",
     "User",
     "ViewSettings",
-    "VoiceHandler",
+    "VoiceBackend",
     "error_text",
     "notice_text",
     "parse_command",

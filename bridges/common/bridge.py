@@ -30,6 +30,7 @@ from bridges.common.platform import Chat, Platform, User
 from bridges.common.split import split_markdown
 from bridges.common.text import ago, error_text, rate_limit_text, size
 from bridges.common.view import TurnView, ViewSettings
+from bridges.common.voice import ChatVoice, VoiceBackend
 from gateway.engine import (
     Alert,
     Engine,
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 #: of any other key (``openai:``, ``cron:``) go to the notification chat.
 CHAT_PREFIXES = ("telegram:", "discord:")
 
-#: Transcribes a voice note: (chat, audio bytes, MIME type) -> the text it says.
-VoiceHandler = Callable[[Chat, bytes, str], Awaitable[str]]
+#: Called after each turn of a chat that ended with a result (spoken replies use it).
+AfterTurn = Callable[[Chat, TurnResult], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,34 @@ class _ChatState:
     pending: list[Prompt] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
     view: TurnView | None = None
+    #: the last of the messages still being prepared (a voice note being transcribed);
+    #: what arrives after it waits for it, so messages go in in the order they were sent
+    intake: asyncio.Task[None] | None = None
     #: session ids of the last /sessions listing, so /resume 2 works
     sessions: list[str] = field(default_factory=list)
 
 
 class ChatBridge:
-    def __init__(self, engine: Engine, platform: Platform, settings: BridgeSettings) -> None:
+    def __init__(
+        self, engine: Engine, platform: Platform, settings: BridgeSettings, *,
+        voice: VoiceBackend | None = None,
+    ) -> None:
         self.engine = engine
         self.platform = platform
         self.settings = settings
         self.commands = CommandRegistry()
-        #: set by the voice feature; without it voice notes get a polite explanation
-        self.voice_handler: VoiceHandler | None = None
+        #: hooks run after every turn that ended with a result, in order
+        self.after_turn: list[AfterTurn] = []
         self._chats: dict[str, _ChatState] = {}
         self._refused: set[int] = set()
         self._stopping = False
         self._add_builtin_commands()
+        #: voice notes in and spoken replies out (``/voice``); without it voice notes get
+        #: a polite explanation
+        self.voice: ChatVoice | None = None
+        if voice is not None:
+            self.voice = ChatVoice(self, voice)
+            self.after_turn.append(self.voice.after_turn)
 
     @property
     def key_prefix(self) -> str:
@@ -116,6 +129,9 @@ class ChatBridge:
     async def stop(self) -> None:
         """End every turn this bridge runs (their processes stay with the engine)."""
         self._stopping = True
+        for state in self._chats.values():
+            if state.intake is not None:
+                state.intake.cancel()
         workers = [s.worker for s in self._chats.values() if s.worker and not s.worker.done()]
         for task in workers:
             task.cancel()
@@ -173,6 +189,17 @@ class ChatBridge:
         if prompt.is_empty() or self._stopping:
             return
         state = self._state(chat)
+        if state.intake is not None and not state.intake.done():
+            self._after_intake(state, lambda: self.submit_now(chat, prompt))
+            return
+        await self.submit_now(chat, prompt)
+
+    async def submit_now(self, chat: Chat, prompt: Prompt) -> None:
+        """:meth:`submit` without waiting for the chat's intake: for the intake's own steps
+        (a transcribed voice note goes in before the messages sent after it)."""
+        if prompt.is_empty() or self._stopping:
+            return
+        state = self._state(chat)
         state.pending.append(prompt)
         if state.view is not None:
             state.view.queued = len(state.pending)
@@ -180,11 +207,27 @@ class ChatBridge:
         if state.worker is None or state.worker.done():
             state.worker = asyncio.create_task(self._work(state), name=f"chat {chat.key}")
 
+    def _after_intake(self, state: _ChatState, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` in the background once the chat's earlier intake is done."""
+        previous = state.intake
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            try:
+                await step()
+            except Exception:
+                log.exception("a message of %s could not be prepared", state.chat.key)
+
+        state.intake = asyncio.create_task(run(), name=f"intake {state.chat.key}")
+
     async def handle_voice(
         self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str = ""
     ) -> None:
-        """A voice note: transcribed by :attr:`voice_handler` and sent as text, if there is one."""
-        if self.voice_handler is None:
+        """A voice note or audio file: transcribed, shown and sent as the prompt (see
+        :mod:`bridges.common.voice`). It is prepared in the background, so the platform's
+        other updates are not held up; the chat's later messages wait for it."""
+        if self.voice is None:
             await self.say(
                 chat,
                 "🎤 Voice messages need the gateway's voice feature, which is not enabled here."
@@ -192,13 +235,11 @@ class ChatBridge:
                 markdown=False,
             )
             return
-        data = await fetch()
-        text = (await self.voice_handler(chat, data, mime_type)).strip()
-        if not text:
-            await self.say(chat, "🎤 I could not make out any words in that voice message.",
-                           markdown=False)
+        if self._stopping:
             return
-        await self.submit(chat, Prompt(text=f"{caption}\n\n{text}".strip()))
+        voice = self.voice
+        self._after_intake(self._state(chat),
+                           lambda: voice.handle(chat, fetch, mime_type, caption))
 
     def upload_refusal(self, name: str, nbytes: int | None) -> str | None:
         """The reply for a file that is too large to accept, or ``None`` if it is fine."""
@@ -294,8 +335,13 @@ class ChatBridge:
         return state
 
     def busy(self, chat: Chat) -> bool:
+        """True while a turn runs, messages wait, or a voice note is being prepared."""
         state = self._chats.get(chat.key)
-        return state is not None and (state.view is not None or bool(state.pending))
+        return state is not None and (
+            state.view is not None or bool(state.pending)
+            or (state.intake is not None and not state.intake.done())
+            or (state.worker is not None and not state.worker.done())
+        )
 
     async def _work(self, state: _ChatState) -> None:
         while state.pending and not self._stopping:
@@ -337,6 +383,12 @@ class ChatBridge:
                 pass
             finally:
                 state.view = None
+        if isinstance(final, TurnResult):
+            for hook in self.after_turn:
+                try:
+                    await hook(chat, final)
+                except Exception:
+                    log.exception("after-turn hook %r of %s failed", hook, chat.key)
 
     async def _model_for(self, chat: Chat) -> str | None:
         """The platform's default model for a conversation that has not chosen one."""
@@ -368,13 +420,14 @@ class ChatBridge:
 
     async def _cmd_new(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
+        _cancel(state.intake)
         state.pending.clear()
         await self.engine.reset(ctx.chat.key)
         await ctx.reply("🆕 Fresh session: I have forgotten this conversation.", markdown=False)
 
     async def _cmd_stop(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
-        dropped = len(state.pending)
+        dropped = len(state.pending) + int(_cancel(state.intake))
         state.pending.clear()
         stopped = await self.engine.interrupt(ctx.chat.key)
         if dropped:
@@ -493,6 +546,12 @@ class ChatBridge:
             " while I work go in together as the next message.",
             "",
         ]
+        if self.voice is not None:
+            lines[-1:-1] = [
+                "",
+                "Voice messages are transcribed (I show what I heard) and answered like text;"
+                " /voice on adds a spoken reply to every answer.",
+            ]
         for command in self.commands:
             if command.hidden:
                 continue
@@ -502,6 +561,14 @@ class ChatBridge:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _cancel(task: asyncio.Task[None] | None) -> bool:
+    """Cancel a chat's intake (a voice note being transcribed); True if one was running."""
+    if task is None or task.done():
+        return False
+    task.cancel()
+    return True
 
 
 def _merge(prompts: list[Prompt]) -> Prompt:

@@ -21,7 +21,15 @@ from aiohttp import web
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler, filters
 
-from bridges.common import BridgeSettings, Chat, ChatBridge, CommandRegistry, User, ViewSettings
+from bridges.common import (
+    BridgeSettings,
+    Chat,
+    ChatBridge,
+    CommandRegistry,
+    User,
+    ViewSettings,
+    VoiceBackend,
+)
 from bridges.common.commands import parse_command
 from bridges.telegram.platform import (
     CLOUD_UPLOAD_LIMIT,
@@ -53,7 +61,7 @@ class TelegramBridge:
 
     def __init__(
         self, engine: Engine, settings: TelegramSettings, *, token: str,
-        notify_chat_id: int | None = None,
+        notify_chat_id: int | None = None, voice: VoiceBackend | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -94,6 +102,7 @@ class TelegramBridge:
                     long_answer_chars=settings.long_answer_file_chars,
                 ),
             ),
+            voice=voice,
         )
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
         self.app.add_error_handler(self._on_error)
@@ -104,13 +113,16 @@ class TelegramBridge:
         self._started = False
 
     @classmethod
-    def from_settings(cls, engine: Engine, settings: Settings) -> TelegramBridge | None:
-        """The bridge, if ``TELEGRAM_BOT_TOKEN`` is set."""
+    def from_settings(
+        cls, engine: Engine, settings: Settings, *, voice: VoiceBackend | None = None
+    ) -> TelegramBridge | None:
+        """The bridge, if ``TELEGRAM_BOT_TOKEN`` is set (``voice``: the gateway's voice
+        service, for voice messages in and spoken replies out)."""
         token = settings.telegram.token
         if token is None:
             return None
         return cls(engine, settings.telegram, token=token.get_secret_value(),
-                   notify_chat_id=settings.notify.telegram_chat_id)
+                   notify_chat_id=settings.notify.telegram_chat_id, voice=voice)
 
     @property
     def commands(self) -> CommandRegistry:
@@ -227,15 +239,16 @@ class TelegramBridge:
         if command is not None:
             await self.core.run_command(chat, user, *command)
             return
-        if message.voice is not None:
-            voice = message.voice
-            refusal = self.core.upload_refusal("The voice message", voice.file_size)
+        spoken = _spoken(message, transcribe_audio=self.core.voice is not None)
+        if spoken is not None:
+            refusal = self.core.upload_refusal(spoken.name, spoken.size)
             if refusal:
                 await self.core.say(chat, refusal, markdown=False)
                 return
+            file_id = spoken.file_id
             await self.core.handle_voice(
-                chat, lambda: self.platform.download(voice.file_id),
-                voice.mime_type or "audio/ogg", caption=text,
+                chat, lambda: self.platform.download(file_id),
+                spoken.mime_type or "audio/ogg", caption=text,
             )
             return
         prompt = await self._prompt(message, chat, text)
@@ -343,6 +356,19 @@ def _file_url(base_url: str) -> str:
     """``https://host/bot`` → ``https://host/file/bot``."""
     root = base_url[: -len("/bot")] if base_url.endswith("/bot") else base_url
     return root + "/file/bot"
+
+
+def _spoken(message: telegram.Message, *, transcribe_audio: bool) -> _Attachment | None:
+    """A voice note, or an audio file (music, a recording) when voice support is on: both
+    are transcribed. Without voice support an audio file is an ordinary file."""
+    if message.voice is not None:
+        v = message.voice
+        return _Attachment(v.file_id, "The voice message", v.mime_type, v.file_size)
+    if message.audio is not None and transcribe_audio:
+        a = message.audio
+        return _Attachment(a.file_id, a.file_name or "The audio file", a.mime_type or
+                           a.file_name, a.file_size)
+    return None
 
 
 def _attachment(message: telegram.Message) -> _Attachment | None:

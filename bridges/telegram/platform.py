@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dtm
 import logging
+import math
 import re
 import warnings
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ import telegram
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bridges.common.media import ogg_duration
 from bridges.common.platform import Chat, MessageId
 from bridges.telegram.render import MAX_CAPTION, MAX_MESSAGE, render, telegram_length
 from gateway.engine.tools import FileKind
@@ -173,9 +175,11 @@ class TelegramPlatform:
                 log.info("send_photo of %s refused (%s); sending a document", path.name,
                          exc.message)
         elif kind == "voice":
+            seconds = ogg_duration(data)  # Telegram shows 0:00 without it
             try:
                 await self.call(self.bot.send_voice,
-                                voice=telegram.InputFile(data, filename=path.name), **common)
+                                voice=telegram.InputFile(data, filename=path.name),
+                                duration=math.ceil(seconds) if seconds else None, **common)
                 return
             except BadRequest as exc:
                 log.info("send_voice of %s refused (%s); sending a document", path.name,
