@@ -48,9 +48,9 @@ def engine_config(settings: Settings) -> EngineConfig:
         secret_env_vars=secret_env_var_names(os.environ),
         spare_processes=claude.spare_processes,
         send_file_dirs=tuple(claude.send_file_dirs),
-    )
         client_tool_timeout=claude.client_tool_timeout,
         hybrid_hidden_tools=tuple(claude.hybrid_hidden_tools),
+    )
 
 
 @dataclass
