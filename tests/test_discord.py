@@ -35,6 +35,7 @@ async def make_bridge(
 ) -> AsyncIterator[BridgeFactory]:
     """``await make_bridge(engine=None, **discord_settings)``: a bridge on a fresh fake
     Discord, wired to the engine the way ``gateway.app`` wires it; stopped at teardown."""
+    monkeypatch.chdir(tmp_path)  # dpytest writes sent attachments to ./dpytest_<n>.dat
     bridges: list[DiscordBridge] = []
 
     async def factory(engine: Engine | None = None, **overrides: Any) -> World:
