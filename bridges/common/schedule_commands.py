@@ -45,6 +45,7 @@ USAGE = (
 )
 _QUOTES = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’", "«": "»"}
 _OPTION = re.compile(r"^(name|to|tz|session)=(\S+)$")
+_NOBODY = User(0, "")
 _STATUS_ICONS = {
     "ok": "✅", "error": "❌", "undelivered": "📭", "skipped": "⏭", "missed": "💤",
     "interrupted": "⏹", "running": "⏳",
@@ -118,7 +119,9 @@ class ScheduleCommands:
         other = self.bridge.platform.chat_for_key(target)
         if other is None:
             return False
-        return other.id == user.id or other.id in self.bridge.settings.allowed_chats
+        # the person's own private chat, or a chat open to everyone in it (allowed_chats;
+        # on Discord also a thread of an allowed channel or server), asked as a nobody
+        return other.id == user.id or self.bridge.is_allowed(_NOBODY, other)
 
     def _visible(self, ctx: CommandContext) -> list[JobView]:
         return [v for v in self.scheduler.jobs() if self._may_see(ctx, v.spec)]
