@@ -126,7 +126,52 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "FinishReason": {"enum": ["stop", "length", "content_filter"]},
+    "FinishReason": {"enum": ["stop", "length", "content_filter", "tool_calls"]},
+    "ToolCall": {
+        "type": "object",
+        "required": ["id", "type", "function"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"const": "function"},
+            "function": {
+                "type": "object",
+                "required": ["name", "arguments"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string", "description": "JSON text."},
+                },
+            },
+        },
+    },
+    "ToolCallDelta": {
+        "type": "object",
+        "required": ["index"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "id": {"type": "string"},
+            "type": {"const": "function"},
+            "function": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+            },
+        },
+    },
+    "Tool": {
+        "type": "object",
+        "required": ["function"],
+        "properties": {
+            "type": {"const": "function"},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                },
+            },
+        },
+    },
     "ChatCompletion": {
         "type": "object",
         "required": ["id", "object", "created", "model", "choices", "usage"],
@@ -149,8 +194,9 @@ SCHEMAS: dict[str, Any] = {
                             "required": ["role", "content"],
                             "properties": {
                                 "role": {"const": "assistant"},
-                                "content": {"type": "string"},
+                                "content": {"type": ["string", "null"]},
                                 "refusal": {"type": "null"},
+                                "tool_calls": {"type": "array", "items": _ref("ToolCall")},
                             },
                         },
                         "finish_reason": _ref("FinishReason"),
@@ -183,6 +229,7 @@ SCHEMAS: dict[str, Any] = {
                             "properties": {
                                 "role": {"const": "assistant"},
                                 "content": {"type": "string"},
+                                "tool_calls": {"type": "array", "items": _ref("ToolCallDelta")},
                             },
                             "additionalProperties": False,
                         },
@@ -323,8 +370,9 @@ SCHEMAS: dict[str, Any] = {
     "ChatCompletionRequest": {
         "type": "object",
         "required": ["model", "messages"],
-        "description": "Other OpenAI fields (temperature, tools, tool_choice, "
-        "max_completion_tokens, ...) are accepted and ignored.",
+        "description": "Other OpenAI fields (temperature, max_completion_tokens, ...) are "
+        "accepted and ignored. tools/tool_choice are used in the client and hybrid tool modes "
+        "(server.tool_mode, X-Tool-Mode, tool_mode) and ignored in agent mode.",
         "properties": {
             "model": {"type": "string"},
             "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
@@ -346,6 +394,31 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Names the conversation unless a header or prompt_cache_key does.",
             },
             "n": {"const": 1},
+            "tools": {"type": "array", "items": _ref("Tool")},
+            "tool_choice": {
+                "oneOf": [
+                    {"enum": ["auto", "none", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["function"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}},
+                            },
+                        },
+                    },
+                ],
+                "description": "Not enforced by the CLI: anything but auto becomes an "
+                "instruction to Claude.",
+            },
+            "parallel_tool_calls": {"type": "boolean"},
+            "tool_mode": {
+                "enum": ["agent", "client", "hybrid"],
+                "description": "Gateway extension: how the client's tools are used.",
+            },
         },
     },
 }
@@ -365,6 +438,12 @@ def _chat_path() -> dict[str, Any]:
                     "name": "X-Stream-Mode",
                     "schema": {"enum": ["smart", "final", "verbose"]},
                     "description": "How answer text streams (overrides the body's stream_mode).",
+                },
+                {
+                    **header,
+                    "name": "X-Tool-Mode",
+                    "schema": {"enum": ["agent", "client", "hybrid"]},
+                    "description": "How the client's tools are used (overrides tool_mode).",
                 },
             ],
             "requestBody": {
@@ -493,7 +572,6 @@ def _audio_paths() -> dict[str, Any]:
             }
         },
     }
-
 
 
 def openapi_document() -> dict[str, Any]:

@@ -53,14 +53,18 @@ from gateway.api.convert import (
     split_conversation,
     sse,
 )
+from gateway.api.functions import parse_tool_mode, tool_call_deltas
 from gateway.api.openapi import openapi_document
 from gateway.api.turn import MetaStore, TurnPump, answer_text
+from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
     Event,
     Prompt,
+    ToolCallsRequested,
     TurnError,
     TurnOptions,
     TurnResult,
+    Usage,
 )
 from gateway.errors import ErrorKind, GatewayError
 from gateway.voice import VoiceService
@@ -69,6 +73,7 @@ log = logging.getLogger(__name__)
 
 CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
 STREAM_MODE_HEADER = "X-Stream-Mode"
+TOOL_MODE_HEADER = "X-Tool-Mode"
 SERVER_BUSY_RETRY_AFTER = 2
 #: how often a waiting handler checks whether its client is still connected
 DISCONNECT_POLL_SECONDS = 0.25
@@ -122,7 +127,6 @@ STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
 STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
     "status_providers", dict
 )
-
 
 
 class ApiError(Exception):
@@ -366,15 +370,25 @@ async def _chat_completions(
         store=engine.store,
         claim=state.claim,
     )
+    header_tools = request.headers.get(TOOL_MODE_HEADER)
+    if header_tools:
+        tool_mode = parse_tool_mode(header_tools, f"{TOOL_MODE_HEADER} header")
+    else:
+        tool_mode = chat.tool_mode or config.tool_mode
+    functions = tool_mode is not ToolMode.AGENT
     try:
-        prompt = build_prompt(conversation, seed=plan.seed)
+        prompt = build_prompt(conversation, seed=plan.seed, results=functions)
         if prompt.is_empty():
             raise GatewayError(
                 ErrorKind.INVALID_REQUEST,
                 f"messages[{conversation.new[-1].index}].content: is empty; there is nothing "
                 "to send after the last assistant message",
             )
-        options = TurnOptions(model=model, mode=mode, system=conversation.system, origin="api")
+        options = TurnOptions(
+            model=model, mode=mode, system=conversation.system, origin="api",
+            tools=chat.tools if functions else (), tool_mode=tool_mode,
+            tool_choice=chat.tool_choice if functions else "auto",
+        )
     except BaseException:
         if plan.claimed:
             state.release(plan.key)
@@ -458,6 +472,9 @@ async def _complete(
         if isinstance(event, TurnError):
             error = http_error(event.kind, event.message, event.retry_after, event.status)
             return error_response(error, headers)
+        if isinstance(event, ToolCallsRequested):
+            body = factory.completion("".join(rendered), "tool_calls", Usage(), event.calls)
+            return web.json_response(body, headers=headers)
         piece = render_event(event, pump.mode)
         if piece:
             rendered.append(piece)
@@ -532,6 +549,13 @@ async def _stream(
             if not out.started:
                 return error_response(error, out.headers)
             await out.send(error.body())
+            return await out.done()
+        if isinstance(event, ToolCallsRequested):
+            for delta in tool_call_deltas(event.calls):
+                await out.send(factory.chunk(delta))
+            await out.send(factory.finish("tool_calls"))
+            if chat.include_usage:  # the turn goes on; its usage comes with its end
+                await out.send(factory.usage(Usage()))
             return await out.done()
         piece = render_event(event, pump.mode)
         if piece:
