@@ -207,17 +207,25 @@ async def test_a_document_is_saved_in_the_inbox_and_claude_told_where(
     assert told.startswith("summarize it") and str(saved[0]) in told and "text/csv" in told
 
 
-async def test_voice_notes_and_oversized_files_get_clear_replies(
+async def test_without_voice_support_voice_notes_get_a_reply_and_audio_files_are_kept(
     make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic
 ) -> None:
-    await make_bridge(max_upload_mb=0.0001)  # ~100 bytes
+    bridge = await make_bridge(max_upload_mb=0.0001)  # ~100 bytes
     tg.user_message(OWNER, OWNER, voice=b"OggS tiny")
     tg.user_message(OWNER, OWNER, document=("big.bin", b"x" * 500, "application/octet-stream"))
     await tg.wait_for(lambda: len(texts(tg, OWNER)) >= 2, what="two replies")
-    voice, big = texts(tg, OWNER)
+    voice, big = texts(tg, OWNER)[:2]
     assert "voice" in voice.lower() and "type" in voice
     assert "big.bin" in big and "max_upload_mb" in big
     assert fake_api.requests() == []
+    tg.user_message(OWNER, OWNER, audio=("memo.mp3", b"ID3 a recording", "audio/mpeg"),
+                    caption="file this")
+    await tg.wait_for(lambda: fake_api.requests(), what="the audio file's turn")
+    await idle(bridge, OWNER)
+    saved, = (bridge.engine.config.workspace / "inbox" / f"telegram-{OWNER}").iterdir()
+    assert saved.name.endswith("-memo.mp3") and saved.read_bytes() == b"ID3 a recording"
+    told = fake_api.requests()[-1]["last_user_text"]
+    assert told.startswith("file this") and str(saved) in told and "audio/mpeg" in told
 
 
 async def test_claude_sends_a_photo_a_voice_note_and_a_file(

@@ -7,6 +7,7 @@ Anthropic API, and spoken back by Piper as an Ogg/Opus voice note."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,29 @@ async def test_voice_on_without_a_voice_engine_says_what_to_install(
         assert "espeak" in refusal[0].lower()
         tg.user_text(OWNER, "/voice")
         await tg.wait_for(lambda: any("Spoken replies are off" in t for t in texts(tg, OWNER)))
+    finally:
+        service.close()
+
+
+async def test_without_a_working_speech_engine_audio_files_are_kept_as_files(
+    make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic,
+    engines: tuple[FasterWhisperEngine, PiperEngine], note: bytes, tmp_path: Path,
+) -> None:
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"not a model")
+    service = VoiceService(stt=FasterWhisperEngine(str(broken)), tts=[engines[1]])
+    try:
+        bridge = await make_bridge(voice=service)
+        tg.user_message(OWNER, OWNER, voice=note)
+        refusal = await tg.wait_for(lambda: [t for t in texts(tg, OWNER) if t.startswith("🎤")])
+        assert "could not be loaded" in refusal[0], refusal
+        tg.user_message(OWNER, OWNER, audio=("memo.ogg", note, "audio/ogg"))
+        await tg.wait_for(lambda: fake_api.requests(), what="the audio file's turn")
+        await idle(bridge, OWNER)
+        saved, = (bridge.engine.config.workspace / "inbox" / f"telegram-{OWNER}").iterdir()
+        assert saved.read_bytes() == note
+        assert [str(saved) in r["last_user_text"] for r in fake_api.requests()] == [True]
     finally:
         service.close()
 

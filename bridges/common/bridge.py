@@ -222,11 +222,32 @@ class ChatBridge:
         state.intake = asyncio.create_task(run(), name=f"intake {state.chat.key}")
 
     async def handle_voice(
-        self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str = ""
+        self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str = "",
+        *, fallback: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         """A voice note or audio file: transcribed, shown and sent as the prompt (see
         :mod:`bridges.common.voice`). It is prepared in the background, so the platform's
-        other updates are not held up; the chat's later messages wait for it."""
+        other updates are not held up; the chat's later messages wait for it.
+
+        ``fallback`` (for audio files) gets the bytes instead when voice support is off or
+        not installed, to keep the file like any other."""
+        if self._stopping:
+            return
+        if self.voice is None and fallback is not None:
+            keep = fallback
+
+            async def download_and_keep() -> None:
+                try:
+                    data = await fetch()
+                except Exception as exc:
+                    log.warning("download in %s failed: %s", chat.key, exc)
+                    await self.say(chat, f"📎 I could not fetch that file from {self.title}."
+                                   " Please send it again.", markdown=False)
+                    return
+                await keep(data)
+
+            self._after_intake(self._state(chat), download_and_keep)
+            return
         if self.voice is None:
             await self.say(
                 chat,
@@ -235,11 +256,11 @@ class ChatBridge:
                 markdown=False,
             )
             return
-        if self._stopping:
-            return
         voice = self.voice
-        self._after_intake(self._state(chat),
-                           lambda: voice.handle(chat, fetch, mime_type, caption))
+        self._after_intake(
+            self._state(chat),
+            lambda: voice.handle(chat, fetch, mime_type, caption, fallback=fallback),
+        )
 
     def upload_refusal(self, name: str, nbytes: int | None) -> str | None:
         """The reply for a file that is too large to accept, or ``None`` if it is fine."""

@@ -30,7 +30,7 @@ from bridges.common.commands import Command, CommandContext
 from bridges.common.platform import Chat
 from gateway.engine import Prompt, TurnResult
 from gateway.errors import GatewayError
-from gateway.voice import voice_prompt
+from gateway.voice import VoiceUnavailable, voice_prompt
 
 if TYPE_CHECKING:
     from bridges.common.bridge import ChatBridge
@@ -95,9 +95,12 @@ class ChatVoice:
 
     async def handle(
         self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str,
-        caption: str = "",
+        caption: str = "", *, fallback: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
-        """Download, transcribe, show and submit a voice message (see the module doc)."""
+        """Download, transcribe, show and submit a voice message (see the module doc).
+
+        ``fallback`` takes the bytes instead when no voice engine is installed (an audio
+        file is then kept as an ordinary file rather than refused)."""
         platform = self.bridge.platform
         try:
             await platform.typing(chat)
@@ -114,6 +117,13 @@ class ChatVoice:
             return
         try:
             heard = await self.backend.transcribe(data, mime_type)
+        except VoiceUnavailable as exc:
+            if fallback is not None:
+                log.info("no voice engine (%s); keeping the audio as a file", exc.message)
+                await fallback(data)
+                return
+            await self.bridge.say(chat, f"🎤 {exc.message}", markdown=False)
+            return
         except GatewayError as exc:  # VoiceError: undecodable, too long, no speech, missing
             log.info("voice message in %s not transcribed: %s", chat.key, exc.message)
             await self.bridge.say(chat, f"🎤 {exc.message}", markdown=False)

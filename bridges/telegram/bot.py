@@ -13,6 +13,7 @@ import datetime as dtm
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -239,7 +240,7 @@ class TelegramBridge:
         if command is not None:
             await self.core.run_command(chat, user, *command)
             return
-        spoken = _spoken(message, transcribe_audio=self.core.voice is not None)
+        spoken = _spoken(message)
         if spoken is not None:
             refusal = self.core.upload_refusal(spoken.name, spoken.size)
             if refusal:
@@ -248,7 +249,8 @@ class TelegramBridge:
             file_id = spoken.file_id
             await self.core.handle_voice(
                 chat, lambda: self.platform.download(file_id),
-                spoken.mime_type or "audio/ogg", caption=text,
+                spoken.mime_type or spoken.name, caption=text,
+                fallback=None if message.voice else self._keeper(chat, spoken, text),
             )
             return
         prompt = await self._prompt(message, chat, text)
@@ -292,6 +294,19 @@ class TelegramBridge:
         if not parts and not images:
             return None
         return Prompt(text="\n\n".join(parts), images=tuple(images))
+
+    def _keeper(
+        self, chat: Chat, file: _Attachment, caption: str
+    ) -> Callable[[bytes], Awaitable[None]]:
+        """Keeps an audio file in the inbox, like a document, when it is not transcribed."""
+
+        async def keep(data: bytes) -> None:
+            path = await self.core.save_upload(chat, file.name, data)
+            note = self.core.upload_note(path, file.name, file.mime_type, len(data))
+            text = f"{caption.strip()}\n\n{note}" if caption.strip() else note
+            await self.core.submit_now(chat, Prompt(text=text))
+
+        return keep
 
     def chat_of(self, message: telegram.Message) -> Chat:
         thread = message.message_thread_id if message.is_topic_message else None
@@ -358,29 +373,26 @@ def _file_url(base_url: str) -> str:
     return root + "/file/bot"
 
 
-def _spoken(message: telegram.Message, *, transcribe_audio: bool) -> _Attachment | None:
-    """A voice note, or an audio file (music, a recording) when voice support is on: both
-    are transcribed. Without voice support an audio file is an ordinary file."""
+def _spoken(message: telegram.Message) -> _Attachment | None:
+    """A voice note or an audio file (a recording, music): both are transcribed. An audio
+    file is kept as an ordinary file where voice support is off or not installed."""
     if message.voice is not None:
         v = message.voice
         return _Attachment(v.file_id, "The voice message", v.mime_type, v.file_size)
-    if message.audio is not None and transcribe_audio:
-        a = message.audio
-        return _Attachment(a.file_id, a.file_name or "The audio file", a.mime_type or
-                           a.file_name, a.file_size)
-    return None
-
-
-def _attachment(message: telegram.Message) -> _Attachment | None:
-    """A file the person sent that goes to the inbox (photos and voice are handled apart)."""
-    if message.document is not None:
-        d = message.document
-        return _Attachment(d.file_id, d.file_name or f"document-{d.file_unique_id}",
-                           d.mime_type, d.file_size)
     if message.audio is not None:
         a = message.audio
         return _Attachment(a.file_id, a.file_name or f"audio-{a.file_unique_id}",
                            a.mime_type, a.file_size)
+    return None
+
+
+def _attachment(message: telegram.Message) -> _Attachment | None:
+    """A file the person sent that goes to the inbox (photos, voice notes and audio files
+    are handled apart)."""
+    if message.document is not None:
+        d = message.document
+        return _Attachment(d.file_id, d.file_name or f"document-{d.file_unique_id}",
+                           d.mime_type, d.file_size)
     if message.video is not None:
         v = message.video
         return _Attachment(v.file_id, v.file_name or f"video-{v.file_unique_id}.mp4",
