@@ -568,8 +568,8 @@ async def _stream(
 
 async def _stop_pumps(app: web.Application) -> None:
     pumps = list(app[STATE].pumps)
-    for pump in pumps:
-        pump.cancel()
+    for pump in pumps:  # their handlers answer 503 shutting_down (or end their stream)
+        pump.cancel(TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down."))
     if pumps:
         await asyncio.gather(*(p.task for p in pumps), return_exceptions=True)
 

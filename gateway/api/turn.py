@@ -77,6 +77,7 @@ class TurnPump:
         self._on_done = on_done
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._rendered: list[str] = []
+        self._cancel_error: TurnError | None = None
         self.task: asyncio.Task[None] = asyncio.create_task(
             self._run(), name=f"api-turn:{plan.key}"
         )
@@ -85,8 +86,10 @@ class TurnPump:
         """The next event (cancellation-safe; use with ``asyncio.wait_for``)."""
         return await self._queue.get()
 
-    def cancel(self) -> None:
-        """Interrupt the turn (closes the engine's iterator)."""
+    def cancel(self, error: TurnError | None = None) -> None:
+        """Interrupt the turn (closes the engine's iterator). A handler still waiting for
+        events gets ``error`` (default: interrupted) as the final one."""
+        self._cancel_error = error
         self.task.cancel()
 
     async def _run(self) -> None:
@@ -120,6 +123,9 @@ class TurnPump:
                     TurnError(ErrorKind.CRASHED, "the turn ended without a result")
                 )
         except asyncio.CancelledError:
+            if not final:  # a handler may still wait for the end (e.g. at shutdown)
+                self._queue.put_nowait(self._cancel_error or TurnError(
+                    ErrorKind.INTERRUPTED, "The turn was interrupted."))
             raise
         except GatewayError as exc:
             if not final:
