@@ -420,6 +420,34 @@ class NotifySettings(_Section):
     )
 
 
+def _id_list(value: Any, *, signed: bool, code: str, hint: str) -> list[int]:
+    """A list of numeric chat-platform ids from TOML/JSON or an env var such as
+    ``CMG_TELEGRAM__ALLOWED_USERS=123,456``; ``hint`` (with ``{value}``) explains a bad one."""
+    items: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
+        except ValueError:
+            items = None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    ids: list[int] = []
+    for item in items if isinstance(items, list | tuple) else [None]:
+        if isinstance(item, str) and re.fullmatch(r"-?\d+" if signed else r"\d+", item.strip()):
+            item = int(item)
+        elif isinstance(item, str) and not item.strip():
+            continue
+        if (
+            not isinstance(item, int)
+            or isinstance(item, bool)
+            or (not signed and not 0 < item < 2**64)
+        ):
+            raise PydanticCustomError(code, hint, {"value": _show(value)})
+        ids.append(item)
+    return ids
+
+
 class TelegramSettings(_Section):
     """``[telegram]``: the bot runs when ``TELEGRAM_BOT_TOKEN`` is set."""
 
@@ -488,30 +516,10 @@ class TelegramSettings(_Section):
     @field_validator("allowed_users", "allowed_chats", mode="before")
     @classmethod
     def _id_list(cls, value: Any) -> Any:
-        # CMG_TELEGRAM__ALLOWED_USERS=123,456 as well as a JSON/TOML list
-        items: Any = value
-        if isinstance(value, str):
-            text = value.strip()
-            try:
-                items = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
-            except ValueError:
-                items = None
-        elif isinstance(value, int) and not isinstance(value, bool):
-            items = [value]
-        ids: list[int] = []
-        for item in items if isinstance(items, list | tuple) else [None]:
-            if isinstance(item, str) and re.fullmatch(r"-?\d+", item.strip()):
-                item = int(item)
-            elif isinstance(item, str) and not item.strip():
-                continue
-            if not isinstance(item, int) or isinstance(item, bool):
-                raise PydanticCustomError(
-                    "cmg_id_list",
-                    "expected a list of numeric Telegram ids, e.g. [123456789], got {value}",
-                    {"value": _show(value)},
-                )
-            ids.append(item)
-        return ids
+        return _id_list(
+            value, signed=True, code="cmg_id_list",
+            hint="expected a list of numeric Telegram ids, e.g. [123456789], got {value}",
+        )
 
     @field_validator("base_url", "base_file_url", "webhook_url")
     @classmethod
@@ -604,33 +612,12 @@ class DiscordSettings(_Section):
     @field_validator("allowed_users", "allowed_guilds", "allowed_channels", mode="before")
     @classmethod
     def _snowflake_list(cls, value: Any) -> Any:
-        # CMG_DISCORD__ALLOWED_USERS=123,456 as well as a JSON/TOML list; Discord ids are
-        # positive 64-bit "snowflakes" (17 to 20 digits), quoted or not
-        items: Any = value
-        if isinstance(value, str):
-            text = value.strip()
-            try:
-                items = json.loads(text) if text.startswith("[") else re.split(r"[\s,]+", text)
-            except ValueError:
-                items = None
-        elif isinstance(value, int) and not isinstance(value, bool):
-            items = [value]
-        ids: list[int] = []
-        for item in items if isinstance(items, list | tuple) else [None]:
-            if isinstance(item, str) and re.fullmatch(r"\d+", item.strip()):
-                item = int(item)
-            elif isinstance(item, str) and not item.strip():
-                continue
-            if not isinstance(item, int) or isinstance(item, bool) or not 0 < item < 2**64:
-                raise PydanticCustomError(
-                    "cmg_snowflake_list",
-                    "expected a list of numeric Discord ids, e.g. [123456789012345678] (Discord:"
-                    " Settings → Advanced → Developer Mode, then right-click → Copy ID),"
-                    " got {value}",
-                    {"value": _show(value)},
-                )
-            ids.append(item)
-        return ids
+        # Discord ids are positive 64-bit "snowflakes" (17 to 20 digits), quoted or not
+        return _id_list(
+            value, signed=False, code="cmg_snowflake_list",
+            hint="expected a list of numeric Discord ids, e.g. [123456789012345678] (Discord:"
+            " Settings → Advanced → Developer Mode, then right-click → Copy ID), got {value}",
+        )
 
     @property
     def enabled(self) -> bool:

@@ -418,3 +418,25 @@ def test_env_table_must_be_json(env: dict[str, str]) -> None:
     assert message == 'CMG_CLAUDE__ENV: claude.env: expected a JSON object, got "FOO=1"'
     message = config_error(None, {**env, "CMG_CLAUDE__ENV": '{"A": 1}'})
     assert message == "CMG_CLAUDE__ENV: claude.env.A: expected a string, got 1"
+
+
+def test_chat_allow_lists_from_env_and_toml(tmp_path: Path, env: dict[str, str]) -> None:
+    settings = load_settings(None, env={
+        **env,
+        "CMG_TELEGRAM__ALLOWED_CHATS": "-1001234, 77",
+        "CMG_DISCORD__ALLOWED_USERS": '["123456789012345678"]',
+        "CMG_DISCORD__ALLOWED_CHANNELS": "222222222222222222 333333333333333333",
+    })
+    assert settings.telegram.allowed_chats == [-1001234, 77]  # groups have negative ids
+    assert settings.discord.allowed_users == [123456789012345678]
+    assert settings.discord.allowed_channels == [222222222222222222, 333333333333333333]
+    path = write(tmp_path / "config.toml",
+                 '[discord]\nallowed_users = [-5]\nallowed_guilds = ["x1"]\n'
+                 '[telegram]\nallowed_users = [true]\n')
+    lines = config_error(path, env).splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith(f"{path}: discord.allowed_users: expected a list of numeric"
+                               " Discord ids") for line in lines)
+    assert any("discord.allowed_guilds" in line and "Copy ID" in line for line in lines)
+    assert any("telegram.allowed_users: expected a list of numeric Telegram ids" in line
+               for line in lines)
