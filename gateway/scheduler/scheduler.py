@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -105,6 +105,10 @@ class Scheduler:
         self._problems: dict[str, str] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}  # job name -> its running run
         self._last: dict[str, ScheduleRunRow] = {}
+        #: each scheduled job's trigger and the slot it fires for next (APScheduler does not
+        #: tell a job function which slot it runs for)
+        self._triggers: dict[str, BaseTrigger] = {}
+        self._due: dict[str, datetime | None] = {}
         self._aps: AsyncIOScheduler | None = None
         self._lock = asyncio.Lock()
         self._started = False
@@ -354,8 +358,11 @@ class Scheduler:
 
     def _schedule(self, spec: JobSpec) -> None:
         assert self._aps is not None
+        trigger = self._trigger(spec)
+        self._triggers[spec.name] = trigger
+        self._due[spec.name] = next_fire(trigger, datetime.now(self._zone(spec)))
         self._aps.add_job(
-            self._fire, self._trigger(spec), args=[spec.name], id=spec.name, name=spec.name,
+            self._fire, trigger, args=[spec.name], id=spec.name, name=spec.name,
             misfire_grace_time=max(1, int(self.config.misfire_grace)), coalesce=True,
             max_instances=1, replace_existing=True,
         )
@@ -410,7 +417,7 @@ class Scheduler:
         spec = self._jobs.get(name)
         if spec is None or not spec.enabled:
             return
-        slot = float(int(time.time()))
+        slot = self._slot(name)
         await self.store.set_last_slot(name, slot)
         running = self._runs.get(name)
         if running is not None and not running.done():
@@ -421,6 +428,19 @@ class Scheduler:
             self._remember(name, "skipped", "cron", slot, error)
             return
         self._start_run(spec, "cron", slot, jitter=True)
+
+    def _slot(self, name: str) -> float:
+        """The slot a fire is for: the latest due slot up to now (several when coalesced)."""
+        due, trigger = self._due.get(name), self._triggers.get(name)
+        now = datetime.now(due.tzinfo if due is not None else None)
+        if due is None or trigger is None or due > now + timedelta(seconds=1):
+            return time.time()  # fired off-schedule (cannot happen with APScheduler's cron)
+        slot = due
+        following = next_fire(trigger, slot)
+        while following is not None and following <= now:
+            slot, following = following, next_fire(trigger, following)
+        self._due[name] = following
+        return slot.timestamp()
 
     def _start_run(self, spec: JobSpec, trigger: str, slot: float, *, jitter: bool) -> None:
         task = asyncio.create_task(self._run(spec, trigger, slot, jitter),
@@ -464,12 +484,12 @@ class Scheduler:
             error = f"internal error: {exc}"
         finally:
             duration = int((time.monotonic() - started) * 1000)
+            self._remember(spec.name, status, trigger, slot, error, duration, cost)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.finish_run(
                     run_id, status=status, duration_ms=duration, cost_usd=cost, error=error,
                     answer=answer,
                 ))
-            self._remember(spec.name, status, trigger, slot, error, duration, cost)
             if self._runs.get(spec.name) is asyncio.current_task():
                 self._runs.pop(spec.name, None)
 
@@ -498,7 +518,8 @@ class Scheduler:
     ) -> None:
         now = time.time()
         self._last[name] = ScheduleRunRow(
-            id=0, job=name, trigger=trigger, scheduled_at=slot, started_at=now,
+            id=0, job=name, trigger=trigger, scheduled_at=slot,
+            started_at=now - (duration_ms or 0) / 1000,
             finished_at=now, status=status, duration_ms=duration_ms, cost_usd=cost,
             error=error, answer=None,
         )
