@@ -290,6 +290,7 @@ _COLUMNS = (
     " output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd"
 )
 
+
 # --------------------------------------------------------------------------- scheduled prompts
 
 
