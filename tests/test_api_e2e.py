@@ -18,12 +18,11 @@ import aiohttp
 import openai
 import pytest
 
-from gateway.api import ApiConfig, create_app
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import EngineConfig
 from tests.conftest import EngineFactory, child_pids
 from tests.fake_anthropic import FakeAnthropic
 from tests.media import png_bytes
-from tests.test_api_routes import check_openapi, parse_sse, serve
+from tests.test_api_routes import Gateway, check_openapi, gateway_factory
 
 pytestmark = pytest.mark.cli
 
@@ -37,35 +36,14 @@ USAGE = {
 }
 
 
-class Api:
-    """A running gateway API over a real engine, with the clients to talk to it."""
-
-    def __init__(self, url: str, engine: Engine, fake: FakeAnthropic) -> None:
-        self.url = url
-        self.engine = engine
-        self.fake = fake
-        self.client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-any", max_retries=0)
+class Api(Gateway):
+    """The API over a real engine (with its spare processes), the fake API behind it."""
 
     async def post(
         self, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], Any]:
         """POST /v1/chat/completions; returns the parsed JSON or (events, done) for streams."""
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
-                self.url + "/v1/chat/completions", json=body, headers=headers
-            ) as resp:
-                data = await resp.read()
-                got = dict(resp.headers)
-                status = resp.status
-        ctype = got.get("Content-Type", "").split(";")[0]
-        if ctype == "text/event-stream":
-            events, done = parse_sse(data)
-            assert done, "a stream must end with [DONE]"
-            check_openapi("POST", "/v1/chat/completions", status, events, ctype)
-            return status, got, (events, done)
-        parsed = json.loads(data)
-        check_openapi("POST", "/v1/chat/completions", status, parsed)
-        return status, got, parsed
+        return await self.chat(body, headers=headers)
 
     def requests_for(self, text: str) -> list[dict[str, Any]]:
         return [r for r in self.fake.requests() if text in r["last_user_text"]]
@@ -79,15 +57,7 @@ async def make_api(
     make_engine: EngineFactory, fake_api: FakeAnthropic
 ) -> AsyncIterator[ApiFactory]:
     async with AsyncExitStack() as stack:
-
-        async def factory(engine: Engine | None = None, **config: Any) -> Api:
-            engine = engine or await make_engine()
-            url = await stack.enter_async_context(serve(create_app(engine, ApiConfig(**config))))
-            api = Api(url, engine, fake_api)
-            stack.push_async_callback(api.client.close)
-            return api
-
-        yield factory
+        yield gateway_factory(stack, make_engine, fake_api, Api)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
@@ -173,21 +173,32 @@ def new_engine(make_engine: EngineFactory) -> EngineFactory:
     return factory
 
 
+G = TypeVar("G", bound=Gateway)
+
+
+def gateway_factory(
+    stack: AsyncExitStack, engines: EngineFactory, fake: FakeAnthropic, cls: type[G]
+) -> Callable[..., Awaitable[G]]:
+    """``await factory(engine=None, **ApiConfig)``: the API served on 127.0.0.1 over
+    ``engine`` (a new one from ``engines`` by default); ``stack`` stops it."""
+
+    async def factory(engine: Engine | None = None, **config: Any) -> G:
+        engine = engine or await engines()
+        url = await stack.enter_async_context(serve(create_app(engine, ApiConfig(**config))))
+        gateway = cls(url, engine, fake)
+        stack.push_async_callback(gateway.client.close)
+        return gateway
+
+    return factory
+
+
 @pytest.fixture
 async def make_gateway(
     new_engine: EngineFactory, fake_api: FakeAnthropic
 ) -> AsyncIterator[GatewayFactory]:
     """``await make_gateway(engine=None, **ApiConfig)``; a started real engine by default."""
     async with AsyncExitStack() as stack:
-
-        async def factory(engine: Engine | None = None, **config: Any) -> Gateway:
-            engine = engine or await new_engine()
-            url = await stack.enter_async_context(serve(create_app(engine, ApiConfig(**config))))
-            gateway = Gateway(url, engine, fake_api)
-            stack.push_async_callback(gateway.client.close)
-            return gateway
-
-        yield factory
+        yield gateway_factory(stack, new_engine, fake_api, Gateway)
 
 
 @pytest.fixture
