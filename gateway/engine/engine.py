@@ -938,29 +938,43 @@ class Engine:
 
     async def _acquire_slot(self, requester: _Conversation) -> None:
         """Wait for a live-process slot, closing a spare or the least recently used idle
-        conversation's process to make room."""
+        conversation's process to make room.
+
+        The caller holds a parallel-turn slot (see :meth:`_run`). It is given back while
+        waiting here: the conversations owning the processes must be able to run the turns
+        they have queued, or they never become idle and every turn slot waits (a deadlock).
+        """
         while True:
             victim: _Conversation | None = None
             spare: _Live | None = None
-            async with self._slot_cond:
-                if self._slots_used < self.config.max_live_sessions:
-                    self._slots_used += 1
-                    return
-                if self._spares:
-                    spare = self._spares.pop(0)
-                else:
-                    idle = [c for c in self._conversations.values()
-                            if c is not requester and c.current is None and not c.pending
-                            and c.live is not None]
-                    if not idle:
-                        await self._slot_cond.wait()
-                        continue
-                    victim = min(idle, key=lambda c: c.last_used)
-            if spare is not None:
-                await self._close_process(spare, kill=False)
-            elif victim is not None:
-                log.info("evicting %s to make room for %s", victim.key, requester.key)
-                await self._evict(victim)
+            released = False
+            try:
+                async with self._slot_cond:
+                    if self._slots_used < self.config.max_live_sessions:
+                        self._slots_used += 1
+                        return
+                    if self._spares:
+                        spare = self._spares.pop(0)
+                    else:
+                        idle = [c for c in self._conversations.values()
+                                if c is not requester and c.current is None and not c.pending
+                                and c.live is not None]
+                        if not idle:
+                            self._turn_slots.release()
+                            released = True
+                            await self._slot_cond.wait()
+                            continue
+                        victim = min(idle, key=lambda c: c.last_used)
+                if spare is not None:
+                    await self._close_process(spare, kill=False)
+                elif victim is not None:
+                    log.info("evicting %s to make room for %s", victim.key, requester.key)
+                    self._turn_slots.release()  # the victim may have to finish a new turn
+                    released = True
+                    await self._evict(victim)
+            finally:
+                if released:
+                    await self._turn_slots.acquire()
 
     async def _try_acquire_slot(self) -> bool:
         async with self._slot_cond:
