@@ -278,6 +278,8 @@ def _parse_speech(raw: bytes) -> tuple[str, str, float]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _invalid("body: is not valid UTF-8 JSON") from None
+    except (RecursionError, ValueError):  # Python's limits on nesting and integer digits
+        raise _invalid("body: JSON nested too deeply or with a number too long") from None
     if not isinstance(body, dict):
         raise _invalid("body: must be a JSON object")
     text = body.get("input")

@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -305,9 +306,27 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+#: a JSON escape of a UTF-16 surrogate (a pair becomes one character; a lone one cannot be
+#: encoded as UTF-8, e.g. a JavaScript client that cut a string inside an emoji)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def _decode_and_parse(raw: bytes) -> ChatRequest:
     try:
         body = json.loads(raw)
+        if _SURROGATE_ESCAPE.search(raw):
+            body = _without_lone_surrogates(body)  # U+FFFD, as a UTF-8 decoder would
     except UnicodeDecodeError:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "body: is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -315,6 +334,10 @@ def _decode_and_parse(raw: bytes) -> ChatRequest:
             ErrorKind.INVALID_REQUEST,
             f"body: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
         ) from None
+    except RecursionError:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: JSON nested too deeply") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: a JSON number is too long") from None
     return parse_chat_request(body)
 
 
