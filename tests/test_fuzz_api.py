@@ -98,6 +98,7 @@ def _steer(case: Any, draw: Any) -> None:
                             "X-Conversation-Id": f"fuzz-{draw(st.integers(0, 2))}"}
 
 
+@pytest.mark.timeout(60 + EXAMPLES * 0.3)
 def test_generated_requests_never_get_a_5xx_or_hang(
     served: GatewayProcess, schema: Any, tmp_path: Path
 ) -> None:
