@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,11 +322,27 @@ async def quiesce(window: float = 0.1, threshold: float = 0.1, limit: float = 5.
     return time.perf_counter() - started
 
 
-def cpu_total() -> float:
-    """CPU seconds used so far by this process and all its descendants, the ones already
-    reaped included (a process's exited children count in its ``children_*`` times)."""
+def cpu_split(servers: Mapping[int, str]) -> dict[str, float]:
+    """CPU seconds used so far by this process and all its descendants, by group.
+
+    ``client``: this process itself; each pid in ``servers``: that process itself, under
+    the given name; ``cli``: every other descendant, plus every child already reaped by this
+    process or a server (an exited process's time is added to its parent's ``children_*``
+    times when the parent waits for it), i.e. the CLI processes.
+    """
     me = psutil.Process()
-    return _cpu_seconds(iter([me, *me.children(recursive=True)]))
+    out: dict[str, float] = {"client": 0.0, "cli": 0.0, **{name: 0.0 for name in servers.values()}}
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            own, reaped = times.user + times.system, times.children_user + times.children_system
+            name = "client" if proc.pid == me.pid else servers.get(proc.pid)
+            if name is None:
+                out["cli"] += own + reaped
+            else:
+                out[name] += own
+                out["cli"] += reaped
+    return out
 
 
 def load_average() -> tuple[float, float, float]:

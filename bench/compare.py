@@ -63,7 +63,7 @@ from _common import (  # also puts the repository root on sys.path
     Timing,
     TurnFailed,
     WarmCli,
-    cpu_total,
+    cpu_split,
     descendants,
     free_port,
     load_average,
@@ -107,6 +107,8 @@ class Sample:
     error: str | None = None
     #: CPU seconds every process of the run used for this turn (fake API and client included)
     cpu: float | None = None
+    #: the same by group: cli, server (gateway or node), fake_api, client (this process)
+    cpu_parts: dict[str, float] | None = None
 
 
 @dataclass
@@ -483,8 +485,10 @@ async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
 
 
 class Run:
-    def __init__(self, systems: list[System], args: argparse.Namespace) -> None:
+    def __init__(self, systems: list[System], args: argparse.Namespace,
+                 servers: dict[int, str]) -> None:
         self.systems = systems
+        self.servers = servers  # pid -> group name for the CPU split
         self.args = args
         self.samples: list[Sample] = []
         self.setup_errors: list[str] = []
@@ -502,7 +506,7 @@ class Run:
                       turn: Callable[[], Awaitable[Timing]], *, cpu: bool = True) -> Sample:
         """Run one turn and record it; ``cpu`` also bills it the CPU all processes used
         meanwhile (only meaningful when nothing else runs)."""
-        cpu_before = cpu_total() if cpu else 0.0
+        cpu_before = self.cpu_now() if cpu else {}
         try:
             timing = await asyncio.wait_for(turn(), TURN_TIMEOUT)
             sample = Sample(scenario, system.name, timing.ttft, timing.total)
@@ -512,9 +516,17 @@ class Run:
                 message = f"no reply within {TURN_TIMEOUT:.0f} s"
             sample = Sample(scenario, system.name, None, None, message)
         if cpu:
-            sample.cpu = cpu_total() - cpu_before
+            sample.cpu_parts = self.cpu_since(cpu_before)
+            sample.cpu = sum(sample.cpu_parts.values())
         self.samples.append(sample)
         return sample
+
+    def cpu_now(self) -> dict[str, float]:
+        return cpu_split(self.servers)
+
+    def cpu_since(self, before: dict[str, float]) -> dict[str, float]:
+        now = self.cpu_now()
+        return {name: now[name] - before.get(name, 0.0) for name in now}
 
     async def setup_turn(self, system: System, text: str) -> Any:
         """An unmeasured first turn that opens a conversation for the later scenarios."""
@@ -597,7 +609,7 @@ class Run:
                 await self.settle()
                 peak = peaks.setdefault(system.name, Peak())
                 sampler = asyncio.create_task(sample_rss(system, peak))
-                cpu_before = cpu_total()
+                cpu_before = self.cpu_now()
                 try:
                     samples = await asyncio.gather(*(
                         self.measure("concurrent", system, partial(
@@ -608,9 +620,11 @@ class Run:
                     sampler.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sampler
-                round_cpu = cpu_total() - cpu_before
+                parts = self.cpu_since(cpu_before)
+                share = max(1, len(samples))
                 for sample in samples:  # the round's CPU, shared by its turns
-                    sample.cpu = round_cpu / max(1, len(samples))
+                    sample.cpu_parts = {name: value / share for name, value in parts.items()}
+                    sample.cpu = sum(sample.cpu_parts.values())
         for system in self.systems:
             for conv in convs[system.name]:
                 await system.close(conv)
@@ -647,7 +661,7 @@ def make_history(size: int) -> list[dict[str, str]]:
 
 def scenario_table(samples: list[Sample], systems: list[str]) -> tuple[str, dict[str, Any]]:
     rows = ["| scenario | system | n | errors | TTFT p50 ms | TTFT p95 ms | total p50 ms"
-            " | total p95 ms | CPU ms/turn |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+            " | total p95 ms | CPU ms/turn (mean) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     stats: dict[str, Any] = {}
     for scenario, title in SCENARIOS.items():
         for name in systems:
@@ -657,7 +671,8 @@ def scenario_table(samples: list[Sample], systems: list[str]) -> tuple[str, dict
             ok = [s for s in mine if s.error is None]
             ttft = summary([s.ttft for s in ok if s.ttft is not None])
             total = summary([s.total for s in ok if s.total is not None])
-            cpu = summary([s.cpu for s in ok if s.cpu is not None])
+            cpus = [s.cpu for s in ok if s.cpu is not None]
+            cpu = {"mean": sum(cpus) / len(cpus) if cpus else math.nan}
             errors = [s.error for s in mine if s.error is not None]
             stats.setdefault(scenario, {})[name] = {
                 "n": len(mine), "errors": len(errors),
@@ -666,7 +681,31 @@ def scenario_table(samples: list[Sample], systems: list[str]) -> tuple[str, dict
             }
             rows.append(f"| {title} | {LABELS[name]} | {len(mine)} | {len(errors)}"
                         f" | {ms(ttft['median'])} | {ms(ttft['p95'])} | {ms(total['median'])}"
-                        f" | {ms(total['p95'])} | {ms(cpu['median'], 0)} |")
+                        f" | {ms(total['p95'])} | {ms(cpu['mean'], 0)} |")
+    return "\n".join(rows), stats
+
+
+CPU_GROUPS = {"cli": "CLI processes", "server": "server process", "fake_api": "fake API",
+              "client": "bench client"}
+
+
+def cpu_table(samples: list[Sample], systems: list[str]) -> tuple[str, dict[str, Any]]:
+    """Mean CPU ms per turn by process group: where each system's CPU time goes (a mean,
+    because the kernel counts CPU time in 10 ms ticks)."""
+    rows = ["| scenario | system | " + " | ".join(CPU_GROUPS.values()) + " |",
+            "|---|---|" + "--:|" * len(CPU_GROUPS)]
+    stats: dict[str, Any] = {}
+    for scenario in ("first", "followup"):
+        for name in systems:
+            parts = [s.cpu_parts for s in samples
+                     if s.scenario == scenario and s.system == name and s.error is None
+                     and s.cpu_parts is not None]
+            if not parts:
+                continue
+            means = {g: sum(p.get(g, 0.0) for p in parts) / len(parts) for g in CPU_GROUPS}
+            stats.setdefault(scenario, {})[name] = means
+            rows.append(f"| {SCENARIOS[scenario]} | {LABELS[name]} | "
+                        + " | ".join(ms(means[g], 1) for g in CPU_GROUPS) + " |")
     return "\n".join(rows), stats
 
 
@@ -709,14 +748,14 @@ def targets(stats: dict[str, Any], memory: dict[str, Any], concurrency: int
     if conc is not None:
         ok = conc["errors"] == 0 and conc_p95 <= 2 * single_p95
         cores = os.cpu_count() or 1
-        bound = concurrency * fig(stats, "concurrent", "gateway", "cpu", "median") / cores
+        bound = concurrency * fig(stats, "concurrent", "gateway", "cpu", "mean") / cores
         floor_ratio = fig(stats, "concurrent", "floor", "total", "p95") / fig(
             stats, "followup", "floor", "total", "p95")
         add(f"{concurrency} conversations at once: gateway errors, p95 / single-conversation p95",
             f"{conc['errors']} errors, {conc_p95 / single_p95:.2f}× "
             f"({ms(conc_p95)} / {ms(single_p95)} ms)", "0 errors, ≤ 2×", ok,
             f"floor: {floor_ratio:.2f}×; CPU-bound minimum: {concurrency} turns ×"
-            f" {ms(fig(stats, 'concurrent', 'gateway', 'cpu', 'median'), 0)} ms CPU"
+            f" {ms(fig(stats, 'concurrent', 'gateway', 'cpu', 'mean'), 0)} ms CPU"
             f" / {cores} cores = {ms(bound, 0)} ms")
     hist = stats.get("history", {})
     if "gateway" in hist:
@@ -732,7 +771,7 @@ def targets(stats: dict[str, Any], memory: dict[str, Any], concurrency: int
     return out
 
 
-def render(meta: dict[str, Any], table: str, memory_rows: list[str],
+def render(meta: dict[str, Any], table: str, cpu: str, memory_rows: list[str],
            target_rows: list[dict[str, Any]]) -> str:
     lines = [
         f"Claude Code CLI {meta['cli_version']} (bundled with claude-agent-sdk),"
@@ -743,6 +782,10 @@ def render(meta: dict[str, Any], table: str, memory_rows: list[str],
         f" (1 min); {meta['date']}.",
         "",
         table,
+        "",
+        "CPU ms per turn by process (means; all processes of the run):",
+        "",
+        cpu,
         "",
         "| memory (RSS) | MB |",
         "|---|--:|",
@@ -807,7 +850,10 @@ async def main(args: argparse.Namespace) -> int:
                 memory["gateway_idle_cli_count_start"] = len(gateway.cli_pids())
             if node is not None:
                 memory["node_idle_rss"] = rss(node.server_pid())
-            run = Run(systems, args)
+            servers = {pid: "server" for pid in (s.server_pid() for s in systems) if pid}
+            if fake.proc is not None:
+                servers[fake.proc.pid] = "fake_api"
+            run = Run(systems, args, servers)
             # warm every system once (page cache, first-run files in each HOME): not measured
             for system in systems:
                 conv = await run.setup_turn(system, "warm up")
@@ -860,11 +906,13 @@ async def main(args: argparse.Namespace) -> int:
         "settle_seconds": round(run.settle_total, 1),
         "setup_errors": run.setup_errors, "args": vars(args),
     }
-    report = render(meta, table, memory_rows, target_rows)
+    cpu, cpu_stats = cpu_table(run.samples, wanted)
+    report = render(meta, table, cpu, memory_rows, target_rows)
     print(report)
     if run.setup_errors:
         print("\nsetup errors:\n" + "\n".join(run.setup_errors))
-    result = {"meta": meta, "stats": stats, "memory": memory, "targets": target_rows,
+    result = {"meta": meta, "stats": stats, "cpu_by_process": cpu_stats, "memory": memory,
+              "targets": target_rows,
               "samples": [asdict(s) for s in run.samples]}
     path = save(Path(args.out), result, report)
     print(f"\nresults: {path}", file=sys.stderr)
