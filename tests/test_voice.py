@@ -381,16 +381,25 @@ async def test_a_cancelled_waiter_leaves_the_queue(
 ) -> None:
     engine = _Recording(bundled_model_path() or "")
     voice = make_service(stt=engine, max_parallel=1)
+    queue = voice._stt_pool._work_queue  # type: ignore[attr-defined]  # jobs not yet running
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"timed out waiting for {what}")
+
     first = asyncio.create_task(voice.transcribe(prompt_note, "a.ogg"))
-    await asyncio.sleep(0.05)
+    await until(lambda: bool(engine.threads), "the first transcription to run")
     second = asyncio.create_task(voice.transcribe(prompt_note, "b.ogg"))
-    await asyncio.sleep(0.05)
+    await until(lambda: queue.qsize() == 1, "the second one to wait for its turn")
     second.cancel()
     assert wer(PROMPT_5S, (await first).text) <= 0.15
     with pytest.raises(asyncio.CancelledError):
         await second
-    await asyncio.sleep(0.2)
-    assert len(engine.calls) == 1
+    voice._stt_pool.submit(lambda: None).result()  # the worker is idle: nothing else ran
+    assert len(engine.calls) == 1 and voice.pending == 0
 
 
 # --------------------------------------------------------------------------- missing engines
