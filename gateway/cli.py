@@ -121,6 +121,14 @@ async def _doctor(config: str | None, *, as_json: bool) -> int:
         "discord": settings.discord.enabled,
         "notify_telegram_chat": settings.notify.telegram_chat_id,
     }
+    # Voice is optional: what is missing is reported with its install command, not a problem.
+    from gateway.voice import VoiceService
+
+    voice = VoiceService(settings.voice)
+    try:
+        report["voice"] = voice.available()
+    finally:
+        voice.close()
     return _print_doctor(report, as_json)
 
 
@@ -156,6 +164,11 @@ def _print_doctor(report: dict[str, Any], as_json: bool) -> int:
               f" ({f'{keys} API key(s)' if keys else 'no API keys'})")
         print(f"  telegram    : {'enabled' if enabled['telegram'] else 'off'};"
               f" discord: {'enabled' if enabled['discord'] else 'off'}")
+        voice = report["voice"]
+        missing = voice.get("problems") or []
+        print(f"  voice       : {'ready' if not missing else 'not ready'}")
+        for line in missing:
+            print(f"                {line}")
         print("  effective configuration:")
         for line in json.dumps(report["config"], indent=2, default=str).splitlines():
             print(f"    {line}")

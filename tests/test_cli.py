@@ -143,6 +143,10 @@ def test_doctor_reports_cli_login_and_config(tmp_path: Path, gateway_env: dict[s
     assert report["auth"]["loggedIn"] is True
     assert report["config"]["server"]["port"] == 3999
     assert report["enabled"]["http_api"] == "http://127.0.0.1:3999/v1"
+    # the voice extra is installed for the tests: faster-whisper and Piper are found, unloaded
+    voice = report["voice"]
+    assert voice["ok"] and voice["problems"] == [], voice
+    assert voice["stt"]["engine"] == "faster-whisper" and voice["stt"]["loaded"] is False
 
 
 def test_doctor_says_when_the_cli_is_not_logged_in(
@@ -154,6 +158,7 @@ def test_doctor_says_when_the_cli_is_not_logged_in(
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "NOT logged in" in result.stdout and "/login" in result.stdout
+    assert "voice       : ready" in result.stdout
 
 
 def test_service_install_dry_run_prints_the_unit(
