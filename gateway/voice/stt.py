@@ -112,7 +112,39 @@ class _Loader:
     load_seconds: float | None = None
 
 
-class FasterWhisperEngine:
+class _LazyEngine:
+    """What both engines share: the model is loaded once, on first use, by ``_load``."""
+
+    _loader: _Loader
+
+    @property
+    def loaded(self) -> bool:
+        return self._loader.model is not None
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._loader.load_seconds
+
+    def load(self) -> None:
+        loader = self._loader
+        if loader.model is not None:
+            return
+        with loader.lock:
+            if loader.model is not None:
+                return
+            if loader.failure is not None:
+                raise loader.failure
+            try:
+                loader.model = self._load()
+            except VoiceUnavailable as exc:
+                loader.failure = exc
+                raise
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+
+class FasterWhisperEngine(_LazyEngine):
     """faster-whisper (CTranslate2) on the CPU."""
 
     name = "faster-whisper"
@@ -138,14 +170,6 @@ class FasterWhisperEngine:
         self.cpu_threads = cpu_threads
         self._loader = _Loader()
 
-    @property
-    def loaded(self) -> bool:
-        return self._loader.model is not None
-
-    @property
-    def load_seconds(self) -> float | None:
-        return self._loader.load_seconds
-
     def installed(self) -> bool:
         return has_module("faster_whisper")
 
@@ -165,21 +189,6 @@ class FasterWhisperEngine:
                     install=VOICE_EXTRA,
                 )
         return ResolvedModel(self.model, "download", False)
-
-    def load(self) -> None:
-        loader = self._loader
-        if loader.model is not None:
-            return
-        with loader.lock:
-            if loader.model is not None:
-                return
-            if loader.failure is not None:
-                raise loader.failure
-            try:
-                loader.model = self._load()
-            except VoiceUnavailable as exc:
-                loader.failure = exc
-                raise
 
     def _load(self) -> Any:
         try:
@@ -244,7 +253,7 @@ class FasterWhisperEngine:
         return EngineResult(text, info.language, found)
 
 
-class OpenAIWhisperEngine:
+class OpenAIWhisperEngine(_LazyEngine):
     """openai-whisper (PyTorch) on the CPU, fed decoded samples (no ffmpeg program needed).
 
     ``vad_filter`` uses faster-whisper's Silero model as a gate when faster-whisper is
@@ -269,14 +278,6 @@ class OpenAIWhisperEngine:
         self.vad_filter = vad_filter
         self._loader = _Loader()
 
-    @property
-    def loaded(self) -> bool:
-        return self._loader.model is not None
-
-    @property
-    def load_seconds(self) -> float | None:
-        return self._loader.load_seconds
-
     def installed(self) -> bool:
         return has_module("whisper") and has_module("torch")
 
@@ -294,21 +295,6 @@ class OpenAIWhisperEngine:
                 install=WHISPER_EXTRA,
             )
         return ResolvedModel(self.model, "download", False)
-
-    def load(self) -> None:
-        loader = self._loader
-        if loader.model is not None:
-            return
-        with loader.lock:
-            if loader.model is not None:
-                return
-            if loader.failure is not None:
-                raise loader.failure
-            try:
-                loader.model = self._load()
-            except VoiceUnavailable as exc:
-                loader.failure = exc
-                raise
 
     def _load(self) -> Any:
         try:
