@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.api.fields import invalid, parse_choice
 from gateway.api.functions import (
     openai_tool_calls,
     parse_tool_choice,
@@ -89,9 +90,6 @@ class ChatRequest:
     tool_mode: ToolMode | None = None  # None: the header or the configured default decides
 
 
-def _invalid(path: str, problem: str) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, f"{path}: {problem}")
-
 
 def _type_name(value: object) -> str:
     if value is None:
@@ -111,12 +109,7 @@ def _type_name(value: object) -> str:
 
 def parse_stream_mode(value: object, path: str) -> StreamMode:
     """``smart``/``final``/``verbose`` (case-insensitive), else a 400 naming ``path``."""
-    if isinstance(value, str):
-        try:
-            return StreamMode(value.strip().lower())
-        except ValueError:
-            pass
-    raise _invalid(path, f"must be one of smart, final, verbose (got {value!r})")
+    return parse_choice(value, StreamMode, path)
 
 
 def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
@@ -124,7 +117,7 @@ def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _invalid(name, f"must be a string, not {_type_name(value)}")
+        raise invalid(name, f"must be a string, not {_type_name(value)}")
     return value if value.strip() else None
 
 
@@ -132,64 +125,64 @@ def _check_unsupported(body: Mapping[str, Any]) -> None:
     """Reject what the gateway cannot honour; everything else unknown is ignored, as OpenAI does."""
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
-        raise _invalid("n", "only 1 completion per request is supported")
+        raise invalid("n", "only 1 completion per request is supported")
     if body.get("logprobs") not in (None, False):
-        raise _invalid("logprobs", "log probabilities are not available through Claude Code")
+        raise invalid("logprobs", "log probabilities are not available through Claude Code")
     if body.get("top_logprobs") not in (None, 0):
-        raise _invalid("top_logprobs", "log probabilities are not available through Claude Code")
+        raise invalid("top_logprobs", "log probabilities are not available through Claude Code")
     fmt = body.get("response_format")
     if fmt is not None:
         if not isinstance(fmt, dict):
-            raise _invalid("response_format", f"must be an object, not {_type_name(fmt)}")
+            raise invalid("response_format", f"must be an object, not {_type_name(fmt)}")
         if fmt.get("type", "text") != "text":
-            raise _invalid(
+            raise invalid(
                 "response_format.type",
                 f"{fmt.get('type')!r} is not supported; only 'text' (ask for JSON in a message)",
             )
     modalities = body.get("modalities")
     if modalities is not None:
         if not isinstance(modalities, list) or any(m != "text" for m in modalities):
-            raise _invalid("modalities", "only ['text'] is supported")
+            raise invalid("modalities", "only ['text'] is supported")
     if body.get("audio") is not None:
-        raise _invalid("audio", "audio output is not supported")
+        raise invalid("audio", "audio output is not supported")
 
 
 def parse_chat_request(body: object) -> ChatRequest:
     """Validate a decoded JSON body. Raises ``GatewayError(INVALID_REQUEST)`` naming the field."""
     if not isinstance(body, dict):
-        raise _invalid("body", f"must be a JSON object, not {_type_name(body)}")
+        raise invalid("body", f"must be a JSON object, not {_type_name(body)}")
     model = body.get("model")
     if model is None:
-        raise _invalid("model", "is required")
+        raise invalid("model", "is required")
     if not isinstance(model, str) or not model.strip():
-        raise _invalid("model", "must be a non-empty string")
+        raise invalid("model", "must be a non-empty string")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("stream", f"must be a boolean, not {_type_name(stream)}")
+        raise invalid("stream", f"must be a boolean, not {_type_name(stream)}")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise _invalid("stream_options", f"must be an object, not {_type_name(options)}")
+            raise invalid("stream_options", f"must be an object, not {_type_name(options)}")
         iu = options.get("include_usage")
         if iu is not None and not isinstance(iu, bool):
-            raise _invalid("stream_options.include_usage", "must be a boolean")
+            raise invalid("stream_options.include_usage", "must be a boolean")
         include_usage = bool(iu)
     mode_value = body.get("stream_mode")
     stream_mode = None if mode_value is None else parse_stream_mode(mode_value, "stream_mode")
     _check_unsupported(body)
     raw_messages = body.get("messages")
     if raw_messages is None:
-        raise _invalid("messages", "is required")
+        raise invalid("messages", "is required")
     if not isinstance(raw_messages, list):
-        raise _invalid("messages", f"must be an array, not {_type_name(raw_messages)}")
+        raise invalid("messages", f"must be an array, not {_type_name(raw_messages)}")
     if not raw_messages:
-        raise _invalid("messages", "must contain at least one message")
+        raise invalid("messages", "must contain at least one message")
     messages = tuple(parse_message(m, i) for i, m in enumerate(raw_messages))
     tools = parse_tools(body)
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
-        raise _invalid("parallel_tool_calls", f"must be a boolean, not {_type_name(parallel)}")
+        raise invalid("parallel_tool_calls", f"must be a boolean, not {_type_name(parallel)}")
     mode = body.get("tool_mode")
     return ChatRequest(
         model=model.strip(),
@@ -208,30 +201,30 @@ def parse_chat_request(body: object) -> ChatRequest:
 def parse_message(raw: object, index: int) -> Message:
     path = f"messages[{index}]"
     if not isinstance(raw, dict):
-        raise _invalid(path, f"must be an object, not {_type_name(raw)}")
+        raise invalid(path, f"must be an object, not {_type_name(raw)}")
     role = raw.get("role")
     if role not in ROLES:
-        raise _invalid(f"{path}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
+        raise invalid(f"{path}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
-        raise _invalid(f"{path}.name", "must be a string")
+        raise invalid(f"{path}.name", "must be a string")
     content = raw.get("content")
     allow_images = role == "user"
     tool_calls: tuple[ToolCall, ...] = ()
     if role == "assistant":
         tool_calls = _parse_tool_calls(raw, path)
         if content is None and not tool_calls and raw.get("refusal") is None:
-            raise _invalid(f"{path}.content", "is required unless tool_calls is given")
+            raise invalid(f"{path}.content", "is required unless tool_calls is given")
         if content is None and isinstance(raw.get("refusal"), str):
             content = raw["refusal"]
     elif content is None:
-        raise _invalid(f"{path}.content", "is required")
+        raise invalid(f"{path}.content", "is required")
     text, images = _parse_content(content, f"{path}.content", allow_images=allow_images)
     tool_call_id: str | None = None
     if role == "tool":
         tcid = raw.get("tool_call_id")
         if tcid is not None and not isinstance(tcid, str):
-            raise _invalid(f"{path}.tool_call_id", "must be a string")
+            raise invalid(f"{path}.tool_call_id", "must be a string")
         tool_call_id = tcid
     return Message(
         role=str(role),
@@ -249,14 +242,14 @@ def _parse_tool_calls(raw: Mapping[str, Any], path: str) -> tuple[ToolCall, ...]
     value = raw.get("tool_calls")
     if value is not None:
         if not isinstance(value, list):
-            raise _invalid(f"{path}.tool_calls", "must be an array")
+            raise invalid(f"{path}.tool_calls", "must be an array")
         for j, call in enumerate(value):
             cpath = f"{path}.tool_calls[{j}]"
             if not isinstance(call, dict):
-                raise _invalid(cpath, "must be an object")
+                raise invalid(cpath, "must be an object")
             fn = call.get("function") or call.get("custom") or {}
             if not isinstance(fn, dict):
-                raise _invalid(f"{cpath}.function", "must be an object")
+                raise invalid(f"{cpath}.function", "must be an object")
             args = fn.get("arguments", fn.get("input", ""))
             calls.append(
                 ToolCall(
@@ -286,30 +279,30 @@ def _parse_content(
     if isinstance(content, str):
         return content, ()
     if not isinstance(content, list):
-        raise _invalid(path, f"must be a string or an array of parts, not {_type_name(content)}")
+        raise invalid(path, f"must be a string or an array of parts, not {_type_name(content)}")
     texts: list[str] = []
     images: list[ImagePart] = []
     for j, part in enumerate(content):
         ppath = f"{path}[{j}]"
         if not isinstance(part, dict):
-            raise _invalid(ppath, f"must be an object, not {_type_name(part)}")
+            raise invalid(ppath, f"must be an object, not {_type_name(part)}")
         ptype = part.get("type")
         if ptype in ("text", "input_text", "output_text", "refusal"):
             key = "refusal" if ptype == "refusal" else "text"
             value = part.get(key)
             if not isinstance(value, str):
-                raise _invalid(f"{ppath}.{key}", "must be a string")
+                raise invalid(f"{ppath}.{key}", "must be a string")
             texts.append(value)
         elif ptype == "image_url":
             if not allow_images:
-                raise _invalid(f"{ppath}.type", "images are only accepted in user messages")
+                raise invalid(f"{ppath}.type", "images are only accepted in user messages")
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
-                raise _invalid(f"{ppath}.image_url.url", "must be a string")
+                raise invalid(f"{ppath}.image_url.url", "must be a string")
             images.append(parse_data_url(url, f"{ppath}.image_url.url"))
         else:
-            raise _invalid(
+            raise invalid(
                 f"{ppath}.type",
                 f"{ptype!r} is not supported; use 'text' or 'image_url' with a data: URL",
             )
@@ -338,21 +331,21 @@ def parse_data_url(url: str, path: str) -> ImagePart:
     Anthropic API rejects a mismatch); remote ``http(s)`` URLs are refused.
     """
     if url.startswith(("http://", "https://")):
-        raise _invalid(path, "remote image URLs are not fetched; send the image as a data: URL")
+        raise invalid(path, "remote image URLs are not fetched; send the image as a data: URL")
     match = _DATA_URL.match(url)
     if match is None:
-        raise _invalid(path, "must be a data: URL such as data:image/png;base64,<data>")
+        raise invalid(path, "must be a data: URL such as data:image/png;base64,<data>")
     declared = match.group(1).lower()
     data = re.sub(r"\s+", "", match.group(3))
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise _invalid(path, "the base64 data is invalid") from None
+        raise invalid(path, "the base64 data is invalid") from None
     if not raw:
-        raise _invalid(path, "the image is empty")
+        raise invalid(path, "the image is empty")
     media_type = _sniff_image(raw[:16]) or ("image/jpeg" if declared == "image/jpg" else declared)
     if media_type not in IMAGE_TYPES:
-        raise _invalid(path, f"{declared} is not supported; use PNG, JPEG, GIF or WebP")
+        raise invalid(path, f"{declared} is not supported; use PNG, JPEG, GIF or WebP")
     return ImagePart(media_type, data)
 
 
@@ -385,11 +378,11 @@ def split_conversation(messages: Sequence[Message]) -> Conversation:
     ]
     chat = tuple(m for m in messages if m.role not in ("system", "developer"))
     if not chat:
-        raise _invalid("messages", "must contain at least one user message")
+        raise invalid("messages", "must contain at least one user message")
     last_assistant = max((i for i, m in enumerate(chat) if m.role == "assistant"), default=-1)
     history, new = chat[: last_assistant + 1], chat[last_assistant + 1 :]
     if not new:
-        raise _invalid(
+        raise invalid(
             f"messages[{chat[-1].index}]",
             "the conversation ends with an assistant message; end it with a user (or tool) "
             "message, continuing a partial assistant reply is not supported",

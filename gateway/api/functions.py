@@ -15,34 +15,31 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.api.fields import invalid, parse_choice
 from gateway.engine.client_tools import NAME_RE, ClientTool, ToolCall, ToolMode, ToolResult
-from gateway.errors import ErrorKind, GatewayError
 
 CHOICES = ("auto", "none", "required")
 
 
-def _invalid(path: str, problem: str) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, f"{path}: {problem}")
-
 
 def _function(raw: object, path: str) -> ClientTool:
     if not isinstance(raw, dict):
-        raise _invalid(path, "must be an object")
+        raise invalid(path, "must be an object")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise _invalid(
+        raise invalid(
             f"{path}.name", f"must be 1-64 letters, digits, '_' or '-' (got {name!r})"
         )
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise _invalid(f"{path}.description", "must be a string")
+        raise invalid(f"{path}.description", "must be a string")
     parameters = raw.get("parameters")
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
-        raise _invalid(f"{path}.parameters", "must be a JSON Schema object")
+        raise invalid(f"{path}.parameters", "must be a JSON Schema object")
     if parameters.get("type", "object") != "object":
-        raise _invalid(f"{path}.parameters.type", "must be 'object' (tool input is an object)")
+        raise invalid(f"{path}.parameters.type", "must be 'object' (tool input is an object)")
     return ClientTool(name, description, parameters)
 
 
@@ -52,24 +49,24 @@ def parse_tools(body: Mapping[str, Any]) -> tuple[ClientTool, ...]:
     raw = body.get("tools")
     if raw is not None:
         if not isinstance(raw, list):
-            raise _invalid("tools", "must be an array")
+            raise invalid("tools", "must be an array")
         for i, entry in enumerate(raw):
             path = f"tools[{i}]"
             if not isinstance(entry, dict):
-                raise _invalid(path, "must be an object")
+                raise invalid(path, "must be an object")
             if entry.get("type", "function") != "function":
-                raise _invalid(f"{path}.type", f"{entry.get('type')!r} is not supported; only"
+                raise invalid(f"{path}.type", f"{entry.get('type')!r} is not supported; only"
                                " 'function' tools")
             tools.append(_function(entry.get("function"), f"{path}.function"))
     legacy = body.get("functions")
     if legacy is not None:
         if not isinstance(legacy, list):
-            raise _invalid("functions", "must be an array")
+            raise invalid("functions", "must be an array")
         tools.extend(_function(f, f"functions[{i}]") for i, f in enumerate(legacy))
     seen: set[str] = set()
     for tool in tools:
         if tool.name in seen:
-            raise _invalid("tools", f"the function name {tool.name!r} appears twice")
+            raise invalid("tools", f"the function name {tool.name!r} appears twice")
         seen.add(tool.name)
     return tuple(tools)
 
@@ -83,29 +80,24 @@ def parse_tool_choice(body: Mapping[str, Any], tools: Sequence[ClientTool]) -> s
     if isinstance(raw, str):
         choice = raw.strip().lower()
         if choice not in CHOICES:
-            raise _invalid(path, f"must be one of {', '.join(CHOICES)} or a function (got {raw!r})")
+            raise invalid(path, f"must be one of {', '.join(CHOICES)} or a function (got {raw!r})")
         if choice == "required" and not tools:
-            raise _invalid(path, "'required' needs at least one tool in tools")
+            raise invalid(path, "'required' needs at least one tool in tools")
         return choice
     if not isinstance(raw, dict):
-        raise _invalid(path, "must be a string or an object")
+        raise invalid(path, "must be a string or an object")
     fn = raw.get("function") if path == "tool_choice" else raw
     name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
-        raise _invalid(f"{path}.function.name" if path == "tool_choice" else f"{path}.name",
+        raise invalid(f"{path}.function.name" if path == "tool_choice" else f"{path}.name",
                        "is required")
     if name not in {t.name for t in tools}:
-        raise _invalid(path, f"names the function {name!r}, which is not in tools")
+        raise invalid(path, f"names the function {name!r}, which is not in tools")
     return name
 
 
 def parse_tool_mode(value: object, path: str) -> ToolMode:
-    if isinstance(value, str):
-        try:
-            return ToolMode(value.strip().lower())
-        except ValueError:
-            pass
-    raise _invalid(path, f"must be one of agent, client, hybrid (got {value!r})")
+    return parse_choice(value, ToolMode, path)
 
 
 def _canonical_arguments(arguments: str) -> str:
