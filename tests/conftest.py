@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.engine import Engine, EngineConfig, Event, Prompt, TurnOptions
+from gateway.engine import Engine, EngineConfig, Event, OutgoingFile, Prompt, TurnOptions
 from gateway.store import Store
 from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
 
@@ -80,6 +80,18 @@ async def collect(
     """Run one turn to its end and return all its events."""
     prompt = text if isinstance(text, Prompt) else Prompt(text=text)
     return [event async for event in engine.turn(key, prompt, options)]
+
+
+def file_sink(engine: Engine, prefix: str) -> list[OutgoingFile]:
+    """Register a file sink for conversations whose key starts with ``prefix``; the list
+    fills with what Claude sends through send_file."""
+    sent: list[OutgoingFile] = []
+
+    async def sink(item: OutgoingFile) -> None:
+        sent.append(item)
+
+    engine.register_file_sink(prefix, sink)
+    return sent
 
 
 def child_pids() -> set[int]:

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from gateway.engine import Engine, OutgoingFile, TurnOptions, TurnResult
+from gateway.engine import Engine, TurnOptions, TurnResult
 from gateway.engine.engine import _hash
 from gateway.engine.tools import SEND_FILE
-from tests.conftest import EngineFactory, child_pids, collect
+from tests.conftest import EngineFactory, child_pids, collect, file_sink
 from tests.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.cli
@@ -68,12 +68,7 @@ async def test_spare_tools_belong_to_the_conversation_that_takes_it(
     make_engine: EngineFactory, fake_api: FakeAnthropic
 ) -> None:
     engine = await make_engine()
-    sent: list[OutgoingFile] = []
-
-    async def sink(item: OutgoingFile) -> None:
-        sent.append(item)
-
-    engine.register_file_sink("chat:", sink)
+    sent = file_sink(engine, "chat:")
     await collect(engine, "chat:first", "hello")  # its refill is a spare with the chat tools
     deadline = time.monotonic() + 20
     while not any(s.profile == "chat:" for s in engine._spares):

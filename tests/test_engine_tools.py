@@ -9,7 +9,7 @@ import pytest
 from gateway.engine import OutgoingFile, ToolFinished, TurnResult
 from gateway.engine.tools import SEND_FILE, resolve_outgoing
 from gateway.errors import GatewayError
-from tests.conftest import EngineFactory, collect
+from tests.conftest import EngineFactory, collect, file_sink
 from tests.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.cli
@@ -19,12 +19,7 @@ async def test_claude_sends_a_file_through_the_sink(
     make_engine: EngineFactory, fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
     engine = await make_engine()
-    sent: list[OutgoingFile] = []
-
-    async def sink(item: OutgoingFile) -> None:
-        sent.append(item)
-
-    engine.register_file_sink("chat:", sink)
+    sent = file_sink(engine, "chat:")
     report = engine.config.workspace / "report.txt"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("numbers")
@@ -47,12 +42,7 @@ async def test_outside_paths_are_refused_and_claude_is_told(
     make_engine: EngineFactory, fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
     engine = await make_engine()
-    sent: list[OutgoingFile] = []
-
-    async def sink(item: OutgoingFile) -> None:
-        sent.append(item)
-
-    engine.register_file_sink("chat:", sink)
+    sent = file_sink(engine, "chat:")
     secret = tmp_path / "secret.txt"
     secret.write_text("do not send")
     fake_api.script({"tool_use": {"name": SEND_FILE, "input": {"path": "../secret.txt"}}},

@@ -40,11 +40,11 @@ from typing import Any
 import psutil
 import pytest
 
-from gateway.engine import OutgoingFile, TurnResult
+from gateway.engine import TurnResult
 from gateway.engine.tools import SEND_FILE
 from tests import test_api_routes as api_routes
 from tests import test_discord
-from tests.conftest import EngineFactory, collect
+from tests.conftest import EngineFactory, collect, file_sink
 from tests.fake_anthropic import FakeAnthropic, cli_env
 from tests.fake_telegram import FakeTelegram
 from tests.reliability_support import COMMAND, GatewayProcess, free_port, http
@@ -215,12 +215,7 @@ async def test_send_file_refuses_symlinks_and_absolute_paths_out_of_the_workspac
     make_engine: EngineFactory, fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
     engine = await make_engine()
-    sent: list[OutgoingFile] = []
-
-    async def sink(item: OutgoingFile) -> None:
-        sent.append(item)
-
-    engine.register_file_sink("chat:", sink)
+    sent = file_sink(engine, "chat:")
     ws = engine.config.workspace
     outside = tmp_path / "private"
     outside.mkdir()
