@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +93,20 @@ def file_sink(engine: Engine, prefix: str) -> list[OutgoingFile]:
 
     engine.register_file_sink(prefix, sink)
     return sent
+
+
+def skip_unless_whole_module(request: pytest.FixtureRequest, module_name: str) -> None:
+    """For a test that checks what the rest of its module did: skip it when only part of
+    the module was selected (``-k``), since its evidence would be incomplete."""
+    module = sys.modules[module_name]
+    here = {name for name in vars(module) if name.startswith("test_")}
+    selected = {
+        getattr(item, "originalname", item.name)
+        for item in request.session.items
+        if item.module is module  # type: ignore[attr-defined]
+    }
+    if here - selected:
+        pytest.skip("needs the whole module to run")
 
 
 def child_pids() -> set[int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,7 +32,7 @@ from gateway.api.convert import fingerprint
 from gateway.api.openapi import openapi_document
 from gateway.engine import Engine, EngineConfig
 from gateway.store import Store
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, skip_unless_whole_module
 from tests.fake_anthropic import RATELIMIT_GATEWAY_TOKEN, FakeAnthropic, bundled_cli
 
 pytestmark = pytest.mark.cli
@@ -982,14 +981,7 @@ async def test_openclaw_turns_replayed(gw: Gateway) -> None:
 
 def test_every_documented_status_was_seen(request: pytest.FixtureRequest) -> None:
     """Runs last in this module: each documented (path, method, status) met a real response."""
-    here = {name for name in globals() if name.startswith("test_")}
-    selected = {
-        getattr(item, "originalname", item.name)
-        for item in request.session.items
-        if item.module is sys.modules[__name__]  # type: ignore[attr-defined]
-    }
-    if here - selected:
-        pytest.skip("needs the whole module to run")
+    skip_unless_whole_module(request, __name__)
     documented = {
         (path, method, status)
         for path, ops in DOC["paths"].items()

@@ -29,6 +29,7 @@ from gateway.store import Store
 from gateway.voice import VOICE_EXTRA, VoiceService
 from gateway.voice.stt import FasterWhisperEngine, bundled_model_path
 from gateway.voice.tts import EspeakEngine, PiperEngine
+from tests.conftest import skip_unless_whole_module
 
 DOC = openapi_document()
 SEEN: set[tuple[str, str]] = set()  # (path, status) of the audio endpoints met in this module
@@ -418,14 +419,7 @@ async def test_request_cap_is_503_server_busy(make_api: ApiFactory, prompt_note:
 
 def test_every_documented_audio_status_was_seen(request: pytest.FixtureRequest) -> None:
     """Runs last in this module: each documented audio response met a real one."""
-    here = {name for name in globals() if name.startswith("test_")}
-    selected = {
-        getattr(item, "originalname", item.name)
-        for item in request.session.items
-        if item.module is sys.modules[__name__]  # type: ignore[attr-defined]
-    }
-    if here - selected:
-        pytest.skip("needs the whole module to run")
+    skip_unless_whole_module(request, __name__)
     documented = {
         (path, status) for path in AUDIO_PATHS for status in DOC["paths"][path]["post"]["responses"]
     }
