@@ -1,27 +1,45 @@
 # The two commands of the README. Each creates what it needs in .venv on first use.
+#   make run                  the gateway with what it needs to run (pip install -e .)
+#   make run EXTRAS=voice     ... plus voice messages (any extra of pyproject.toml, comma-separated)
+#   make test                 the whole test stack (.[test]: voice engines, torch, linters) and the suite
 PYTHON ?= python3
 VENV   := .venv
-STAMP  := $(VENV)/.installed
+EXTRAS ?=
+
+comma := ,
+# One stamp per installed set of extras: it says "the venv has .[EXTRAS] for this pyproject.toml",
+# so switching EXTRAS installs what the new set needs (pip never removes packages).
+RUN_STAMP  := $(VENV)/.installed-$(if $(EXTRAS),$(subst $(comma),+,$(subst $() ,,$(EXTRAS))),base)
+RUN_SPEC   := .$(if $(EXTRAS),[$(subst $() ,,$(EXTRAS))])
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint clean
 
-$(STAMP): pyproject.toml
+define install
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '$(1)'
+	@touch $@
+endef
 
-## make run ARGS="--config config.toml": start the gateway
-run: $(STAMP)
+ifneq ($(RUN_STAMP),$(TEST_STAMP))
+$(RUN_STAMP): pyproject.toml
+	$(call install,$(RUN_SPEC))
+endif
+
+$(TEST_STAMP): pyproject.toml
+	$(call install,.[test])
+
+## make run ARGS="--config config.toml" [EXTRAS=voice]: start the gateway
+run: $(RUN_STAMP)
 	$(VENV)/bin/claude-max-api $(ARGS)
 
 ## make test: the whole test suite (what CI runs)
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check gateway bridges tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check gateway bridges tests bench
 	$(VENV)/bin/mypy
 
