@@ -9,16 +9,18 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from bridges.common.schedule_commands import setup_schedules
 from gateway.api import api_config_from_settings, check_bind, create_app
-from gateway.api.routes import STATUS_PROVIDERS
-from gateway.config import Settings, secret_env_var_names
+from gateway.api.routes import HEALTH_CHECKS, STATUS_PROVIDERS
+from gateway.config import Settings, is_secret_env_var, secret_env_var_names
 from gateway.engine import Alert, Engine, EngineConfig
+from gateway.engine.process import cli_auth_status, cli_environment
 from gateway.errors import ConfigError
+from gateway.ports import busy_port_message, port_problem
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig, SessionMode
 from gateway.store import Store
 from gateway.voice import VoiceService
@@ -48,13 +50,23 @@ def engine_config(settings: Settings) -> EngineConfig:
         idle_timeout=claude.idle_timeout,
         max_parallel_turns=claude.max_parallel_turns,
         max_queued_per_conversation=claude.max_queued_per_conversation,
-        env=dict(claude.env),
+        env={**cli_env_from_file(settings), **claude.env},
         secret_env_vars=secret_env_var_names(os.environ),
         spare_processes=claude.spare_processes,
         send_file_dirs=tuple(claude.send_file_dirs),
         client_tool_timeout=claude.client_tool_timeout,
         hybrid_hidden_tools=tuple(claude.hybrid_hidden_tools),
     )
+
+
+def cli_env_from_file(settings: Settings) -> dict[str, str]:
+    """The env file's variables meant for the CLI (``CLAUDE_CODE_OAUTH_TOKEN``, proxies...):
+    all but the gateway's own secrets, and none the real environment already sets."""
+    return {
+        name: value
+        for name, value in settings.env_file_values().items()
+        if not is_secret_env_var(name) and name not in os.environ
+    }
 
 
 @dataclass
@@ -69,6 +81,8 @@ class Gateway:
     bridges: list[TelegramBridge | DiscordBridge] = field(default_factory=list)
     #: scheduled prompts: started after the bridges (it delivers through them), stopped first
     scheduler: Scheduler | None = None
+    #: whether the CLI is logged in, found out once at start-up (``/health`` shows it)
+    login: LoginCheck = field(default_factory=lambda: LoginCheck())
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -79,22 +93,25 @@ class Gateway:
         return cls(settings, engine, VoiceService(settings.voice))
 
     async def start(self) -> None:
+        host, port = self.settings.server.host, self.settings.server.port
+        problem = port_problem(host, port)  # before any CLI process is started
+        if problem is not None:
+            raise ConfigError(busy_port_message(host, port, problem))
         await self.engine.start()
         self.engine.add_alert_handler(_log_alert)
+        self.login.start(self.engine)
         app = create_app(self.engine, api_config_from_settings(self.settings), self.voice)
         self.scheduler = build_scheduler(self.engine, self.settings)
         app[STATUS_PROVIDERS] = {"scheduler": self.scheduler.status}
+        app[HEALTH_CHECKS] = [self.login.problem]
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.server.host, self.settings.server.port)
         try:
             await site.start()
-        except OSError as exc:
+        except OSError as exc:  # taken between the check and now
             await self.stop()
-            raise ConfigError(
-                f"cannot listen on {self.settings.server.host}:{self.settings.server.port}:"
-                f" {exc.strerror or exc}. Is another gateway running? Change server.port."
-            ) from exc
+            raise ConfigError(busy_port_message(host, port, exc.strerror or str(exc))) from exc
         log.info("listening on http://%s:%d", self.settings.server.host,
                  self.settings.server.port)
         try:
@@ -124,6 +141,10 @@ class Gateway:
             if telegram is not None:
                 yield telegram
         if self.settings.discord.enabled:
+            if self.settings.discord.api_base_url:
+                from discord import http as discord_http
+
+                discord_http.Route.BASE = self.settings.discord.api_base_url
             from bridges.discord import DiscordBridge
 
             discord = DiscordBridge.from_settings(self.engine, self.settings, voice=self.voice)
@@ -145,9 +166,56 @@ class Gateway:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        await self.login.stop()
         await self.engine.stop(grace=SHUTDOWN_GRACE)
         if self.voice is not None:
             self.voice.close()
+
+
+NOT_LOGGED_IN_FIX = (
+    "Claude Code is not logged in, so every turn will fail: run `claude` and then /login"
+    " (as the user the gateway runs as), or set CLAUDE_CODE_OAUTH_TOKEN (from"
+    " `claude setup-token`) in the environment or the env file, then restart the gateway"
+)
+
+
+class LoginCheck:
+    """``claude auth status`` once at start-up, in a subprocess (the event loop goes on);
+    a missing login is logged as a WARNING with the fix and makes ``/health`` degraded."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, engine: Engine) -> None:
+        if engine.cli is not None:
+            env = cli_environment(engine.config)
+            self._task = asyncio.create_task(self._check(engine.cli.path, env))
+
+    async def _check(self, path: str, env: dict[str, str]) -> None:
+        status = await cli_auth_status(path, env)
+        self.status = status
+        if status.get("loggedIn"):
+            log.info("Claude Code is logged in (%s)",
+                     status.get("authMethod") or status.get("apiKeySource") or "?")
+        else:
+            detail = f" ({status['error']})" if status.get("error") else ""
+            log.warning("%s%s", NOT_LOGGED_IN_FIX, detail)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def problem(self) -> str | None:
+        if self.status is None or self.status.get("loggedIn"):
+            return None
+        return NOT_LOGGED_IN_FIX
 
 
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:

@@ -3,6 +3,8 @@
 Precedence, highest first: the gateway's named environment variables (secrets and
 ``TELEGRAM_NOTIFY_ID``), ``CMG_*`` environment variables (``CMG_SERVER__PORT=4000``),
 ``config.toml``, built-in defaults. Merging is done by pydantic-settings' own sources.
+Environment variables come from the process environment and, below it, from the env file
+(``~/.config/claude-max-gateway/env``, dotenv syntax, read by pydantic-settings' dotenv reader).
 
 Secrets are read from the environment only, by fixed names (:data:`SECRET_ENV_VARS`); a
 secret written in ``config.toml`` is refused. Every problem in the configuration stops
@@ -16,6 +18,7 @@ import difflib
 import ipaddress
 import json
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -44,6 +47,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
@@ -62,6 +66,8 @@ ENV_PREFIX = "CMG_"
 ENV_NESTED_DELIMITER = "__"
 #: Names the config file when no ``--config`` flag is given.
 CONFIG_PATH_ENV_VAR = "CLAUDE_MAX_GATEWAY_CONFIG"
+#: The env file's name in the config directory (see :func:`default_env_file`).
+ENV_FILE_NAME = "env"
 
 API_KEYS_ENV_VAR = "GATEWAY_API_KEYS"
 TELEGRAM_TOKEN_ENV_VAR = "TELEGRAM_BOT_TOKEN"
@@ -98,9 +104,40 @@ def secret_env_var_names(environ: Mapping[str, str] | None = None) -> frozenset[
     return SECRET_ENV_VARS | frozenset(name for name in environ if is_secret_env_var(name))
 
 
+def config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/claude-max-gateway``, else ``~/.config/claude-max-gateway``
+    (on macOS too): where the config file and the env file are looked for."""
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP_NAME
+    return _home(environ) / ".config" / APP_NAME
+
+
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``~/.config/claude-max-gateway/config.toml`` (it may not exist)."""
-    return _home(environ) / ".config" / APP_NAME / "config.toml"
+    """``config.toml`` in :func:`config_dir` (it may not exist)."""
+    return config_dir(environ) / "config.toml"
+
+
+def default_env_file(environ: Mapping[str, str] | None = None) -> Path:
+    """``env`` in :func:`config_dir` (it may not exist): ``NAME=value`` lines (dotenv syntax)
+    for secrets such as ``GATEWAY_API_KEYS`` that :func:`load_settings` reads itself, so
+    ``make run``, the service and ``doctor`` see the same variables."""
+    return config_dir(environ) / ENV_FILE_NAME
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a dotenv file (``NAME=value``, ``export``, quotes, ``#`` comments),
+    parsed by pydantic-settings' own dotenv reader; {} when the file does not exist."""
+    if not path.exists():
+        return {}
+    try:
+        source = DotEnvSettingsSource(Settings, env_file=path, case_sensitive=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the env file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the env file is not UTF-8 text ({exc.reason})") from exc
+    return {name: value for name, value in source.env_vars.items() if value is not None}
 
 
 def default_data_dir(
@@ -201,7 +238,6 @@ class ServerSettings(_Section):
         serialization_alias="api_keys",
         description="Bearer keys for the HTTP API; read from GATEWAY_API_KEYS only.",
     )
-
     @field_validator("api_key_secrets", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -395,6 +431,18 @@ class LoggingSettings(_Section):
     )
     file: str = Field(
         default="", description="Also write the log to this file; empty = stderr only."
+    )
+    max_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=0,
+        description="logging.file is rotated when it would grow past this many bytes"
+        " (file → file.1 → file.2 ...); 0 = never rotate.",
+    )
+    backup_count: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Rotated files kept besides the current one; older ones are deleted.",
     )
 
     @field_validator("level", mode="before")
@@ -608,6 +656,21 @@ class DiscordSettings(_Section):
         default=30.0, gt=0, le=600,
         description="Seconds start-up waits for Discord's gateway before going on without it.",
     )
+    api_base_url: str = Field(
+        default="",
+        description="Discord's REST API base URL (a proxy or a test server); empty ="
+        " https://discord.com/api/v10.",
+    )
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise PydanticCustomError(
+                "cmg_url", "expected an http:// or https:// URL, got {value}",
+                {"value": json.dumps(value)},
+            )
+        return value.rstrip("/")
 
     @field_validator("allowed_users", "allowed_guilds", "allowed_channels", mode="before")
     @classmethod
@@ -1124,6 +1187,8 @@ class Settings(BaseSettings):
     ] = Field(default=(), description="Scheduled prompts ([[schedules]] entries).")
 
     _config_file: Path | None = PrivateAttr(default=None)
+    _env_file: Path | None = PrivateAttr(default=None)
+    _env_file_values: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -1151,6 +1216,15 @@ class Settings(BaseSettings):
     def config_file(self) -> Path | None:
         """The TOML file these settings were read from, if any."""
         return self._config_file
+
+    @property
+    def env_file(self) -> Path | None:
+        """The env file these settings read variables from, if it exists."""
+        return self._env_file
+
+    def env_file_values(self) -> dict[str, str]:
+        """The variables of the env file (secrets among them: never log them)."""
+        return dict(self._env_file_values)
 
     def secrets(self) -> list[str]:
         """Every secret value that is set (for redaction in logs), longest first."""
@@ -1212,15 +1286,26 @@ def resolve_config_path(
     return given
 
 
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read the configuration: ``env`` (default ``os.environ``) over the TOML file over defaults.
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    env_file: Path | None = None,
+) -> Settings:
+    """Read the configuration: ``env`` (default ``os.environ``) over the env file (default
+    :func:`default_env_file`) over the TOML file over defaults.
 
+    A variable set in the real environment wins over the same one in the env file.
     Raises :class:`ConfigError` listing every problem, one per line.
     """
-    environ = os.environ if env is None else env
+    real = os.environ if env is None else env
+    env_path = default_env_file(real) if env_file is None else env_file
+    from_file = read_env_file(env_path)
+    environ = {**from_file, **real}
     config_file = resolve_config_path(path, environ)
     toml_data = _read_toml(config_file) if config_file is not None else {}
     report = _Report(str(config_file) if config_file else "config", toml_data)
+    report.env_file_names = {name: str(env_path) for name in from_file if name not in real}
     report.check_toml_secrets()
     report.check_env(environ)
 
@@ -1239,6 +1324,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if report.problems or settings is None:
         raise ConfigError("\n".join(report.problems) or "invalid configuration")
     settings._config_file = config_file
+    settings._env_file = env_path if env_path.exists() else None
+    settings._env_file_values = dict(from_file)
     return settings
 
 
@@ -1290,8 +1377,15 @@ class _Report:
         self.reported: set[str] = set()
         #: path in the config → (environment variable that set it, its value)
         self.env_origins: dict[tuple[str, ...], tuple[str, Any]] = {}
+        #: variables that came from the env file → that file (named in the problem's line)
+        self.env_file_names: dict[str, str] = {}
+
+    def env_label(self, name: str) -> str:
+        where = self.env_file_names.get(name)
+        return f"{where}: {name}" if where else name
 
     def add(self, source: str, dotted: str, text: str) -> None:
+        source = ", ".join(self.env_label(part) for part in source.split(", "))
         line = f"{source}: {dotted}: {text}" if dotted else f"{source}: {text}"
         if line not in self.problems:
             self.problems.append(line)
@@ -1654,7 +1748,12 @@ def setup_logging(settings: Settings) -> None:
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            file_handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+            file_handler: logging.Handler = logging.handlers.RotatingFileHandler(
+                log_file,
+                maxBytes=settings.logging.max_bytes,
+                backupCount=settings.logging.backup_count,
+                encoding="utf-8",
+            )
         except OSError as exc:
             raise ConfigError(f"logging.file: cannot open {log_file}: {exc}") from exc
         file_handler.set_name(_HANDLER_PREFIX + "file")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import plistlib
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,14 @@ from gateway.errors import ConfigError
 from gateway.service import (
     LAUNCHD_LABEL,
     detect_kind,
+    entry_point,
     install_service,
     launchd_plist,
+    linger_enabled,
+    plan,
     render_service,
     systemd_unit,
+    write_service,
 )
 
 ARGS = ["--config", "/home/me/My Configs/gateway.toml"]
@@ -41,34 +47,6 @@ def test_plist_parses_back_with_the_args(tmp_path: Path) -> None:
     assert plist["EnvironmentVariables"] == {"PATH": "/usr/bin:/bin"}
 
 
-def test_plist_with_env_file_wraps_the_command(tmp_path: Path) -> None:
-    env_file = tmp_path / "env"
-    text = launchd_plist(
-        "/x/claude-max-api", ARGS, tmp_path / "log", {"PATH": "/bin"}, env_file=env_file
-    )
-    program = plistlib.loads(text.encode())["ProgramArguments"]
-    assert program[:2] == ["/bin/sh", "-c"]
-    assert program[-3:] == ["/x/claude-max-api", *ARGS]
-    assert str(env_file) in program
-
-
-def test_the_launchd_wrapper_sources_the_env_file_and_runs_the_command(tmp_path: Path) -> None:
-    # Run the wrapper exactly as launchd would, with a stand-in for the gateway.
-    env_file = tmp_path / "env"
-    env_file.write_text("GATEWAY_API_KEYS=from-env-file\n")
-    out = tmp_path / "out"
-    text = launchd_plist(
-        "/bin/sh",
-        ["-c", 'printf "%s|%s" "$GATEWAY_API_KEYS" "$1" > "$0"', str(out), "arg with space"],
-        tmp_path / "log",
-        {"PATH": "/usr/bin:/bin"},
-        env_file=env_file,
-    )
-    program = plistlib.loads(text.encode())["ProgramArguments"]
-    subprocess.run(program, check=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)
-    assert out.read_text() == "from-env-file|arg with space"
-
-
 def test_systemd_unit_exec_start_and_quoted_environment() -> None:
     exe = "/opt/my tools/claude-max-api"
     args = [*ARGS, "100%", "$HOME", 'say "hi"']
@@ -90,13 +68,29 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     unit = tmp_path / "claude-max-gateway.service"
-    unit.write_text(systemd_unit(str(exe), ARGS, {"PATH": "/usr/bin"}, env_file=tmp_path / "e"))
+    unit.write_text(systemd_unit(str(exe), ARGS, {"PATH": "/usr/bin"}))
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
-    if "Failed to initialize manager" in result.stderr:
-        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_installed_unit_of_this_installation_passes_systemd_analyze(tmp_path: Path) -> None:
+    # The unit `service install` writes, with this venv's real entry point in ExecStart.
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian/Ubuntu: apt-get install systemd)")
+    command = entry_point()
+    p = plan("systemd", exe=command[0], args=[*command[1:], *ARGS], home=tmp_path,
+             environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    write_service(p)
+    assert p.path == tmp_path / "xdg/systemd/user/claude-max-gateway.service"
+    result = subprocess.run(
+        [analyze, "verify", str(p.path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "EnvironmentFile" not in p.contents and "/bin/sh" not in p.contents
+    assert f'Environment="XDG_CONFIG_HOME={tmp_path / "xdg"}"' in p.contents.splitlines()
 
 
 @pytest.mark.parametrize(
@@ -126,7 +120,12 @@ def test_install_service_writes_into_home(
     assert "must-not-leak" not in text
     if kind == "launchd":
         assert path == home / "Library/LaunchAgents/com.claude-max-gateway.plist"
-        assert command == f"launchctl load -w {path}"
+        uid = os.getuid()
+        assert command == (
+            f"launchctl enable gui/{uid}/com.claude-max-gateway"
+            f" && launchctl bootstrap gui/{uid} {path}"
+        )
+        assert "load -w" not in command
         plist = plistlib.loads(text.encode())
         assert plist["ProgramArguments"][-3:] == [exe, *ARGS]
         assert "/opt/cmg/bin" in plist["EnvironmentVariables"]["PATH"].split(":")
@@ -158,3 +157,66 @@ def test_detect_kind() -> None:
     assert detect_kind("linux") == "systemd"
     with pytest.raises(ConfigError):
         detect_kind("win32")
+
+
+def test_entry_point_is_this_installation_not_the_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The npm claude-max-api-proxy installs a `claude-max-api` too; PATH must not matter.
+    impostor = tmp_path / "bin" / "claude-max-api"
+    impostor.parent.mkdir()
+    impostor.write_text("#!/usr/bin/env node\n")
+    impostor.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{impostor.parent}{os.pathsep}{os.environ['PATH']}")
+    command = entry_point()
+    assert str(impostor) not in command
+    script = Path(sys.executable).parent / "claude-max-api"
+    assert command == [str(script)]  # this venv's console script (its #! is this python)
+    # an interpreter without the script: `python -m gateway.cli`, the symlink kept as is
+    lone = tmp_path / "venv" / "bin" / "python"
+    lone.parent.mkdir(parents=True)
+    lone.symlink_to(sys.executable)
+    assert entry_point(str(lone)) == [str(lone), "-m", "gateway.cli"]
+    result = subprocess.run([*entry_point(str(lone)), "--version"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "claude-max-api" in result.stdout, result.stderr
+
+
+def test_launchd_plan_uses_bootstrap_and_bootout(tmp_path: Path) -> None:
+    p = plan("launchd", exe="/x/bin/claude-max-api", args=ARGS, home=tmp_path, uid=501)
+    assert p.start == [
+        ["launchctl", "enable", "gui/501/com.claude-max-gateway"],
+        ["launchctl", "bootstrap", "gui/501", str(p.path)],
+    ]
+    assert p.stop == [["launchctl", "bootout", "gui/501/com.claude-max-gateway"]]
+    assert p.status == ["launchctl", "print", "gui/501/com.claude-max-gateway"]
+    assert p.logs == tmp_path / "Library/Logs/claude-max-gateway/gateway.log"
+    program = plistlib.loads(p.contents.encode())["ProgramArguments"]
+    assert program == ["/x/bin/claude-max-api", *ARGS]  # no /bin/sh wrapper: one parser
+
+
+def test_systemd_plan_commands() -> None:
+    p = plan("systemd", exe="/x/bin/claude-max-api", args=[], home=Path("/home/me"),
+             environ={})
+    assert p.path == Path("/home/me/.config/systemd/user/claude-max-gateway.service")
+    assert p.start[-1] == ["systemctl", "--user", "enable", "--now", "claude-max-gateway"]
+    assert p.stop == [["systemctl", "--user", "disable", "--now", "claude-max-gateway"]]
+    assert p.status[:3] == ["systemctl", "--user", "status"]
+    assert p.logs == ["journalctl", "--user", "-u", "claude-max-gateway", "--no-pager",
+                      "-n", "200"]
+
+
+@pytest.mark.parametrize(
+    ("stdout", "code", "expected"),
+    [("yes\n", 0, True), ("no\n", 0, False), ("", 1, None), ("maybe\n", 0, None)],
+)
+def test_linger_enabled_reads_loginctl(stdout: str, code: int, expected: bool | None) -> None:
+    # systemd-logind does not run in a container: loginctl's answers are given here.
+    seen: list[list[str]] = []
+
+    def loginctl(command: list[str]) -> subprocess.CompletedProcess[str]:
+        seen.append(command)
+        return subprocess.CompletedProcess(command, code, stdout, "")
+
+    assert linger_enabled("me", loginctl) is expected
+    assert seen == [["loginctl", "show-user", "me", "--property=Linger", "--value"]]

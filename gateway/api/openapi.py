@@ -99,8 +99,16 @@ SCHEMAS: dict[str, Any] = {
             "rate_limit",
         ],
         "properties": {
-            "status": {"enum": ["ok", "unavailable"]},
+            "status": {
+                "enum": ["ok", "degraded", "unavailable"],
+                "description": "degraded: up, but turns would fail (see problems).",
+            },
             "version": {"type": "string"},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Why the status is degraded, each with its fix.",
+            },
             "cli_path": _NULLABLE_STRING,
             "cli_version": _NULLABLE_STRING,
             "live_processes": {"type": "integer", "minimum": 0},

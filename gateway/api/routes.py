@@ -128,6 +128,9 @@ STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
 STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
     "status_providers", dict
 )
+#: Checks of ``/health``: each returns None, or why the gateway is degraded (then
+#: ``"status": "degraded"`` with the reasons in ``"problems"``). Set by ``gateway.app``.
+HEALTH_CHECKS: web.AppKey[list[Callable[[], str | None]]] = web.AppKey("health_checks", list)
 
 
 class ApiError(Exception):
@@ -237,7 +240,11 @@ async def health(request: web.Request) -> web.Response:
         log.exception("engine status failed")
         return web.json_response({"status": "error", "error": str(exc)}, status=503)
     ok = bool(status.get("cli_path"))
-    body = {"status": "ok" if ok else "unavailable", "version": __version__, **status}
+    problems = _health_problems(request.app) if ok else []
+    word = ("degraded" if problems else "ok") if ok else "unavailable"
+    body = {"status": word, "version": __version__, **status}
+    if problems:
+        body["problems"] = problems
     for name, provider in request.app.get(STATUS_PROVIDERS, {}).items():
         try:
             body[name] = provider()
@@ -245,6 +252,20 @@ async def health(request: web.Request) -> web.Response:
             log.exception("%s status failed", name)
             body[name] = {"error": str(exc)}
     return web.json_response(body, status=200 if ok else 503)
+
+
+def _health_problems(app: web.Application) -> list[str]:
+    """Why the gateway is up but cannot serve turns (e.g. the CLI is not logged in)."""
+    problems: list[str] = []
+    for check in app.get(HEALTH_CHECKS, []):
+        try:
+            problem = check()
+        except Exception:
+            log.exception("a health check failed")
+            continue
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def _model_object(model_id: str, created: int) -> dict[str, Any]:
