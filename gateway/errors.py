@@ -29,6 +29,8 @@ class ErrorKind(StrEnum):
     INTERRUPTED = "interrupted"
     CRASHED = "crashed"
     SHUTDOWN = "shutdown"
+    # the answer: not what the request's response_format asked for (after one retry)
+    INVALID_OUTPUT = "invalid_output"
 
 
 class GatewayError(Exception):

@@ -107,7 +107,43 @@ def invalid(raw: Any) -> str:
         (body(user("x"), stream_options={"include_usage": "y"}), "stream_options.include_usage:"),
         (body(user("x"), stream_mode="fast"), "stream_mode:"),
         (body(user("x"), logprobs=True), "logprobs:"),
-        (body(user("x"), response_format={"type": "json_object"}), "response_format.type:"),
+        (body(user("x"), response_format={"type": "xml"}), "response_format.type:"),
+        (body(user("x"), response_format="json"), "response_format:"),
+        (body(user("x"), response_format={"type": "json_schema"}), "response_format.json_schema:"),
+        (
+            body(user("x"), response_format={"type": "json_schema", "json_schema": {"name": "a"}}),
+            "response_format.json_schema.schema:",
+        ),
+        (
+            body(user("x"), response_format={
+                "type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}),
+            "response_format.json_schema.name:",
+        ),
+        (
+            body(user("x"), response_format={
+                "type": "json_schema", "json_schema": {"name": "a", "schema": {}, "strict": 1}}),
+            "response_format.json_schema.strict:",
+        ),
+        (
+            body(user("x"), response_format={
+                "type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nah"}}}),
+            "response_format.json_schema.schema.type:",
+        ),
+        (
+            body(user("x"), response_format={"type": "json_schema", "json_schema": {
+                "name": "a", "schema": {"properties": {"p": {"$ref": "http://127.0.0.1:9/s"}}}}}),
+            "response_format.json_schema.schema.properties.p.$ref:",
+        ),
+        (
+            body(user("x"), response_format={"type": "json_schema", "json_schema": {
+                "name": "a", "schema": {"items": {"$ref": "#/$defs/nothing"}}}}),
+            "response_format.json_schema.schema.items.$ref:",
+        ),
+        (
+            body(user("x"), response_format={
+                "type": "json_schema", "json_schema": {"name": "a", "schema": {"$ref": "#"}}}),
+            "response_format.json_schema.schema:",
+        ),
         (body(user("x"), modalities=["text", "audio"]), "modalities:"),
         (body(user("x"), prompt_cache_key=5), "prompt_cache_key:"),
         (body(user("x"), user=["a"]), "user:"),

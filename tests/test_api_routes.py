@@ -722,6 +722,18 @@ async def test_invalid_requests_are_400_naming_the_field(
     assert gw.fake.requests() == []
 
 
+async def test_answer_not_matching_response_format_is_422(gw: Gateway) -> None:
+    """More in tests/test_structured_output.py; here for the document's 422."""
+    gw.fake.script({"text": "not JSON"}, match="as JSON")
+    gw.fake.script({"text": "still not"}, match="previous reply is not valid")
+    status, headers, got = await gw.chat(
+        {"model": "sonnet", "messages": msgs("as JSON"), "response_format": {"type": "json_object"}}
+    )
+    assert status == 422 and got["error"]["code"] == "invalid_json_output"
+    assert "not valid JSON" in got["error"]["message"] and headers["X-Conversation-Id"]
+    assert len(gw.fake.requests()) == 2
+
+
 async def test_unknown_model_is_400_model_not_found(gw: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         await gw.client.chat.completions.create(model="gpt-4o", messages=msgs("x"))

@@ -31,6 +31,7 @@ from gateway.api.functions import (
     parse_tools,
     tool_results,
 )
+from gateway.api.structured import ResponseFormat, parse_response_format
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.client_tools import ToolCall as EngineToolCall
 from gateway.engine.events import (
@@ -88,6 +89,8 @@ class ChatRequest:
     tools: tuple[ClientTool, ...] = ()
     tool_choice: str = "auto"
     tool_mode: ToolMode | None = None  # None: the header or the configured default decides
+    #: ``json_object`` / ``json_schema`` (None: plain text), see gateway/api/structured.py
+    response_format: ResponseFormat | None = None
 
 
 
@@ -130,15 +133,6 @@ def _check_unsupported(body: Mapping[str, Any]) -> None:
         raise invalid("logprobs", "log probabilities are not available through Claude Code")
     if body.get("top_logprobs") not in (None, 0):
         raise invalid("top_logprobs", "log probabilities are not available through Claude Code")
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if not isinstance(fmt, dict):
-            raise invalid("response_format", f"must be an object, not {_type_name(fmt)}")
-        if fmt.get("type", "text") != "text":
-            raise invalid(
-                "response_format.type",
-                f"{fmt.get('type')!r} is not supported; only 'text' (ask for JSON in a message)",
-            )
     modalities = body.get("modalities")
     if modalities is not None:
         if not isinstance(modalities, list) or any(m != "text" for m in modalities):
@@ -195,6 +189,7 @@ def parse_chat_request(body: object) -> ChatRequest:
         tools=tools,
         tool_choice=parse_tool_choice(body, tools),
         tool_mode=None if mode is None else parse_tool_mode(mode, "tool_mode"),
+        response_format=parse_response_format(body.get("response_format")),
     )
 
 
@@ -652,6 +647,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str, str, int | None]] = {
     ErrorKind.TIMEOUT: (504, "server_error", "timeout", None),
     ErrorKind.INTERRUPTED: (409, "server_error", "interrupted", None),
     ErrorKind.CONFIG: (500, "server_error", "configuration_error", None),
+    # 4xx: not the gateway's fault, and clients (openai, OpenClaw) do not retry it on their own
+    ErrorKind.INVALID_OUTPUT: (422, "invalid_response_error", "invalid_json_output", None),
 }
 
 

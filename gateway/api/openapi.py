@@ -427,7 +427,43 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["agent", "client", "hybrid"],
                 "description": "Gateway extension: how the client's tools are used.",
             },
+            "response_format": _ref("ResponseFormat"),
         },
+    },
+    "ResponseFormat": {
+        "description": "json_object: the answer is a JSON object; json_schema: it validates "
+        "against json_schema.schema (strict true or false alike). Claude is told so for this "
+        "turn only; the answer is checked (a Markdown code fence is removed) and, if it fails, "
+        "asked for once more in the same conversation. A second failure is a 422 "
+        "invalid_json_output. The answer is the final step's text (stream mode final); a "
+        "stream sends it in one piece once it passed the check.",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"enum": ["text", "json_object"]}},
+            },
+            {
+                "type": "object",
+                "required": ["type", "json_schema"],
+                "properties": {
+                    "type": {"const": "json_schema"},
+                    "json_schema": {
+                        "type": "object",
+                        "required": ["name", "schema"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                            "description": {"type": "string"},
+                            "schema": {
+                                "type": "object",
+                                "description": "A JSON Schema; its $ref must point inside it.",
+                            },
+                            "strict": {"type": ["boolean", "null"]},
+                        },
+                    },
+                },
+            },
+        ],
     },
 }
 
@@ -478,6 +514,11 @@ def _chat_path() -> dict[str, Any]:
                     conversation=True,
                 ),
                 "413": _error("The request body is larger than server.max_body_mb."),
+                "422": _error(
+                    "The answer did not match response_format even after one retry "
+                    "(code invalid_json_output; the message names the problem).",
+                    conversation=True,
+                ),
                 "429": _error("Claude usage limit reached.", retry=True, conversation=True),
                 "502": _error(
                     "The Claude Code CLI crashed, or the Anthropic API failed.", conversation=True

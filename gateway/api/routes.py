@@ -56,11 +56,13 @@ from gateway.api.convert import (
 )
 from gateway.api.functions import parse_tool_mode, tool_call_deltas
 from gateway.api.openapi import openapi_document
-from gateway.api.turn import MetaStore, TurnPump, answer_text
+from gateway.api.structured import StructuredTurns
+from gateway.api.turn import MetaStore, TurnPump, TurnSource, answer_text
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
     Event,
     Prompt,
+    StreamMode,
     ToolCallsRequested,
     TurnError,
     TurnOptions,
@@ -398,6 +400,8 @@ async def _chat_completions(
         mode = parse_stream_mode(header_mode, f"{STREAM_MODE_HEADER} header")
     else:
         mode = chat.stream_mode or config.stream_mode
+    if chat.response_format is not None:
+        mode = StreamMode.FINAL  # the JSON is checked before any of it is sent
     try:
         model = engine.resolve_model(chat.model)
     except GatewayError as exc:
@@ -438,7 +442,10 @@ async def _chat_completions(
             state.release(plan.key)
         raise
     log.info("chat %s rule=%s seed=%s stream=%s", plan.key, plan.rule, plan.seed, chat.stream)
-    pump = _start_pump(state, engine, plan, prompt, options)
+    source: TurnSource = engine
+    if chat.response_format is not None:
+        source = StructuredTurns(engine, chat.response_format)
+    pump = _start_pump(state, source, plan, prompt, options)
     factory = ChunkFactory(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     headers = {"X-Conversation-Id": plan.conversation_id}
     out = _SseWriter(request, factory, headers)
@@ -466,7 +473,7 @@ def _client_gone(pump: TurnPump, config: ApiConfig) -> None:
 
 
 def _start_pump(
-    state: ApiState, engine: ApiEngine, plan: Plan, prompt: Prompt, options: TurnOptions
+    state: ApiState, engine: TurnSource, plan: Plan, prompt: Prompt, options: TurnOptions
 ) -> TurnPump:
     def done(pump: TurnPump) -> None:
         state.pumps.discard(pump)
