@@ -92,7 +92,8 @@ async def test_health_models_and_openapi(api: Api) -> None:
             check_openapi("GET", "/v1/models", resp.status, await resp.json())
     assert health["status"] == "ok" and health["cli_version"] and health["cli_path"]
     ids = [m.id for m in (await api.client.models.list()).data]
-    assert {"claude-opus-4", "claude-sonnet-4", "claude-haiku-4", "opus", "sonnet"} <= set(ids)
+    assert ids == ["claude-opus-4", "claude-sonnet-4", "claude-haiku-4"]  # each model once
+    assert (await api.client.models.retrieve("sonnet")).id == "sonnet"  # aliases still answer
     assert (await api.client.models.retrieve("claude-haiku-4")).id == "claude-haiku-4"
 
 

@@ -667,7 +667,8 @@ def openapi_document() -> dict[str, Any]:
                 "/v1/models": {
                     "get": {
                         "operationId": "listModels",
-                        "summary": "Model ids and aliases the gateway accepts.",
+                        "summary": "Each model once: the family ids and the configured "
+                        "aliases (opus, sonnet and haiku are accepted too, not listed).",
                         "responses": {
                             "200": _json("ModelList", "The models."),
                             "401": _AUTH_ERROR,

@@ -100,6 +100,8 @@ class ApiEngine(Protocol):
 
     def model_names(self) -> list[str]: ...
 
+    def listed_models(self) -> list[str]: ...
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -276,7 +278,7 @@ def _model_object(model_id: str, created: int) -> dict[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     created = int(request.app[STATE].started_at)
-    names = request.app[ENGINE].model_names()
+    names = request.app[ENGINE].listed_models()  # each model once; the short names are aliases
     return web.json_response({"object": "list", "data": [_model_object(n, created) for n in names]})
 
 

@@ -283,6 +283,10 @@ class Engine:
     def model_names(self) -> list[str]:
         return self.catalog.public_names()
 
+    def listed_models(self) -> list[str]:
+        """Each model once, for ``/v1/models`` (the short names are accepted, not listed)."""
+        return self.catalog.listed_names()
+
     async def turn(
         self, key: str, prompt: Prompt, options: TurnOptions | None = None
     ) -> AsyncIterator[Event]:

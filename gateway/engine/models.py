@@ -6,6 +6,10 @@
 * Pinned ids (``claude-opus-4-5-20251101``, any ``claude-…`` id) pass through verbatim.
 * Configured aliases (``[models] aliases``) map a name to any of the above.
 * Anything else is a typed error that lists what is valid.
+
+``/v1/models`` lists each model once (:meth:`ModelCatalog.listed_names`): the three family
+ids and the configured aliases. The short names are accepted everywhere but not listed, so a
+client's model picker does not show every model twice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ FAMILIES: dict[str, str] = {
     "sonnet": "sonnet",
     "haiku": "haiku",
 }
+
+#: one id per family: what a client's model picker shows
+LISTED = ("claude-opus-4", "claude-sonnet-4", "claude-haiku-4")
 
 PINNED = re.compile(r"^claude-[a-z0-9]+(?:[-.][a-z0-9]+)*(?:\[1m\])?$")
 
@@ -68,4 +75,9 @@ class ModelCatalog:
         return self._resolve_base(key)
 
     def public_names(self) -> list[str]:
+        """Every name a request may use (family ids, short names, configured aliases)."""
         return [*FAMILIES, *self.aliases]
+
+    def listed_names(self) -> list[str]:
+        """Each model once: the family ids and the configured aliases."""
+        return [*LISTED, *(a for a in self.aliases if a not in LISTED)]
