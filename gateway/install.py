@@ -40,12 +40,14 @@ def checkout_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "gateway").is_dir() else None
 
 
-def install_command(extra: str) -> str:
-    """One shell command that adds ``extra`` to this installation."""
+def install_command(extra: str, first: str = "") -> str:
+    """One shell command that adds ``extra`` to this installation; ``first`` is a requirement
+    installed before it (``torch==2.13.0``: else pip picks the newest torch, with CUDA)."""
     python = shlex.quote(sys.executable)
+    pip_first = f"{python} -m pip install {shlex.quote(first)} && " if first else ""
     root = checkout_root()
     if root is not None:
-        return f"{python} -m pip install -e {shlex.quote(f'{root}[{extra}]')}"
+        return f"{pip_first}{python} -m pip install -e {shlex.quote(f'{root}[{extra}]')}"
     info = _direct_url()
     url = info.get("url")
     if isinstance(url, str) and url:
@@ -55,8 +57,10 @@ def install_command(extra: str) -> str:
         spec = shlex.quote(f"{DIST_NAME}[{extra}] @ {url}")
         prefix = Path(sys.prefix)
         if (prefix / "uv-receipt.toml").is_file():
-            return f"uv tool install --force {spec}"
+            with_first = f" --with {shlex.quote(first)}" if first else ""
+            return f"uv tool install --force{with_first} {spec}"
         if (prefix / "pipx_metadata.json").is_file():
-            return f"pipx install --force {spec}"
-        return f"{python} -m pip install {spec}"
+            preinstall = f" --preinstall {shlex.quote(first)}" if first else ""
+            return f"pipx install --force{preinstall} {spec}"
+        return f"{pip_first}{python} -m pip install {spec}"
     return CHECKOUT_HINT.format(extra=extra)

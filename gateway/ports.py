@@ -34,7 +34,8 @@ class PortOwner:
             what = "another Claude Max Gateway"
         else:
             what = self.name or "another program"
-        command = self.cmdline if len(self.cmdline) <= 120 else self.cmdline[:117] + "..."
+        command = " ".join(self.cmdline.split())  # one line, whatever the arguments hold
+        command = command if len(command) <= 120 else command[:117] + "..."
         return f"{what} (pid {self.pid}: {command})" if command else f"{what} (pid {self.pid})"
 
 

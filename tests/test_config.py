@@ -440,3 +440,82 @@ def test_chat_allow_lists_from_env_and_toml(tmp_path: Path, env: dict[str, str])
     assert any("discord.allowed_guilds" in line and "Copy ID" in line for line in lines)
     assert any("telegram.allowed_users: expected a list of numeric Telegram ids" in line
                for line in lines)
+
+
+def test_logging_file_rotates_by_size_and_keeps_backup_count(
+    tmp_path: Path, env: dict[str, str], restore_root_logger: None
+) -> None:
+    log_file = tmp_path / "logs" / "gateway.log"
+    s = load_settings(env={**env, "CMG_LOGGING__FILE": str(log_file),
+                           "CMG_LOGGING__MAX_BYTES": "2000", "CMG_LOGGING__BACKUP_COUNT": "2"})
+    assert (s.logging.max_bytes, s.logging.backup_count) == (2000, 2)
+    setup_logging(s)
+    log = logging.getLogger("gateway.test.rotation")
+    for n in range(200):  # ~100 bytes a line: 20 kB, ten times the limit
+        log.info("line %03d %s", n, "x" * 40)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    rotated = sorted(p.name for p in log_file.parent.iterdir())
+    assert rotated == ["gateway.log", "gateway.log.1", "gateway.log.2"]  # older ones deleted
+    for path in log_file.parent.iterdir():
+        assert 0 < path.stat().st_size <= 2000
+    assert "line 199" in log_file.read_text(encoding="utf-8")  # the newest is in the file
+    assert "line 000" not in "".join(p.read_text() for p in log_file.parent.iterdir())
+
+
+def test_logging_rotation_settings_are_checked(env: dict[str, str]) -> None:
+    text = config_error(None, {**env, "CMG_LOGGING__MAX_BYTES": "-1"})
+    assert "CMG_LOGGING__MAX_BYTES: logging.max_bytes" in text and "at least 0" in text
+
+
+# --------------------------------------------------------------------------- env file, XDG
+
+
+def test_the_env_file_is_read_and_the_real_environment_wins(
+    env: dict[str, str], home: Path
+) -> None:
+    env_file = home / ".config" / "claude-max-gateway" / "env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(
+        "# secrets for the gateway\n"
+        "export GATEWAY_API_KEYS='key-from-file'\n"
+        'CMG_SERVER__PORT="4100"\n'
+        "CMG_CLAUDE__DEFAULT_MODEL=haiku # a comment\n"
+        "CLAUDE_CODE_OAUTH_TOKEN=oauth-from-file\n",
+        encoding="utf-8",
+    )
+    s = load_settings(env={**env, "CMG_CLAUDE__DEFAULT_MODEL": "opus"})
+    assert s.env_file == env_file
+    assert s.server.api_keys == ["key-from-file"]
+    assert s.server.port == 4100
+    assert s.claude.default_model == "opus"  # the real environment over the file
+    assert s.env_file_values()["CLAUDE_CODE_OAUTH_TOKEN"] == "oauth-from-file"
+    assert "key-from-file" in s.secrets()  # redacted in logs like any secret
+
+
+def test_a_bad_value_in_the_env_file_names_the_file(env: dict[str, str], home: Path) -> None:
+    env_file = home / ".config" / "claude-max-gateway" / "env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text("CMG_SERVER__PORT=70000\n", encoding="utf-8")
+    text = config_error(None, env)
+    assert f"{env_file}: CMG_SERVER__PORT: server.port: expected an integer from 1 to 65535" in (
+        text
+    ), text
+
+
+def test_config_and_env_file_lookup_honour_xdg_config_home(
+    env: dict[str, str], tmp_path: Path, home: Path
+) -> None:
+    xdg = tmp_path / "xdg"
+    (xdg / "claude-max-gateway").mkdir(parents=True)
+    config = write(xdg / "claude-max-gateway" / "config.toml", "[server]\nport = 4200\n")
+    write(xdg / "claude-max-gateway" / "env", "TELEGRAM_NOTIFY_ID=77\n")
+    # the ~/.config copies are not read when XDG_CONFIG_HOME names another place
+    (home / ".config" / "claude-max-gateway").mkdir(parents=True)
+    write(home / ".config" / "claude-max-gateway" / "config.toml", "[server]\nport = 1\n")
+    s = load_settings(env={**env, "XDG_CONFIG_HOME": str(xdg)})
+    assert s.config_file == config and s.server.port == 4200
+    assert s.env_file == xdg / "claude-max-gateway" / "env"
+    assert s.notify.telegram_chat_id == 77
+    # a relative XDG_CONFIG_HOME is ignored, as the XDG spec says
+    assert load_settings(env={**env, "XDG_CONFIG_HOME": "rel"}).server.port == 1

@@ -78,6 +78,7 @@ def test_make_run_in_a_fresh_clone_installs_only_the_runtime_and_serves_health(
             del env[name]
     env["XDG_CONFIG_HOME"] = str(cli_home / ".config")
     env["XDG_DATA_HOME"] = str(cli_home / ".local" / "share")
+    env["PIP_NO_COMPILE"] = "1"  # the gateway compiles what it imports; pip would do all
     cache = pip_cache_dir()
     if cache:
         env["PIP_CACHE_DIR"] = cache
@@ -122,3 +123,33 @@ def test_make_run_in_a_fresh_clone_installs_only_the_runtime_and_serves_health(
     assert {name.lower() for name in RUNTIME} <= installed, sorted(RUNTIME - installed)
     assert (clone / ".venv" / ".installed-base").exists()
     assert not (clone / ".venv" / ".installed-test").exists()
+
+
+def test_install_hints_name_a_command_that_works_for_this_installation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import install
+    from gateway.voice import VOICE_EXTRA, WHISPER_EXTRA
+
+    root = repo_root()
+    # this checkout's venv: pip -e of the checkout, with this interpreter (the package is
+    # not on PyPI, so `pip install 'claude-max-gateway[voice]'` would not find it)
+    assert VOICE_EXTRA == f"{sys.executable} -m pip install -e '{root}[voice]'"
+    assert WHISPER_EXTRA.startswith(f"{sys.executable} -m pip install torch==2.13.0 && ")
+    assert "pip install 'claude-max-gateway" not in VOICE_EXTRA + WHISPER_EXTRA
+    # installed by pipx or uv from a URL (not a checkout): the same tool again, with the extra
+    monkeypatch.setattr(install, "checkout_root", lambda: None)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    url = "git+https://example.org/me/claude-max-gateway"
+    # the direct_url.json that `pipx install 'claude-max-gateway @ git+<url>'` records
+    recorded = {"url": url.removeprefix("git+"), "vcs_info": {"commit_id": "3ff90d5", "vcs": "git"}}
+    monkeypatch.setattr(install, "_direct_url", lambda: recorded)
+    (tmp_path / "pipx_metadata.json").write_text("{}")
+    assert install.install_command("voice") == (
+        f"pipx install --force 'claude-max-gateway[voice] @ {url}'")
+    assert install.install_command("whisper", first="torch==2.13.0").startswith(
+        "pipx install --force --preinstall torch==2.13.0 ")
+    (tmp_path / "pipx_metadata.json").unlink()
+    (tmp_path / "uv-receipt.toml").write_text("")
+    assert install.install_command("voice") == (
+        f"uv tool install --force 'claude-max-gateway[voice] @ {url}'")

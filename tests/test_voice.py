@@ -427,8 +427,10 @@ async def test_missing_engine_refuses_the_transcription_with_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "faster_whisper", None)
     voice = make_service(stt=FasterWhisperEngine(bundled_model_path() or ""))
-    with pytest.raises(VoiceUnavailable, match=r"pip install 'claude-max-gateway\[voice\]'"):
+    with pytest.raises(VoiceUnavailable) as caught:
         await voice.transcribe(prompt_note, "voice.ogg")
+    assert caught.value.message.endswith(VOICE_EXTRA)  # the command for this installation
+    assert "-m pip install -e " in VOICE_EXTRA and VOICE_EXTRA.endswith("[voice]'")
 
 
 def test_missing_openai_whisper_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:

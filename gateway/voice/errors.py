@@ -6,8 +6,6 @@ HTTP API maps ``code`` to its OpenAI error code (see :mod:`gateway.api.audio`).
 
 from __future__ import annotations
 
-import shlex
-import sys
 from typing import ClassVar
 
 from gateway.errors import ErrorKind, GatewayError
@@ -16,9 +14,7 @@ from gateway.install import install_command
 #: What to install for each part of the voice support (named in the messages): the command
 #: that fits this installation (a checkout, pipx, uv tool; the package is not on PyPI).
 VOICE_EXTRA = install_command("voice")
-WHISPER_EXTRA = (
-    f"{shlex.quote(sys.executable)} -m pip install torch==2.13.0 && {install_command('whisper')}"
-)
+WHISPER_EXTRA = install_command("whisper", first="torch==2.13.0")
 ESPEAK_INSTALL = "apt-get install espeak-ng (Debian/Ubuntu) or brew install espeak-ng (macOS)"
 
 
