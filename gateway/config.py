@@ -444,6 +444,11 @@ class LoggingSettings(_Section):
         le=1000,
         description="Rotated files kept besides the current one; older ones are deleted.",
     )
+    access_log: bool = Field(
+        default=True,
+        description="One INFO line per HTTP API request: method, path (no query string),"
+        " status, duration and conversation id; never bodies or keys.",
+    )
 
     @field_validator("level", mode="before")
     @classmethod

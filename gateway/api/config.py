@@ -28,6 +28,8 @@ class ApiConfig:
       ``finish`` (the conversation then continues from the full answer).
     * ``tool_mode``: the default for a client's ``tools`` (``agent`` ignores them, ``client``
       and ``hybrid`` offer them to Claude as real tools).
+    * ``access_log``: one INFO line per HTTP request (``logging.access_log``; see
+      :mod:`gateway.api.access`).
     """
 
     api_keys: tuple[str, ...] = ()
@@ -37,6 +39,7 @@ class ApiConfig:
     stream_mode: StreamMode = StreamMode.SMART
     on_disconnect: OnDisconnect = "interrupt"
     tool_mode: ToolMode = ToolMode.AGENT
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
@@ -95,6 +98,7 @@ def api_config_from_settings(settings: Any) -> ApiConfig:
         stream_mode=stream_mode,
         on_disconnect="finish" if on_disconnect == "finish" else "interrupt",
         tool_mode=ToolMode(str(getattr(server, "tool_mode", None) or "agent")),
+        access_log=bool(getattr(getattr(settings, "logging", None), "access_log", True)),
     )
     if on_disconnect not in ("interrupt", "finish"):
         raise ConfigError(f"server.on_disconnect: {on_disconnect!r} is not 'interrupt' or 'finish'")

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.config import ApiConfig
 from gateway.api.conversation import Plan, plan_conversation
 from gateway.api.convert import (
@@ -601,6 +602,7 @@ async def _stream(
             error = http_error(event.kind, event.message, event.retry_after, event.status)
             if not out.started:
                 return error_response(error, out.headers)
+            request[STREAM_ERROR] = error.code  # for the access log: the 200 was not all
             await out.send(error.body())
             return await out.done()
         if isinstance(event, ToolCallsRequested):
@@ -638,7 +640,12 @@ def create_app(
     from gateway.api.audio import setup_audio  # it imports this module
 
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[
+            # the access log outside it all, so refused requests are logged too (it reads
+            # no body and does no engine work)
+            *([access_middleware] if config.access_log else []),
+            error_middleware, auth_middleware,
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[ENGINE] = engine
