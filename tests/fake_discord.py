@@ -412,3 +412,52 @@ def _file_bytes(file: discord.File) -> bytes:
         fp.seek(0)
     data = fp.read()
     return data if isinstance(data, bytes) else bytes(data)
+
+
+class FakeDiscordRest:
+    """Discord's REST API over real HTTP on 127.0.0.1, for what runs outside the test process
+    (``claude-max-api doctor`` checks the bot token with ``GET /users/@me``; point it here with
+    ``discord.api_base_url``). A call takes ~100 ms, like Discord's."""
+
+    def __init__(self, token: str, *, username: str = "claude_test_bot",
+                 latency: float = 0.1) -> None:
+        from aiohttp import web
+
+        self.token = token
+        self.username = username
+        self.latency = latency
+        self.calls: list[str] = []
+        self._app = web.Application()
+        self._app.router.add_get("/api/v10/users/@me", self._me)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _me(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.calls.append(request.path)
+        await asyncio.sleep(self.latency)
+        if request.headers.get("Authorization") != f"Bot {self.token}":
+            return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
+        return web.json_response({"id": str(OWNER_ID + 7), "username": self.username,
+                                  "bot": True})
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    async def __aenter__(self) -> FakeDiscordRest:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
