@@ -7,6 +7,9 @@ Added here:
 * the real CLI killed with SIGKILL from outside mid-turn, non-streamed and streamed (before
   and after text went out): typed 502 / in-stream error, and the next turn continues the
   same Claude Code session with its history;
+* a CLI that cannot start (exits 1 with a reason on stderr; not executable): a WARNING with
+  the reason and a typed 502 ``cli_crashed`` naming it; a crash the gateway did not cause
+  keeps the SDK's ERROR and gets the engine's WARNING;
 * every upstream fault in a row in ONE conversation (500, 429, 529, 401, a hang before the
   response headers ended by the CLI's API timeout, a stall mid-stream ended by the activity
   timeout), counting processes after each: never more than the conversation's own, the
@@ -17,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from gateway.engine import EngineConfig
+from gateway.engine.engine import SDK_QUERY_LOGGER
 from tests import test_api_routes as api_routes
 from tests.conftest import EngineFactory, child_pids
 from tests.test_api_routes import (
@@ -58,8 +65,9 @@ async def _kill_when_seen(gw: Gateway, key: str, text: str) -> int:
 
 
 async def test_cli_sigkilled_mid_turn_is_502_and_the_session_goes_on(
-    make_gateway: GatewayFactory,
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     gw = await make_gateway(keepalive_seconds=5.0)
     conv = {"X-Conversation-Id": "killed"}
     key = "openai:h:killed"
@@ -119,6 +127,51 @@ async def test_cli_sigkilled_mid_turn_is_502_and_the_session_goes_on(
     assert info is not None and info.session_id == session
     assert not set(dead) & child_pids(), "killed CLIs are reaped"
     assert set(gw.engine.live_pids().values()) == child_pids()
+    # a crash the gateway did not cause stays loud: the SDK's ERROR and the engine's WARNING
+    sdk_errors = [r for r in caplog.records
+                  if r.name == SDK_QUERY_LOGGER and r.levelno == logging.ERROR]
+    crashes = [r for r in caplog.records if r.name == "gateway.engine.engine"
+               and r.levelno == logging.WARNING and "crashed" in r.getMessage()]
+    assert len(sdk_errors) == len(dead) and len(crashes) == len(dead), caplog.text
+
+
+async def test_a_cli_that_cannot_start_is_a_warning_and_a_typed_error(
+    make_gateway: GatewayFactory, new_engine: EngineFactory, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CLI passes the start-up check (``--version``) but then cannot start: it exits 1
+    with a reason on stderr (a broken settings file, say), or it is no longer executable.
+    The client gets a typed 502 naming the reason, the log a WARNING with it."""
+    cli = tmp_path / "claude"
+    cli.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "2.1.332 (Claude Code)"; exit 0; fi\n'
+        'echo "Error: settings.json is not valid JSON at line 3" >&2\n'
+        "exit 1\n"
+    )
+    cli.chmod(0o755)
+    gw = await make_gateway(await new_engine(cli_path=str(cli)))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.client.chat.completions.create(
+            model="sonnet", messages=[{"role": "user", "content": "hello?"}])
+    assert info.value.status_code == 502
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "cli_crashed", error
+    assert "failed to start" in error["message"] and "not valid JSON" in error["message"]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.name == "gateway.engine.engine"]
+    assert any("failed to start" in w and "not valid JSON" in w for w in warnings), warnings
+    # no longer executable (an update half done, a wrong chmod): the same, with the reason
+    cli.chmod(0o644)
+    caplog.clear()
+    status, _, body = await gw.chat({"model": "sonnet", "messages": msgs("again?")},
+                                    headers={"X-Conversation-Id": "noexec"})
+    assert status == 502 and body["error"]["code"] == "cli_crashed", body
+    assert "Permission denied" in body["error"]["message"]
+    assert any(r.levelno == logging.WARNING and "Permission denied" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert gw.engine.live_pids() == {} and gw.fake.requests() == []
 
 
 # (user text, HTTP status, error code, Retry-After header)

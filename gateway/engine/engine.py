@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -52,6 +54,8 @@ from gateway.engine.models import ModelCatalog
 from gateway.engine.process import (
     CliInfo,
     EngineConfig,
+    PromptFiles,
+    appended_system_text,
     build_options,
     cli_environment,
     cli_version,
@@ -68,6 +72,50 @@ from gateway.store import Store
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 40
+#: the logger on which claude-agent-sdk reports that a CLI process ended under its reader
+#: (ERROR "Fatal error in message reader: Command failed with exit code 143")
+SDK_QUERY_LOGGER = "claude_agent_sdk._internal.query"
+
+
+@dataclass(eq=False)
+class _ExitWatch:
+    """Whether the end of one CLI process is the gateway's own doing: it is being closed or
+    killed on purpose, or the gateway is shutting down (a SIGTERM to the gateway's process
+    group or service reaches the CLI processes too)."""
+
+    engine: Engine
+    expected: bool = False
+
+    @property
+    def deliberate(self) -> bool:
+        return self.expected or self.engine.stopping
+
+
+#: the watch of the CLI process whose SDK tasks are running (set in its host task; the
+#: SDK's reader task inherits it)
+_EXIT_WATCH: contextvars.ContextVar[_ExitWatch | None] = contextvars.ContextVar(
+    "cli_exit_watch", default=None
+)
+
+
+class _ExpectedExitFilter(logging.Filter):
+    """Demotes the SDK's ERROR records to INFO for a process the gateway ended itself.
+
+    Matched on the logger (the filter sits on :data:`SDK_QUERY_LOGGER` only) and on the
+    engine's state for that process, never on the message text. A CLI that dies on its
+    own keeps its ERROR (and the engine adds a WARNING with the stderr tail).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            watch = _EXIT_WATCH.get()
+            if watch is not None and watch.deliberate:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+                record.msg = f"{record.msg} (expected: the gateway stopped this process)"
+        return True
+
+
+_EXPECTED_EXIT_FILTER = _ExpectedExitFilter()
 
 
 @dataclass(frozen=True)
@@ -91,6 +139,10 @@ class _Request:
     abandoned: bool = False
     interrupted: bool = False
     done: bool = False
+    #: its prompt is about to go to Claude (TurnStarted was emitted)
+    started: bool = False
+    #: set when the consumer goes away; a turn that has not started is then withdrawn
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
     #: set once the worker is finished with this request (its turn fully wound down)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -123,6 +175,7 @@ class _Live:
     closed: bool = False
     #: the CLI reports total_cost_usd cumulated over the life of the process
     cost_seen: float = 0.0
+    exit_watch: _ExitWatch | None = None
 
 
 @dataclass(eq=False)
@@ -181,6 +234,9 @@ class Engine:
         self._refilling: dict[_SpareKey, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._shutdown_expected = False
+        self._prompt_files = PromptFiles(config.runtime_dir)
+        logging.getLogger(SDK_QUERY_LOGGER).addFilter(_EXPECTED_EXIT_FILTER)
         self.cli: CliInfo | None = None
         self.rate_limit: RateLimitStatus | None = None
 
@@ -198,10 +254,21 @@ class Engine:
             raise GatewayError(
                 ErrorKind.CONFIG, f"cannot create the workspace {self.config.workspace}: {exc}"
             ) from exc
+        self._prompt_files.open()
         await self.store.open()
         log.info("Claude Code %s (%s, %s); workspace %s", version, source, path,
                  self.config.workspace)
         self._schedule_refill(self.catalog.default, "", "", _ToolSet())
+
+    @property
+    def stopping(self) -> bool:
+        """The engine is stopping, or was told the gateway is (:meth:`expect_shutdown`)."""
+        return self._stopping or self._shutdown_expected
+
+    def expect_shutdown(self) -> None:
+        """The gateway got SIGTERM/SIGINT and will call :meth:`stop`: from now on a CLI
+        process that ends (the same signal may have reached it) is no error."""
+        self._shutdown_expected = True
 
     async def stop(self, grace: float = 5.0) -> None:
         """Fail queued turns, interrupt running ones, end every CLI process. No orphans."""
@@ -223,7 +290,7 @@ class Engine:
             _, still = await asyncio.wait(workers, timeout=grace)
             for conv in convs:  # a worker stuck in a turn: kill its tree, then it ends
                 if conv.live is not None:
-                    kill_tree(process_tree(conv.live.pid))
+                    self._kill(conv.live)
             if still:
                 await asyncio.wait(still, timeout=grace)
                 for task in still:
@@ -234,6 +301,7 @@ class Engine:
         await asyncio.gather(*(self._close_process(s, kill=False) for s in spares))
         if self._hosts:  # processes still starting close themselves once connected
             await asyncio.wait(list(self._hosts), timeout=grace + 10)
+        self._prompt_files.close()
         await self.store.close()
 
     def add_alert_handler(self, handler: AlertHandler) -> None:
@@ -331,10 +399,14 @@ class Engine:
         finally:
             if not req.done:
                 req.abandoned = True
+                req.gone.set()
                 if req in conv.pending:
                     conv.pending.remove(req)
-                elif conv.current is req:
+                elif conv.current is req and req.started:
                     self._spawn(self._interrupt_request(conv, req))
+                else:  # waiting for a turn or process slot: withdrawn, it never starts
+                    log.info("turn of %s withdrawn before it started: its client left", key)
+                    self._spawn(self._notify_slot_waiters())
 
     async def interrupt(self, key: str) -> bool:
         """Stop the running turn of ``key`` (within about a second). False if none runs."""
@@ -495,28 +567,62 @@ class Engine:
                 conv.worker = asyncio.create_task(self._work(conv))
 
     async def _run(self, conv: _Conversation, req: _Request) -> None:
-        async with self._turn_slots:
-            conv.current = req
-            try:
-                await self._run_turn(conv, req)
-            except Exception as exc:  # a bug of ours must still end the turn
-                log.exception("turn of %s failed", conv.key)
-                (conv.current or req).emit(TurnError(ErrorKind.CRASHED, f"internal error: {exc}"))
-            finally:
-                # a turn suspended in client tool calls continues in a later request
-                served = {req, conv.current or req}
-                for r in served:
-                    if not r.done:
-                        r.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
-                conv.current = None
-                conv.last_used = time.monotonic()
-                for r in served:
-                    r.ended.set()
-                if conv.refill is not None:
-                    self._schedule_refill(*conv.refill)
-                    conv.refill = None
-                async with self._slot_cond:
-                    self._slot_cond.notify_all()
+        if not await self._acquire_turn_slot(req):
+            req.ended.set()  # its client left while it waited: withdrawn, never started
+            return
+        try:
+            await self._run_holding_slot(conv, req)
+        finally:
+            self._turn_slots.release()
+
+    async def _acquire_turn_slot(self, req: _Request) -> bool:
+        """A parallel-turn slot for ``req``; False (holding none) if its client left first."""
+        if req.abandoned:
+            return False
+        acquire = asyncio.ensure_future(self._turn_slots.acquire())
+        gone = asyncio.ensure_future(req.gone.wait())
+        try:
+            await asyncio.wait([acquire, gone], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            gone.cancel()
+            await self._give_back_turn_slot(acquire)
+            raise
+        gone.cancel()
+        if acquire.done() and not req.abandoned:
+            return True
+        await self._give_back_turn_slot(acquire)
+        return False
+
+    async def _give_back_turn_slot(self, acquire: asyncio.Future[Any]) -> None:
+        if not acquire.done():
+            acquire.cancel()  # not granted yet: the semaphore forgets this waiter
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+        elif not acquire.cancelled() and acquire.exception() is None:
+            self._turn_slots.release()
+
+    async def _run_holding_slot(self, conv: _Conversation, req: _Request) -> None:
+        conv.current = req
+        try:
+            await self._run_turn(conv, req)
+        except Exception as exc:  # a bug of ours must still end the turn
+            log.exception("turn of %s failed", conv.key)
+            (conv.current or req).emit(TurnError(ErrorKind.CRASHED, f"internal error: {exc}"))
+        finally:
+            # a turn suspended in client tool calls continues in a later request
+            served = {req, conv.current or req}
+            for r in served:
+                if not r.done:
+                    r.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+            conv.current = None
+            conv.last_used = time.monotonic()
+            for r in served:
+                r.ended.set()
+            if conv.refill is not None:
+                self._schedule_refill(*conv.refill)
+                conv.refill = None
+            async with self._slot_cond:
+                self._slot_cond.notify_all()
 
     async def _run_turn(self, conv: _Conversation, req: _Request) -> None:
         cwd = str(self.config.workspace)
@@ -564,6 +670,7 @@ class Engine:
             if model and model != row.model:
                 await self.store.set_session_fields(conv.key, model=model)
 
+            req.started = True
             req.emit(TurnStarted(conv.key, resume, model, resumed=started_now and bool(resume)))
             outcome = await self._exchange(conv, live, req, cwd)
             if outcome == "stale" and stale_retry_allowed:
@@ -643,7 +750,7 @@ class Engine:
                         self.rate_limit = translator.rate_limit
         except TimeoutError:
             live.dead = True
-            kill_tree(process_tree(live.pid))
+            self._kill(live)
             error = TurnError(
                 ErrorKind.TIMEOUT,
                 f"Claude Code showed no activity for {timeout:.0f} s, so the turn was stopped."
@@ -657,6 +764,10 @@ class Engine:
             kill_tree(process_tree(live.pid))
             if req.interrupted:
                 req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                return "interrupted"
+            if self.stopping:  # a signal to the whole gateway reached this process too
+                log.info("CLI of %s ended during shutdown (%s)", conv.key, exc)
+                req.emit(TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down."))
                 return "interrupted"
             if not received and not _alive(live.pid):
                 log.info("CLI of %s had exited before the turn (%s)", conv.key, exc)
@@ -701,6 +812,7 @@ class Engine:
         unknown = live.broker.resolve(_with_note(nxt.prompt))
         if unknown:
             log.info("tool results for unknown calls in %s: %s", conv.key, unknown)
+        nxt.started = True  # it carries on a turn that is already running
         conv.current = nxt
         return nxt
 
@@ -728,7 +840,7 @@ class Engine:
         except Exception as exc:
             log.info("interrupt of %s's abandoned turn failed (%s); killing it", key, exc)
             live.dead = True
-            kill_tree(process_tree(live.pid))
+            self._kill(live)
 
     async def _record(self, conv: _Conversation, result: TurnResult, live: _Live) -> None:
         u = result.usage
@@ -767,7 +879,7 @@ class Engine:
             pass
         if conv.current is req:
             live.dead = True
-            kill_tree(process_tree(live.pid))
+            self._kill(live)
 
     # ------------------------------------------------------------------ processes
 
@@ -783,6 +895,7 @@ class Engine:
             starting = self._refilling.get(key)
             if starting is not None:  # a matching spare is on its way: cheaper to wait for it
                 await asyncio.wait([starting])
+                _check_withdrawn(conv)
             live = self._take_spare(key)
         if live is None:
             live = await self._start_process(model, system, toolset, resume, profile,
@@ -806,21 +919,41 @@ class Engine:
         assert self.cli is not None
         if for_conversation is not None:
             await self._acquire_slot(for_conversation)
+            try:
+                _check_withdrawn(for_conversation)
+            except GatewayError:
+                self._release_slot()
+                raise
         elif not await self._try_acquire_slot():
             raise GatewayError(ErrorKind.BUSY, "no free process slot for a spare")
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        said = asyncio.Event()  # the CLI wrote to stderr
+
+        def on_stderr(line: str) -> None:
+            stderr.append(line)
+            said.set()
+
         owner: dict[str, str] = {}
         broker = CallBroker()
+        try:
+            prompt_file = await self._write_prompt_file(appended_system_text(self.config, system))
+        except BaseException:
+            self._release_slot()
+            raise
         options = build_options(
-            self.config, cli_path=self.cli.path, model=model, system=system, resume=resume,
-            env=self._env, stderr=stderr.append,
+            self.config, cli_path=self.cli.path, model=model,
+            system_file=str(prompt_file) if prompt_file else None, resume=resume,
+            env=self._env, stderr=on_stderr,
             extra=self._tools(profile, owner, toolset, broker),
         )
         ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]] = (
             asyncio.get_running_loop().create_future()
         )
         close_event = asyncio.Event()
-        host = asyncio.create_task(self._host(options, stderr, ready, close_event))
+        watch = _ExitWatch(self)
+        host = asyncio.create_task(
+            self._host(options, (stderr, said), ready, close_event, prompt_file, watch)
+        )
         self._hosts.add(host)
         host.add_done_callback(self._hosts.discard)
         try:
@@ -829,30 +962,71 @@ class Engine:
             self._release_slot()
             raise
         return _Live(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
-                     stderr, close_event, host, owner)
+                     stderr, close_event, host, owner, exit_watch=watch)
+
+    async def _write_prompt_file(self, text: str) -> Path | None:
+        """The private file that carries the appended system text to a new process."""
+        if not text:
+            return None
+        try:
+            return await asyncio.to_thread(self._prompt_files.write, text)
+        except (OSError, GatewayError) as exc:
+            log.warning("cannot write the system prompt file for Claude Code: %s", exc)
+            raise GatewayError(
+                ErrorKind.CRASHED,
+                f"Claude Code could not be started: the system prompt file could not be"
+                f" written ({exc}).",
+            ) from exc
 
     async def _host(
         self,
         options: Any,
-        stderr: deque[str],
+        stderr: tuple[deque[str], asyncio.Event],
+        ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]],
+        close_event: asyncio.Event,
+        prompt_file: Path | None,
+        watch: _ExitWatch,
+    ) -> None:
+        """Connects one CLI process, waits until it is to be closed, disconnects it, and
+        removes its system prompt file."""
+        _EXIT_WATCH.set(watch)  # this task's context; the SDK's reader task inherits it
+        try:
+            await self._host_process(options, stderr, ready, close_event)
+        finally:
+            self._prompt_files.remove(prompt_file)
+
+    async def _host_process(
+        self,
+        options: Any,
+        stderr_tail: tuple[deque[str], asyncio.Event],
         ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]],
         close_event: asyncio.Event,
     ) -> None:
-        """Connects one CLI process, waits until it is to be closed, disconnects it."""
+        stderr, said = stderr_tail
         client = ClaudeSDKClient(options)
         try:
             await client.connect()
         except BaseException as exc:
-            kill_tree(process_tree(client_pid(client)))
+            pid = client_pid(client)
+            if isinstance(exc, Exception) and pid is not None:
+                # it says why on stderr, read by the SDK in its own task: give that a moment
+                # before the process is killed and the pipe closed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(said.wait(), timeout=1.0)
+            kill_tree(process_tree(pid))
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.disconnect(), timeout=10)
+            if isinstance(exc, Exception):
+                # the reason is what the CLI printed, else what the SDK saw
+                reason = _tail(stderr) or str(exc) or type(exc).__name__
+                log.warning("Claude Code (%s) failed to start: %s | %s",
+                            options.cli_path, exc, reason[-1000:])
             if not ready.done():
                 if isinstance(exc, CLINotFoundError):
                     error = GatewayError(ErrorKind.CLI_MISSING, f"Claude Code CLI not found: {exc}")
                 elif isinstance(exc, ClaudeSDKError | OSError):
-                    detail = f"{exc} {_tail(stderr)}"
                     error = GatewayError(
-                        ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(detail)}"
+                        ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(reason)}"
                     )
                 else:
                     error = GatewayError(ErrorKind.SHUTDOWN, "start of Claude Code cancelled")
@@ -882,10 +1056,18 @@ class Engine:
         await self._close_process(live, kill=kill)
         log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
 
+    def _kill(self, live: _Live) -> None:
+        """SIGKILL a process tree on purpose: its end is then no error in the log."""
+        if live.exit_watch is not None:
+            live.exit_watch.expected = True
+        kill_tree(process_tree(live.pid))
+
     async def _close_process(self, live: _Live, *, kill: bool) -> None:
         if live.closed:
             return
         live.closed = True
+        if live.exit_watch is not None:
+            live.exit_watch.expected = True
         procs = process_tree(live.pid)
         if kill:
             kill_tree(procs)
@@ -956,6 +1138,7 @@ class Engine:
         they have queued, or they never become idle and every turn slot waits (a deadlock).
         """
         while True:
+            _check_withdrawn(requester)
             victim: _Conversation | None = None
             spare: _Live | None = None
             released = False
@@ -996,12 +1179,11 @@ class Engine:
 
     def _release_slot(self) -> None:
         self._slots_used -= 1
+        self._spawn(self._notify_slot_waiters())
 
-        async def notify() -> None:
-            async with self._slot_cond:
-                self._slot_cond.notify_all()
-
-        self._spawn(notify())
+    async def _notify_slot_waiters(self) -> None:
+        async with self._slot_cond:
+            self._slot_cond.notify_all()
 
     async def _evict(self, conv: _Conversation) -> None:
         conv.evict = True
@@ -1009,6 +1191,13 @@ class Engine:
         worker = conv.worker
         if worker is not None and worker is not asyncio.current_task():
             await asyncio.shield(worker)
+
+
+def _check_withdrawn(conv: _Conversation) -> None:
+    """Raise if the conversation's current turn lost its client before it started."""
+    req = conv.current
+    if req is not None and req.abandoned and not req.started:
+        raise GatewayError(ErrorKind.INTERRUPTED, "The turn was withdrawn: its client left.")
 
 
 def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:

@@ -32,6 +32,9 @@ FAMILIES: dict[str, str] = {
 LISTED = ("claude-opus-4", "claude-sonnet-4", "claude-haiku-4")
 
 PINNED = re.compile(r"^claude-[a-z0-9]+(?:[-.][a-z0-9]+)*(?:\[1m\])?$")
+#: the longest model name accepted: the name goes to the CLI's command line (``--model``),
+#: whose arguments Linux caps at 128 KiB, and real ids are under 40 characters
+MAX_MODEL_NAME = 100
 
 
 class ModelCatalog:
@@ -55,6 +58,12 @@ class ModelCatalog:
 
     def _resolve_base(self, name: str) -> str:
         key = name.strip()
+        if len(key) > MAX_MODEL_NAME:
+            raise GatewayError(
+                ErrorKind.UNKNOWN_MODEL,
+                f"unknown model {key[:40]!r}… ({len(key)} characters); a model name has at"
+                f" most {MAX_MODEL_NAME}",
+            )
         if key.lower() in FAMILIES:
             return FAMILIES[key.lower()]
         if PINNED.match(key):

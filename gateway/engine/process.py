@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
+import stat
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +70,9 @@ class EngineConfig:
     client_tool_timeout: float = 600.0
     #: built-in tools hidden in hybrid tool mode (e.g. ones the client's tools duplicate)
     hybrid_hidden_tools: tuple[str, ...] = ()
+    #: private folder for files handed to CLI processes (system prompts); None = one in the
+    #: system's temp folder (see :class:`PromptFiles`)
+    runtime_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -168,24 +175,41 @@ def cli_environment(config: EngineConfig, base: Mapping[str, str] | None = None)
     return env
 
 
+def appended_system_text(config: EngineConfig, system: str | None) -> str:
+    """What follows Claude Code's own prompt: the owner's instructions, then the client's."""
+    return "\n\n".join(p for p in (config.append_system_prompt, system or "") if p.strip())
+
+
 def build_options(
     config: EngineConfig,
     *,
     cli_path: str,
     model: str | None,
-    system: str | None,
+    system_file: str | None,
     resume: str | None,
     env: Mapping[str, str],
     stderr: Callable[[str], None] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> ClaudeAgentOptions:
-    """Options for one CLI process: full Claude Code prompt plus appended instructions."""
-    append = "\n\n".join(p for p in (config.append_system_prompt, system or "") if p.strip())
-    system_prompt: dict[str, str] = {"type": "preset", "preset": "claude_code"}
-    if append:
-        system_prompt["append"] = append
+    """Options for one CLI process: full Claude Code prompt plus appended instructions.
+
+    The appended text is never put on the command line (Linux caps one argument at
+    128 KiB; a bigger ``system`` message failed with "Argument list too long"): it is in
+    ``system_file``, written by :class:`PromptFiles`, and passed as
+    ``--append-system-prompt-file``. The preset without ``append`` adds no argument, so
+    the CLI uses its full Claude Code prompt.
+
+    ``snapshot: False`` (sent in the ``initialize`` request; older CLIs ignore it): by
+    default the CLI records a session's system prompt on its first request and sends that
+    record on every resume, so a process started for a *changed* system text (a client's
+    new ``system`` message, the owner's edited ``append_system_prompt``) would still send
+    the old one (measured with 2.1.332).
+    """
+    extra_args: dict[str, str | None] = {}
+    if system_file:
+        extra_args["append-system-prompt-file"] = system_file
     return ClaudeAgentOptions(
-        system_prompt=system_prompt,  # type: ignore[arg-type]
+        system_prompt={"type": "preset", "preset": "claude_code", "snapshot": False},
         permission_mode=config.permission_mode,  # type: ignore[arg-type]
         model=model,
         cwd=str(config.workspace),
@@ -195,8 +219,95 @@ def build_options(
         env=dict(env),
         max_buffer_size=MAX_LINE_BYTES,
         stderr=stderr,
+        extra_args=extra_args,
         **dict(extra or {}),
     )
+
+
+class PromptFiles:
+    """Private files that carry text to CLI processes instead of their command line.
+
+    Layout: ``<root>/<pid>-<random>/<random>.txt``. The root (default
+    ``$TMPDIR/claude-max-gateway-<uid>``) must be a real folder owned by this user; it and
+    the engine's own folder are mode 0700, every file 0600, written under a temporary name
+    and renamed, so a CLI never reads half a file. The CLI reads the file once, while it
+    starts (measured with 2.1.332: deleting it after ``connect`` changed nothing, on later
+    turns or on ``--resume``); it is still kept until its process is closed. :meth:`open`
+    removes the folders of gateway processes that are no longer running (a crash or a
+    SIGKILL leaves them); :meth:`close` removes this engine's folder.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.root = root or Path(tempfile.gettempdir()) / f"claude-max-gateway-{uid}"
+        self.folder: Path | None = None
+
+    def open(self) -> None:
+        """Check or create the root, clean what dead gateways left, make our folder."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = os.lstat(self.root)
+            if not stat.S_ISDIR(info.st_mode):
+                raise GatewayError(
+                    ErrorKind.CONFIG, f"{self.root} must be a folder, not a link or a file."
+                )
+            if hasattr(os, "getuid") and info.st_uid != os.getuid():
+                raise GatewayError(
+                    ErrorKind.CONFIG,
+                    f"{self.root} belongs to another user (uid {info.st_uid}); the gateway"
+                    " keeps system prompts there, so it refuses to use it. Remove it.",
+                )
+            if info.st_mode & 0o077:
+                os.chmod(self.root, 0o700)
+            removed = self._clean()
+            if removed:
+                log.info("removed %d folder(s) of prompt files left by stopped gateways",
+                         removed)
+            self.folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.root))
+        except OSError as exc:
+            raise GatewayError(
+                ErrorKind.CONFIG, f"cannot prepare the private folder {self.root}: {exc}"
+            ) from exc
+
+    def _clean(self) -> int:
+        removed = 0
+        for entry in self.root.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid():
+                continue  # not ours, or another engine of this very process
+            if psutil.pid_exists(int(pid_text)):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        return removed
+
+    def write(self, text: str) -> Path:
+        """A new private file holding ``text``, complete once its path is returned."""
+        if self.folder is None:
+            raise GatewayError(ErrorKind.CONFIG, "prompt files are not open")
+        name = secrets.token_hex(8)
+        final = self.folder / f"{name}.txt"
+        partial = self.folder / f".{name}.partial"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as out:
+                out.write(text)
+            os.replace(partial, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        return final
+
+    def remove(self, path: Path | None) -> None:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 # ---------------------------------------------------------------------------- processes
