@@ -6,6 +6,9 @@ out as it arrives), reads until the first answer text and closes its connection;
 it asked for would take minutes, so only the interrupt can end its turn. The clients come in
 two waves of 50 over four conversations, 25 queued per conversation at most: the second wave
 must not cost more memory than the first.
+
+A client that leaves before its turn has started (it waited for a process or turn slot of a
+busy engine) gets its turn withdrawn: no CLI process is started for it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import time
 
@@ -126,3 +130,58 @@ async def test_a_hundred_clients_hanging_up_mid_stream_leak_nothing(
           f" tasks {base_tasks}->{len(asyncio.all_tasks())}, fds {base_fds}->{_fds()},"
           f" RSS {rss_first:.0f}->{rss_second:.0f} MB, CLI processes {len(pids)}->"
           f"{len(child_pids())}")
+
+
+@pytest.mark.parametrize(
+    ("caps", "on_disconnect"),
+    [({"max_live_sessions": 1}, "interrupt"), ({"max_parallel_turns": 1}, "finish")],
+    ids=["waiting-for-a-process-slot", "waiting-for-a-turn-slot-on_disconnect-finish"],
+)
+async def test_a_client_that_leaves_before_its_turn_starts_starts_no_process(
+    caps: dict[str, int], on_disconnect: str, make_gateway: GatewayFactory,
+    new_engine: EngineFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine is busy (one process or one turn at a time, a slow answer running); a
+    streaming request waits for its turn and its client hangs up. It is withdrawn: no CLI
+    process is started for it, the busy conversation's process is not evicted for it, and
+    its prompt never reaches the model."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    engine = await new_engine(**caps)
+    gw = await make_gateway(engine, keepalive_seconds=0.3, on_disconnect=on_disconnect)
+    gw.fake.script({"text": "busy answer " * 10, "chunk_delay": 0.5}, match="busy work")
+    busy = asyncio.create_task(gw.chat({"model": "sonnet", "messages": msgs("busy work")},
+                                       headers={"X-Conversation-Id": "busy"}))
+    await wait_for(lambda: gw.saw("busy work"), "the busy turn to reach the model")
+    busy_pid = engine.live_pids()["openai:h:busy"]
+    before = child_pids()
+    leaver = "openai:h:leaver"
+
+    def waiting() -> bool:  # its worker holds it, waiting for a slot
+        conv = engine._conversations.get(leaver)
+        return conv is not None and conv.worker is not None and not conv.worker.done()
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "sonnet", "messages": msgs("leaver question"), "stream": True},
+            headers={"X-Conversation-Id": "leaver"},
+        ) as resp:
+            assert resp.status == 200  # headers and keepalives while it waits
+            await wait_for(waiting, "the request to wait in the engine")
+            resp.close()
+    assert not busy.done(), "the client must leave while the busy turn still runs"
+    status, _, body = await asyncio.wait_for(busy, 30)
+    assert status == 200 and "busy answer" in body["choices"][0]["message"]["content"]
+
+    def settled() -> bool:
+        conv = engine._conversations.get(leaver)
+        return conv is None or ((conv.worker is None or conv.worker.done()) and not conv.pending)
+
+    await wait_for(settled, "the withdrawn request's worker to end")
+    assert leaver not in engine.live_pids(), "no CLI process was started for it"
+    assert child_pids() == before, "no process started, none ended"
+    assert engine.live_pids()["openai:h:busy"] == busy_pid, "the busy process was not evicted"
+    assert gw.saw("leaver question") is None, "its prompt never reached the model"
+    assert any("withdrawn" in r.getMessage() for r in caplog.records)
+    info = await engine.describe("openai:h:busy")
+    assert info is not None and info.turns == 1

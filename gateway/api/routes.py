@@ -471,6 +471,9 @@ def _client_gone(pump: TurnPump, config: ApiConfig) -> None:
     if config.on_disconnect == "interrupt":
         log.info("client went away: interrupting %s", pump.plan.key)
         pump.cancel()
+    elif not pump.started:  # nothing to finish: the engine withdraws the waiting turn
+        log.info("client went away before its turn started: withdrawing %s", pump.plan.key)
+        pump.cancel()
     else:
         log.info("client went away: %s finishes in the background", pump.plan.key)
 

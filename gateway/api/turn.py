@@ -26,6 +26,7 @@ from gateway.engine.events import (
     TurnError,
     TurnOptions,
     TurnResult,
+    TurnStarted,
 )
 from gateway.errors import ErrorKind, GatewayError
 
@@ -78,6 +79,9 @@ class TurnPump:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._rendered: list[str] = []
         self._cancel_error: TurnError | None = None
+        #: the engine started the turn (its prompt went to Claude); before that, cancelling
+        #: withdraws it and no CLI process is started for it
+        self.started = False
         self.task: asyncio.Task[None] = asyncio.create_task(
             self._run(), name=f"api-turn:{plan.key}"
         )
@@ -109,6 +113,8 @@ class TurnPump:
                     final = True
                 elif isinstance(event, TurnError):
                     final = True
+                elif isinstance(event, TurnStarted):
+                    self.started = True
                 if final:
                     # Before the client can see the answer: its follow-up may arrive at once
                     # and must find the conversation free.
