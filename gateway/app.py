@@ -246,9 +246,17 @@ async def serve(settings: Settings) -> None:
     gateway = Gateway.build(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # At once, not when the engine's turn to stop comes: a signal sent to the whole
+        # process group or service (a terminal, systemd's default KillMode) has reached the
+        # CLI processes too, and their exits are then the gateway's doing, not errors.
+        gateway.engine.expect_shutdown()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     await gateway.start()
     try:
         await stop.wait()

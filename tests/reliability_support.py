@@ -102,8 +102,14 @@ class GatewayProcess:
         claude: str = "",
         server: str = "",
         data_dir: Path | None = None,
+        extra: str = "",
+        new_session: bool = False,
     ) -> None:
+        """``claude``/``server``: lines added to those sections; ``extra``: more sections
+        (``[telegram]`` …) at the end of the config. ``new_session``: the gateway leads its
+        own process group, so :meth:`signal_group` can signal it and its CLIs at once."""
         self.root = root
+        self.new_session = new_session
         self.env = env
         self.port = port or free_port()
         self.data_dir = data_dir or root / "data"
@@ -112,7 +118,7 @@ class GatewayProcess:
             f'[server]\nport = {self.port}\n{server}\n'
             f'[claude]\nworkspace = "{root / "ws"}"\nspare_processes = 0\n'
             f"activity_timeout = 30\nbash_max_timeout = 20\n{claude}\n"
-            f'[storage]\ndata_dir = "{self.data_dir}"\n'
+            f'[storage]\ndata_dir = "{self.data_dir}"\n{extra}\n'
         )
         self.log_path = root / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,7 +137,8 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen([*COMMAND, "--config", str(self.config)],
-                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=self.new_session)
         finally:
             log.close()
         if wait:
@@ -174,6 +181,17 @@ class GatewayProcess:
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Signal the gateway's whole process group (a terminal, systemd's default
+        KillMode=control-group): its CLI processes get the signal too."""
+        assert self.proc is not None and self.new_session
+        os.killpg(self.proc.pid, sig)
+
+    def error_lines(self) -> list[str]:
+        """The log's ERROR and CRITICAL records (the gateway's format: time LEVEL name: …)."""
+        return [line for line in self.log().splitlines()
+                if line.split(" ")[2:3] in (["ERROR"], ["CRITICAL"])]
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

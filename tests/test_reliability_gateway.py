@@ -2,8 +2,9 @@
 subprocess, the real bundled CLI, the fake Anthropic API.
 
 * SIGTERM while turns run (one waiting on the API, one streaming, one queued): a clean exit
-  within a bound, every client answered, no process left (counted); after a restart every
-  conversation continues with its history.
+  within a bound, every client answered, no process left (counted), no ERROR in the log;
+  after a restart every conversation continues with its history. The same signal sent to
+  the whole process group (the CLIs get it too) logs no ERROR either.
 * SIGKILL of the gateway while turns finish: the SQLite session map is intact (WAL,
   integrity check) and a restart continues every conversation.
 * A read-only or full data directory: one clear line at start-up and exit code 2, no traceback.
@@ -142,6 +143,7 @@ def test_sigterm_with_turns_running_exits_cleanly_and_conversations_continue(
     assert text_of(events).startswith("a slow answer")
     assert events[-1]["error"]["code"] == "shutting_down"
     assert "Traceback" not in gateway.log()
+    assert gateway.error_lines() == [], "a clean SIGTERM logs no ERROR"
     print(f"\nSIGTERM with 3 turns running and 1 queued: exit 0 in {elapsed:.2f} s,"
           f" {len(processes)} CLI processes ended, 0 left; clients got"
           f" {[(k, r[0]) for k, r in sorted(results.items())]},"
@@ -151,6 +153,50 @@ def test_sigterm_with_turns_running_exits_cleanly_and_conversations_continue(
     _continue_all(gateway, fake_api, names)
     gateway.signal(signal.SIGTERM)
     assert gateway.wait(timeout=SHUTDOWN_BOUND + 20) == 0
+
+
+def test_sigterm_to_the_process_group_is_quiet_too(
+    tmp_path: Path, gateway_env: dict[str, str], fake_api: FakeAnthropic,
+    gateways: list[GatewayProcess],
+) -> None:
+    """SIGTERM to the gateway's whole process group (Ctrl-C's group, a terminal closing,
+    systemd's default KillMode): the CLI processes get it too and exit 143 at once. That is
+    the gateway's own shutdown, so no ERROR is logged for it ("Fatal error in message
+    reader" of claude-agent-sdk was logged once per process), and every client is answered."""
+    gateway = GatewayProcess(tmp_path, gateway_env, new_session=True).start()
+    gateways.append(gateway)
+    fake_api.script({"hang": True}, match="hang on")
+    fake_api.script({"text": "a slow answer " * 30, "chunk_delay": 3.0}, match="stream on")
+    results: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def client(text: str, name: str, stream: bool) -> None:
+        results[name] = gateway.chat(text, name, stream=stream,
+                                     headers={"X-Stream-Mode": "verbose"}, timeout=60)
+
+    threads = [threading.Thread(target=client, args=("hang on", "waiting", False)),
+               threading.Thread(target=client, args=("stream on", "streaming", True))]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: {"hang on", "stream on"}
+               <= {r["last_user_text"] for r in fake_api.requests()}, "two turns running")
+    processes = gateway.descendants()
+    assert len(processes) >= 2
+    gateway.signal_group(signal.SIGTERM)
+    code = gateway.wait(timeout=SHUTDOWN_BOUND + 20)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert code == 0, gateway.log()
+    wait_until(lambda: not alive(processes), "the CLI processes to end", within=5)
+    assert gateway.error_lines() == [], gateway.log()
+    assert "exit code 143" in gateway.log(), "the CLIs did get the signal (logged at INFO)"
+    assert results["waiting"][0] == 503, results["waiting"]
+    assert json.loads(results["waiting"][2])["error"]["code"] == "shutting_down"
+    status, _, raw = results["streaming"]
+    if status == 200:  # the stream had started: it ends with an in-stream error
+        events, done = sse_events(raw)
+        assert done and events[-1]["error"]["code"] == "shutting_down", raw[-300:]
+    else:
+        assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down", raw
 
 
 def test_sigkill_keeps_the_session_map_and_a_restart_continues(
