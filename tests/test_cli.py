@@ -370,3 +370,24 @@ def test_health_is_degraded_with_the_fix_when_the_cli_is_not_logged_in(
         out, _ = proc.communicate(timeout=30)
     warning = [line for line in out.splitlines() if "WARNING" in line and "not logged in" in line]
     assert warning and "claude" in warning[0] and "/login" in warning[0], out
+
+
+def test_the_env_file_reaches_the_cli_without_a_second_parser(
+    tmp_path: Path, gateway_env: dict[str, str]
+) -> None:
+    # The API key the fake Anthropic API accepts only in the env file, not the environment:
+    # the gateway reads the file and hands the CLI's variables on, so doctor sees a login.
+    env = {k: v for k, v in gateway_env.items() if k != "ANTHROPIC_API_KEY"}
+    xdg = tmp_path / "xdg"
+    (xdg / "claude-max-gateway").mkdir(parents=True)
+    (xdg / "claude-max-gateway" / "env").write_text(
+        "# read by the gateway itself\nexport ANTHROPIC_API_KEY='sk-test'\n")
+    env["XDG_CONFIG_HOME"] = str(xdg)
+    config = write_config(tmp_path, free_port())
+    result = subprocess.run([*COMMAND, "--config", str(config), "doctor", "--json"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    report = json.loads(result.stdout)
+    assert report["auth"]["loggedIn"] is True, report["problems"]
+    assert report["auth"].get("apiKeySource") == "ANTHROPIC_API_KEY"
+    assert report["env_file"]["variables"] == ["ANTHROPIC_API_KEY"]
+    assert "sk-test" not in result.stdout
