@@ -1,5 +1,8 @@
 """The durable session map: SQLite in WAL mode, every write one transaction.
 
+The schema is built and upgraded by numbered migrations (:mod:`gateway.migrations`) when
+the database opens.
+
 One connection, used from one worker thread, so the event loop never blocks on disk
 and writes are naturally serialized. A gateway restart (or SIGKILL) loses nothing
 that was committed.
@@ -8,6 +11,7 @@ that was committed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -18,70 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError
+from gateway.migrations import migrate
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    key             TEXT PRIMARY KEY,
-    session_id      TEXT,
-    model           TEXT,
-    cwd             TEXT NOT NULL,
-    system_hash     TEXT,
-    created_at      REAL NOT NULL,
-    last_used_at    REAL NOT NULL,
-    turns           INTEGER NOT NULL DEFAULT 0,
-    input_tokens    INTEGER NOT NULL DEFAULT 0,
-    output_tokens   INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
-    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd        REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS conversation_meta (
-    key        TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    value      TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE INDEX IF NOT EXISTS conversation_meta_lookup ON conversation_meta (name, value);
--- scheduled prompts (gateway.scheduler): jobs made in chats, every run, each job's last slot
-CREATE TABLE IF NOT EXISTS schedule_jobs (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    name       TEXT NOT NULL UNIQUE,
-    cron       TEXT NOT NULL,
-    timezone   TEXT NOT NULL DEFAULT '',
-    prompt     TEXT NOT NULL,
-    model      TEXT,
-    target     TEXT NOT NULL,
-    session    TEXT NOT NULL DEFAULT 'fresh',
-    jitter     REAL,
-    enabled    INTEGER NOT NULL DEFAULT 1,
-    created_by TEXT NOT NULL DEFAULT '',
-    created_in TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS schedule_runs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    job          TEXT NOT NULL,
-    trigger      TEXT NOT NULL,
-    scheduled_at REAL,
-    started_at   REAL NOT NULL,
-    finished_at  REAL,
-    status       TEXT NOT NULL,
-    duration_ms  INTEGER,
-    cost_usd     REAL,
-    error        TEXT,
-    answer       TEXT
-);
-CREATE INDEX IF NOT EXISTS schedule_runs_job ON schedule_runs (job, id);
-CREATE TABLE IF NOT EXISTS schedule_state (
-    job       TEXT PRIMARY KEY,
-    last_slot REAL NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -121,7 +66,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(SCHEMA)
+            migrate(conn)
             # Prove we can write now rather than failing on the first finished turn.
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("COMMIT")
@@ -526,3 +471,328 @@ def _job_row(row: tuple[Any, ...]) -> ScheduleJobRow:
     values[9] = bool(values[9])
     return ScheduleJobRow(*values)
 
+
+
+# --------------------------------------------------------------------------- chat inbox/outbox
+
+
+#: inbox states: ``transcribing`` (a voice note being prepared: not runnable from the inbox),
+#: ``received`` (written, its turn not started), ``sent_to_claude`` (handed to
+#: the CLI), ``answered`` (the turn ended; its answer is being shown), ``outboxed`` (what
+#: could not be shown waits in the outbox), and the final ones: ``delivered``, ``notified``
+#: (the chat was told the gateway restarted during its turn), ``dropped`` (/stop, /new),
+#: ``retried`` (sent again with /retry, as a new entry), ``unheard`` (a voice note that gave
+#: no prompt, or whose transcription a restart cut off: the chat was told)
+OPEN_STATES = ("transcribing", "received", "sent_to_claude", "answered")
+#: states of messages that never got their answer; /retry picks the newest of them
+UNANSWERED_STATES = ("notified", "dropped")
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    """A chat message the gateway accepted, with what it takes to run it again."""
+
+    id: int
+    platform: str
+    chat_key: str
+    chat_id: int
+    thread_id: int | None
+    message_id: int | None
+    sender_id: int
+    text: str
+    #: images of the prompt, as ``[{"media_type": ..., "data": <base64>}]``
+    images: list[dict[str, str]]
+    #: files the person sent, saved in the chat's inbox folder (their notes are in ``text``)
+    attachments: list[str]
+    transcription: str | None
+    state: str
+    #: how the turn ended: ``answer`` or ``error`` (``None`` while open)
+    outcome: str | None
+    answer: str | None
+    received_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One platform message (already split to fit) that is still to be delivered."""
+
+    id: int
+    platform: str
+    chat_key: str
+    inbox_id: int | None
+    text: str
+    markdown: bool
+    attempts: int
+    created_at: float
+
+
+_INBOX_COLUMNS = (
+    "id, platform, chat_key, chat_id, thread_id, message_id, sender_id, text, images,"
+    " attachments, transcription, state, outcome, answer, received_at, updated_at"
+)
+_OUTBOX_COLUMNS = "id, platform, chat_key, inbox_id, text, markdown, attempts, created_at"
+
+
+def _inbox_row(row: tuple[Any, ...]) -> InboxRow:
+    values = list(row)
+    values[8] = json.loads(values[8] or "[]")
+    values[9] = json.loads(values[9] or "[]")
+    return InboxRow(*values)
+
+
+def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
+    values = list(row)
+    values[5] = bool(values[5])
+    return OutboxRow(*values)
+
+
+class ChatStore:
+    """The chat bridges' inbox and outbox, on the :class:`Store`'s connection and thread."""
+
+    #: finished inbox entries and sent outbox entries are deleted after this many seconds
+    keep_seconds = 7 * 24 * 3600
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _db(self) -> sqlite3.Connection:
+        return self.store._db()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.store._run(fn, *args)
+
+    # ------------------------------------------------------------------ inbox
+
+    async def accept(
+        self, *, platform: str, chat_key: str, chat_id: int, thread_id: int | None,
+        message_id: int | None, sender_id: int, text: str, images: list[dict[str, str]],
+        attachments: list[str], transcription: str | None, state: str = "received",
+    ) -> int | None:
+        """Write a message before its turn starts; its entry id, or ``None`` if this
+        platform message is already in the inbox (Telegram can hand an update out again
+        after a crash). The entry of a voice note written as ``transcribing`` is completed
+        by the ``received`` one of its transcription."""
+
+        def run() -> int | None:
+            db = self._db()
+            now = time.time()
+            db.execute("BEGIN")
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO chat_inbox (platform, chat_key, chat_id, thread_id,"
+                " message_id, sender_id, text, images, attachments, transcription, state,"
+                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (platform, chat_key, chat_id, thread_id, message_id, sender_id, text,
+                 json.dumps(images), json.dumps(attachments), transcription, state, now, now),
+            )
+            entry = cursor.lastrowid if cursor.rowcount == 1 else None
+            if entry is None and state == "received":
+                row = db.execute(
+                    "SELECT id FROM chat_inbox WHERE platform = ? AND chat_key = ? AND"
+                    " message_id = ? AND state = 'transcribing'",
+                    (platform, chat_key, message_id),
+                ).fetchone()
+                if row is not None:
+                    entry = int(row[0])
+                    db.execute(
+                        "UPDATE chat_inbox SET text = ?, images = ?, attachments = ?,"
+                        " transcription = ?, state = 'received', updated_at = ? WHERE id = ?",
+                        (text, json.dumps(images), json.dumps(attachments), transcription,
+                         now, entry),
+                    )
+            db.execute("COMMIT")
+            return entry
+
+        return await self._run(run)
+
+    async def set_state(
+        self, ids: list[int], state: str, *, outcome: str | None = None,
+        answer: str | None = None,
+    ) -> None:
+        if not ids:
+            return
+
+        def run() -> None:
+            db = self._db()
+            db.execute("BEGIN")
+            db.executemany(
+                "UPDATE chat_inbox SET state = ?, outcome = COALESCE(?, outcome),"
+                " answer = COALESCE(?, answer), updated_at = ? WHERE id = ?",
+                [(state, outcome, answer, time.time(), i) for i in ids],
+            )
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def release(self, entry_id: int) -> None:
+        """A voice note's preparation ended without a prompt (nothing was heard, or it
+        failed and the chat was told): its ``transcribing`` entry is closed."""
+
+        def run() -> None:
+            self._db().execute(
+                "UPDATE chat_inbox SET state = 'unheard', updated_at = ? WHERE id = ?"
+                " AND state = 'transcribing'", (time.time(), entry_id))
+
+        await self._run(run)
+
+    async def get(self, entry_id: int) -> InboxRow | None:
+        def run() -> InboxRow | None:
+            row = self._db().execute(
+                f"SELECT {_INBOX_COLUMNS} FROM chat_inbox WHERE id = ?", (entry_id,)
+            ).fetchone()
+            return _inbox_row(row) if row else None
+
+        return await self._run(run)
+
+    async def unfinished(self, platform: str) -> list[InboxRow]:
+        """Entries of ``platform`` whose turn or display never finished, oldest first."""
+
+        def run() -> list[InboxRow]:
+            marks = ", ".join("?" * len(OPEN_STATES))
+            rows = self._db().execute(
+                f"SELECT {_INBOX_COLUMNS} FROM chat_inbox WHERE platform = ?"
+                f" AND state IN ({marks}) ORDER BY id",
+                (platform, *OPEN_STATES),
+            ).fetchall()
+            return [_inbox_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def last_unanswered(self, chat_key: str) -> InboxRow | None:
+        """The newest message of a chat that never got its answer (for /retry): the
+        gateway restarted during its turn, it was dropped, or its turn failed."""
+
+        def run() -> InboxRow | None:
+            marks = ", ".join("?" * len(UNANSWERED_STATES))
+            row = self._db().execute(
+                f"SELECT {_INBOX_COLUMNS} FROM chat_inbox WHERE chat_key = ?"
+                f" AND (state IN ({marks}) OR (state = 'delivered' AND outcome = 'error'))"
+                " ORDER BY id DESC LIMIT 1",
+                (chat_key, *UNANSWERED_STATES),
+            ).fetchone()
+            return _inbox_row(row) if row else None
+
+        return await self._run(run)
+
+    async def finish(
+        self, ids: list[int], *, outcome: str, platform: str, chat_key: str,
+        undelivered: list[tuple[str, bool]],
+    ) -> None:
+        """A turn's display is over: its entries are ``delivered``, or ``outboxed`` with
+        the ``(text, markdown)`` messages that could not be shown, in one transaction."""
+
+        def run() -> None:
+            db = self._db()
+            now = time.time()
+            db.execute("BEGIN")
+            first = ids[0] if ids else None
+            db.executemany(
+                "INSERT INTO chat_outbox (platform, chat_key, inbox_id, text, markdown,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(platform, chat_key, first, text, int(md), now) for text, md in undelivered],
+            )
+            state = "outboxed" if undelivered else "delivered"
+            db.executemany(
+                "UPDATE chat_inbox SET state = ?, outcome = ?, updated_at = ? WHERE id = ?",
+                [(state, outcome, now, i) for i in ids],
+            )
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def prune(self) -> None:
+        """Forget finished entries and sent messages older than :attr:`keep_seconds`."""
+
+        def run() -> None:
+            db = self._db()
+            cutoff = time.time() - self.keep_seconds
+            marks = ", ".join("?" * len(OPEN_STATES))
+            db.execute("BEGIN")
+            db.execute(
+                f"DELETE FROM chat_inbox WHERE updated_at < ? AND state NOT IN ({marks})"
+                " AND state != 'outboxed'",
+                (cutoff, *OPEN_STATES),
+            )
+            db.execute("DELETE FROM chat_outbox WHERE state != 'pending' AND created_at < ?",
+                       (cutoff,))
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    # ------------------------------------------------------------------ outbox
+
+    async def enqueue(
+        self, *, platform: str, chat_key: str, inbox_id: int | None,
+        messages: list[tuple[str, bool]], inbox_state: str | None = None,
+    ) -> None:
+        """Queue messages for a chat; ``inbox_state`` (with ``inbox_id``): the entry's new
+        state, set in the same transaction (``notified`` for a restart notice)."""
+
+        def run() -> None:
+            db = self._db()
+            now = time.time()
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO chat_outbox (platform, chat_key, inbox_id, text, markdown,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(platform, chat_key, inbox_id, text, int(md), now) for text, md in messages],
+            )
+            if inbox_id is not None and inbox_state is not None:
+                db.execute("UPDATE chat_inbox SET state = ?, updated_at = ? WHERE id = ?",
+                           (inbox_state, now, inbox_id))
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def pending(self, platform: str) -> list[OutboxRow]:
+        """Messages still to deliver, in the order they were queued."""
+
+        def run() -> list[OutboxRow]:
+            rows = self._db().execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM chat_outbox WHERE platform = ?"
+                " AND state = 'pending' ORDER BY id",
+                (platform,),
+            ).fetchall()
+            return [_outbox_row(r) for r in rows]
+
+        return await self._run(run)
+
+    async def pending_count(self, platform: str) -> int:
+        def run() -> int:
+            row = self._db().execute(
+                "SELECT COUNT(*) FROM chat_outbox WHERE platform = ? AND state = 'pending'",
+                (platform,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(run)
+
+    async def sent(self, outbox_id: int) -> None:
+        """Delivered; its inbox entry is ``delivered`` once nothing of it waits any more."""
+
+        def run() -> None:
+            db = self._db()
+            now = time.time()
+            db.execute("BEGIN")
+            db.execute("UPDATE chat_outbox SET state = 'sent', sent_at = ?,"
+                       " attempts = attempts + 1 WHERE id = ?", (now, outbox_id))
+            db.execute(
+                "UPDATE chat_inbox SET state = 'delivered', updated_at = ?"
+                " WHERE state = 'outboxed' AND id = (SELECT inbox_id FROM chat_outbox"
+                " WHERE id = ?) AND NOT EXISTS (SELECT 1 FROM chat_outbox o WHERE"
+                " o.inbox_id = chat_inbox.id AND o.state = 'pending')",
+                (now, outbox_id),
+            )
+            db.execute("COMMIT")
+
+        await self._run(run)
+
+    async def failed(self, outbox_id: int, error: str, *, give_up: bool = False) -> None:
+        def run() -> None:
+            self._db().execute(
+                "UPDATE chat_outbox SET attempts = attempts + 1, last_error = ?,"
+                " state = CASE WHEN ? THEN 'expired' ELSE state END WHERE id = ?",
+                (error, int(give_up), outbox_id),
+            )
+
+        await self._run(run)
