@@ -132,7 +132,6 @@ def systemd_unit(exe: str, args: Sequence[str], env: Mapping[str, str]) -> str:
     lines = [
         "[Unit]",
         "Description=Claude Max Gateway (OpenAI-compatible API, chat bots, scheduled prompts)",
-        "After=network-online.target",
         "",
         "[Service]",
         "Type=simple",
