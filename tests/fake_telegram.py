@@ -26,6 +26,16 @@ Faults: :meth:`FakeTelegram.fail_next` answers the next N calls of a method with
 (429 + ``retry_after`` for flood control, 400, 502 …); ``reject_entities = True`` refuses any
 text with entities like Telegram refuses a bad formatting ("can't parse entities").
 
+Outage: ``down = True`` answers every Bot API call with the HTML ``502 Bad Gateway`` that
+Telegram's front end gives while the Bot API is down, until it is set back to False.
+
+Timing like the real servers (off by default, so fast tests stay fast): ``latency`` seconds
+per call plus up to ``jitter`` more at random, half before the call takes effect and half
+after (a round trip); ``flood_rate`` answers that share of the calls that send or change
+something (:data:`FLOOD_METHODS`) with Telegram's flood control, ``429`` with
+``retry_after = flood_retry_after``; :attr:`FakeTelegram.floods` counts them. ``seed`` makes
+the randomness repeatable.
+
 Every call is recorded in :attr:`FakeTelegram.calls` (method, params decoded from the form or
 multipart body, uploaded files, time).
 """
@@ -35,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +57,11 @@ T = TypeVar("T")
 
 TOKEN = "123456:TEST-fake-token"
 MAX_TEXT = 4096
+#: The methods that random flood control (``flood_rate``) can refuse.
+FLOOD_METHODS = frozenset(
+    {"sendMessage", "editMessageText", "sendMessageDraft", "deleteMessage", "sendDocument",
+     "sendPhoto", "sendVoice", "sendAudio"}
+)
 MAX_CAPTION = 1024
 _STRING_PARAMS = frozenset(
     {"text", "caption", "parse_mode", "action", "file_id", "url", "secret_token", "emoji",
@@ -93,12 +109,24 @@ class _Fault:
 
 class FakeTelegram:
     def __init__(self, token: str = TOKEN, *, username: str = "claude_test_bot",
-                 bot_id: int = 777000, drafts: bool = True) -> None:
+                 bot_id: int = 777000, drafts: bool = True, latency: float = 0.0,
+                 jitter: float = 0.0, flood_rate: float = 0.0, flood_retry_after: int = 1,
+                 seed: int | None = None) -> None:
         self.token = token
+        self.latency = latency
+        self.jitter = jitter
+        self.flood_rate = flood_rate
+        self.flood_retry_after = flood_retry_after
+        self.floods = 0
+        self._random = random.Random(seed)  # the jitter
+        self._flood_random = random.Random(seed)  # which calls get flood control
         self.username = username
         self.bot_id = bot_id
         self.drafts_enabled = drafts
         self.reject_entities = False
+        #: an outage: while True every Bot API call gets nginx's HTML 502 (``refused`` counts)
+        self.down = False
+        self.refused = 0
         self.calls: list[Call] = []
         self.messages: list[BotMessage] = []
         self.drafts: list[tuple[int, int, str]] = []  # (chat, draft id, text)
@@ -274,6 +302,13 @@ class FakeTelegram:
             retry_after = 1
         self._faults.setdefault(method, []).append(_Fault(code, description, retry_after, times))
 
+    def slow(self, latency: float = 0.1, jitter: float = 0.05, flood_rate: float = 0.0,
+             flood_retry_after: int = 1, seed: int | None = None) -> None:
+        """Answer like Telegram over the internet from now on: see the module doc."""
+        self.latency, self.jitter = latency, jitter
+        self.flood_rate, self.flood_retry_after = flood_rate, flood_retry_after
+        self._random, self._flood_random = random.Random(seed), random.Random(seed)
+
     # ================================================================== test side: reading
 
     def calls_of(self, *methods: str) -> list[Call]:
@@ -310,6 +345,23 @@ class FakeTelegram:
         method = request.match_info["method"]
         params, files = await _read_params(request)
         self.calls.append(Call(method, params, files, time.time()))
+        delay = self.latency + self._random.uniform(0, self.jitter) if self.latency or \
+            self.jitter else 0.0
+        if delay:
+            await asyncio.sleep(delay / 2)
+        try:
+            return await self._answer(method, params, files)
+        finally:
+            if delay:
+                await asyncio.sleep(delay / 2)
+
+    async def _answer(self, method: str, params: dict[str, Any],
+                      files: dict[str, tuple[str, bytes]]) -> web.StreamResponse:
+        if self.down:
+            self.refused += 1
+            return web.Response(status=502, text="<html><center><h1>502 Bad Gateway</h1>"
+                                "</center><hr><center>nginx</center></html>",
+                                content_type="text/html")
         faults = self._faults.get(method)
         if faults:
             fault = faults[0]
@@ -317,6 +369,11 @@ class FakeTelegram:
             if fault.times <= 0:
                 faults.pop(0)
             return _error(fault.code, fault.description, fault.retry_after)
+        if method in FLOOD_METHODS and self.flood_rate and \
+                self._flood_random.random() < self.flood_rate:
+            self.floods += 1
+            wait = self.flood_retry_after
+            return _error(429, f"Too Many Requests: retry after {wait}", wait)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found")

@@ -312,7 +312,7 @@ async def test_slash_commands_are_registered_once_and_again_only_when_changed(
     bridge, fake = await make_bridge()
     assert await bridge.sync_commands() is True
     names = [c["name"] for c in fake.synced[0]]
-    assert {"new", "stop", "model", "status", "help", "sessions", "resume"} <= set(names)
+    assert {"new", "stop", "retry", "model", "status", "help", "sessions", "resume"} <= set(names)
     assert "start" not in names
     model = next(c for c in fake.synced[0] if c["name"] == "model")
     assert [(o["name"], o["required"]) for o in model["options"]] == [("name", False)]
@@ -498,3 +498,29 @@ async def test_a_voice_message_is_transcribed_shown_and_answered(
         assert len(fake_api.requests()) == turns, "broken audio starts no turn"
     finally:
         voice.close()
+
+
+async def test_a_restart_mid_turn_tells_the_discord_chat_through_the_same_inbox(
+    make_engine: EngineFactory, make_bridge: BridgeFactory, fake_api: FakeAnthropic
+) -> None:
+    """The Discord bridge keeps its messages in the shared inbox too: a turn cut off by a
+    restart gets the notice in its channel (through the shared outbox)."""
+    engine = await make_engine()
+    bridge, fake = await make_bridge(engine)
+    dm = fake.dm(fake.owner)
+    fake_api.script({"hang": True}, match="cut off by the restart")
+    await fake.message(dm, fake.owner, "cut off by the restart, please")
+    await fake.wait_for(lambda: any("cut off" in r["last_user_text"]
+                                    for r in fake_api.requests()), what="the turn")
+    await bridge.stop()
+    await engine.stop()
+
+    _, fake2 = await make_bridge(await make_engine())
+    fake2.dm(fake2.owner)
+    notice = ("⚠️ I was restarted while working on: cut off by the restart, please. Send it"
+              " again or /retry")
+    await answer(fake2, dm.id, notice)
+    await asyncio.sleep(0.5)
+    assert fake2.texts(dm.id) == [notice], "told once, and the cut-off turn is not re-run"
+    assert [r["last_user_text"] for r in fake_api.requests()].count(
+        "cut off by the restart, please") == 1

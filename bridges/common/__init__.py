@@ -6,6 +6,7 @@ No platform imports here: an adapter implements :class:`Platform` and feeds a
 
 from bridges.common.bridge import CHAT_PREFIXES, AfterTurn, BridgeSettings, ChatBridge
 from bridges.common.commands import Command, CommandContext, CommandRegistry, parse_command
+from bridges.common.inbox import Source
 from bridges.common.platform import Chat, MessageId, Platform, User
 from bridges.common.split import MarkdownChunk, split_markdown
 from bridges.common.text import error_text, notice_text, status_text
@@ -25,6 +26,7 @@ __all__ = [
     "MarkdownChunk",
     "MessageId",
     "Platform",
+    "Source",
     "TurnView",
     "User",
     "ViewSettings",

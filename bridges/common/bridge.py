@@ -9,6 +9,10 @@ back. The bridge decides everything else:
   /resume built in, more added by other features through :attr:`ChatBridge.commands`;
 * one conversation per chat (or topic), messages sent during a turn waiting and going in
   together as the next turn, each turn rendered by a :class:`~bridges.common.view.TurnView`;
+* durability: every accepted message is written to the inbox (:mod:`bridges.common.inbox`)
+  before its turn starts; at start-up :meth:`ChatBridge.recover` runs again what never
+  reached Claude and tells the chat about what did; what could not be delivered waits in
+  the outbox (:mod:`bridges.common.outbox`) until the platform is back; /retry;
 * files: the inbox for what the person sends, the ``send_file`` sink for what Claude sends;
 * alerts: a turn that timed out or crashed is reported to the chat it came from, and turns of
   other frontends (the HTTP API) to the notification chat.
@@ -22,10 +26,19 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bridges.common.commands import Command, CommandContext, CommandRegistry
+from bridges.common.inbox import (
+    CURRENT_SOURCE,
+    Source,
+    first_line,
+    images_of,
+    prompt_of,
+    restart_notice,
+)
+from bridges.common.outbox import Outbox
 from bridges.common.platform import Chat, Platform, User
 from bridges.common.split import split_markdown
 from bridges.common.text import ago, error_text, rate_limit_text, size
@@ -42,8 +55,10 @@ from gateway.engine import (
     TurnError,
     TurnOptions,
     TurnResult,
+    TurnStarted,
 )
 from gateway.errors import ErrorKind, GatewayError
+from gateway.store import ChatStore
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +87,18 @@ class BridgeSettings:
     view: ViewSettings = field(default_factory=ViewSettings)
 
 
+@dataclass(frozen=True)
+class _Queued:
+    """A message waiting for its turn, with its inbox entry (0: not recorded)."""
+
+    prompt: Prompt
+    entry: int = 0
+
+
 @dataclass(eq=False)
 class _ChatState:
     chat: Chat
-    pending: list[Prompt] = field(default_factory=list)
+    pending: list[_Queued] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
     view: TurnView | None = None
     #: the last of the messages still being prepared (a voice note being transcribed);
@@ -99,6 +122,11 @@ class ChatBridge:
         self._chats: dict[str, _ChatState] = {}
         self._refused: set[int] = set()
         self._stopping = False
+        #: the durable inbox and outbox (tables of the engine's database)
+        self.ledger = ChatStore(engine.store)
+        self.outbox = Outbox(platform, self.ledger)
+        #: longest wait for a turn's display to finish before its answer goes to the outbox
+        self.finish_timeout = 30.0
         self._add_builtin_commands()
         #: voice notes in and spoken replies out (``/voice``); without it voice notes get
         #: a polite explanation
@@ -126,9 +154,55 @@ class ChatBridge:
                 self.title, self.platform.name,
             )
 
+    async def start(self) -> None:
+        """After the platform is connected, before new messages are taken: recover what the
+        last run left unfinished and start delivering the outbox."""
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("%s: recovering unfinished messages failed", self.title)
+        self.outbox.start()
+
+    async def recover(self) -> None:
+        """Messages whose turn never finished in the last run: those that never reached
+        Claude go in again; for those that did the chat gets the answer if it was ready,
+        else a notice ("I was restarted while working on: …"). Never silently dropped."""
+        rows = await self.ledger.unfinished(self.platform.name)
+        for row in rows:
+            chat = self.platform.chat_for_key(row.chat_key)
+            what = f"message {row.message_id} of {row.chat_key} (inbox entry {row.id})"
+            if chat is None:
+                log.warning("%s: %s belongs to no chat of this bridge; left as it is",
+                            self.title, what)
+                continue
+            if row.state == "transcribing":
+                log.warning("%s: the gateway stopped while %s (a voice note) was being"
+                            " prepared; telling the chat", self.title, what)
+                await self.outbox.put(
+                    chat.key, "⚠️ I was restarted while listening to your voice message."
+                    " Please send it again.", markdown=False, inbox_id=row.id,
+                    inbox_state="unheard")
+            elif row.state == "received":
+                log.info("%s: %s never reached Claude before the restart; running it again",
+                         self.title, what)
+                self._enqueue(self._state(chat), _Queued(prompt_of(row), row.id))
+            elif row.state == "answered" and row.outcome == "answer" and row.answer:
+                log.info("%s: the answer to %s was not delivered before the restart;"
+                         " sending it now", self.title, what)
+                await self.outbox.put(chat.key, row.answer, inbox_id=row.id,
+                                      inbox_state="outboxed")
+            else:
+                log.warning("%s: the gateway stopped while Claude worked on %s; telling"
+                            " the chat", self.title, what)
+                await self.outbox.put(chat.key, restart_notice(row), markdown=False,
+                                      inbox_id=row.id, inbox_state="notified")
+        with contextlib.suppress(Exception):
+            await self.ledger.prune()
+
     async def stop(self) -> None:
         """End every turn this bridge runs (their processes stay with the engine)."""
         self._stopping = True
+        await self.outbox.stop()
         for state in self._chats.values():
             if state.intake is not None:
                 state.intake.cancel()
@@ -184,23 +258,56 @@ class ChatBridge:
             await self.say(chat, f"⚠️ /{name} failed; the gateway's log has the details.",
                            markdown=False)
 
-    async def submit(self, chat: Chat, prompt: Prompt) -> None:
-        """Send ``prompt`` to Claude; during a running turn it waits and goes in next."""
-        if prompt.is_empty() or self._stopping:
+    async def submit(self, chat: Chat, prompt: Prompt, source: Source | None = None) -> None:
+        """Send ``prompt`` to Claude; during a running turn it waits and goes in next.
+        ``source``: the platform message it came from, kept in the inbox."""
+        if prompt.is_empty():
             return
         state = self._state(chat)
         if state.intake is not None and not state.intake.done():
-            self._after_intake(state, lambda: self.submit_now(chat, prompt))
+            self._after_intake(state, lambda: self.submit_now(chat, prompt, source))
             return
-        await self.submit_now(chat, prompt)
+        await self.submit_now(chat, prompt, source)
 
-    async def submit_now(self, chat: Chat, prompt: Prompt) -> None:
+    async def submit_now(self, chat: Chat, prompt: Prompt, source: Source | None = None) -> None:
         """:meth:`submit` without waiting for the chat's intake: for the intake's own steps
         (a transcribed voice note goes in before the messages sent after it)."""
-        if prompt.is_empty() or self._stopping:
+        if prompt.is_empty():
             return
-        state = self._state(chat)
-        state.pending.append(prompt)
+        entry = await self._accept(chat, prompt, source or CURRENT_SOURCE.get() or Source())
+        if entry is None or self._stopping:  # stopping: the next start runs it
+            return
+        self._enqueue(self._state(chat), _Queued(prompt, entry))
+
+    async def _accept(self, chat: Chat, prompt: Prompt, source: Source, *,
+                      state: str = "received") -> int | None:
+        """Write the message to the inbox before its turn: its entry id (0 if the store
+        failed: the turn still runs), ``None`` if this platform message is there already."""
+        try:
+            entry = await self.ledger.accept(
+                platform=self.platform.name, chat_key=chat.key, chat_id=chat.id,
+                thread_id=chat.thread_id, message_id=source.message_id,
+                sender_id=source.sender_id, text=prompt.text, images=images_of(prompt),
+                attachments=list(source.attachments),
+                transcription=prompt.text if source.voice and state == "received" else None,
+                state=state,
+            )
+        except Exception:
+            log.exception("%s: message %s of %s could not be written to the inbox; it runs"
+                          " without a restart guarantee", self.title, source.message_id,
+                          chat.key)
+            return 0
+        if entry is None:
+            log.info("%s: message %s of %s is in the inbox already (handed out again after"
+                     " a restart); not run twice", self.title, source.message_id, chat.key)
+            return None
+        log.debug("%s: message %s of %s is inbox entry %d", self.title, source.message_id,
+                  chat.key, entry)
+        return entry
+
+    def _enqueue(self, state: _ChatState, queued: _Queued) -> None:
+        chat = state.chat
+        state.pending.append(queued)
         if state.view is not None:
             state.view.queued = len(state.pending)
             state.view.touch()
@@ -224,15 +331,50 @@ class ChatBridge:
     async def handle_voice(
         self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str = "",
         *, fallback: Callable[[bytes], Awaitable[None]] | None = None,
+        source: Source | None = None,
     ) -> None:
         """A voice note or audio file: transcribed, shown and sent as the prompt (see
         :mod:`bridges.common.voice`). It is prepared in the background, so the platform's
-        other updates are not held up; the chat's later messages wait for it.
+        other updates are not held up; the chat's later messages wait for it. The prompt it
+        submits is kept in the inbox as coming from ``source``.
 
         ``fallback`` (for audio files) gets the bytes instead when voice support is off or
         not installed, to keep the file like any other."""
         if self._stopping:
             return
+        held = 0
+        if source is not None:
+            source = replace(source, voice=self.voice is not None)
+            if self.voice is not None or fallback is not None:
+                entry = await self._accept(chat, Prompt(text=caption), source,
+                                           state="transcribing")
+                if entry is None:
+                    return
+                held = entry
+        token = CURRENT_SOURCE.set(source)  # the intake task created below inherits it
+        try:
+            await self._handle_voice(chat, fetch, mime_type, caption, fallback, held)
+        finally:
+            CURRENT_SOURCE.reset(token)
+
+    async def _handle_voice(
+        self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str, caption: str,
+        fallback: Callable[[bytes], Awaitable[None]] | None, held: int,
+    ) -> None:
+        """``held``: the voice note's ``transcribing`` inbox entry (0: none), closed when
+        its preparation gave no prompt."""
+
+        def releasing(step: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                try:
+                    await step()
+                finally:
+                    if held:
+                        with contextlib.suppress(Exception):
+                            await self.ledger.release(held)
+
+            return run
+
         if self.voice is None and fallback is not None:
             keep = fallback
 
@@ -246,7 +388,7 @@ class ChatBridge:
                     return
                 await keep(data)
 
-            self._after_intake(self._state(chat), download_and_keep)
+            self._after_intake(self._state(chat), releasing(download_and_keep))
             return
         if self.voice is None:
             await self.say(
@@ -259,7 +401,7 @@ class ChatBridge:
         voice = self.voice
         self._after_intake(
             self._state(chat),
-            lambda: voice.handle(chat, fetch, mime_type, caption, fallback=fallback),
+            releasing(lambda: voice.handle(chat, fetch, mime_type, caption, fallback=fallback)),
         )
 
     def upload_refusal(self, name: str, nbytes: int | None) -> str | None:
@@ -366,14 +508,24 @@ class ChatBridge:
 
     async def _work(self, state: _ChatState) -> None:
         while state.pending and not self._stopping:
-            prompts, state.pending = state.pending, []
-            await self._run_turn(state, _merge(prompts))
+            batch, state.pending = state.pending, []
+            await self._run_turn(state, _merge([q.prompt for q in batch]),
+                                 [q.entry for q in batch if q.entry])
 
-    async def _run_turn(self, state: _ChatState, prompt: Prompt) -> None:
+    async def _mark(self, entries: list[int], inbox_state: str, *, outcome: str | None = None,
+                    answer: str | None = None) -> None:
+        try:
+            await self.ledger.set_state(entries, inbox_state, outcome=outcome, answer=answer)
+        except Exception:
+            log.exception("inbox entries %s could not be marked %s", entries, inbox_state)
+
+    async def _run_turn(self, state: _ChatState, prompt: Prompt, entries: list[int]) -> None:
         chat = state.chat
+        self.outbox.kick()  # what waits for this chat goes first, if the platform is back
         view = TurnView(self.platform, chat, self.settings.view, rate_limit=self._rate_limit)
         state.view = view
         final: TurnResult | TurnError | None = None
+        reached_claude = cancelled = False
         try:
             await view.start()
             options = TurnOptions(
@@ -381,8 +533,16 @@ class ChatBridge:
                 origin=self.platform.name,
             )
             async for event in self.engine.turn(chat.key, prompt, options):
+                if isinstance(event, TurnStarted) and not reached_claude:
+                    reached_claude = True
+                    await self._mark(entries, "sent_to_claude")
                 if isinstance(event, TurnResult | TurnError):
                     final = event
+                    if isinstance(event, TurnResult):
+                        await self._mark(entries, "answered", outcome="answer",
+                                         answer=event.text)
+                    else:
+                        await self._mark(entries, "answered", outcome="error")
                 elif isinstance(event, ToolCallsRequested):
                     # Only requests with client tools (the HTTP API) end this way; a chat
                     # turn never offers any, so this is a bug somewhere: say so, don't hang.
@@ -394,22 +554,66 @@ class ChatBridge:
                     )
                 else:
                     await view.on_event(event)
+        except asyncio.CancelledError:  # the bridge stops: show what there is, then stop
+            cancelled = True
         except Exception as exc:
             log.exception("turn of %s failed in the bridge", chat.key)
             final = TurnError(ErrorKind.CRASHED, f"internal error: {exc}")
+        try:
+            rest = await self._finish_view(view, final)
         finally:
-            try:
-                await asyncio.wait_for(asyncio.shield(view.finish(final)), timeout=30)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-            finally:
-                state.view = None
+            state.view = None
+        # a turn cut off by a shutdown (no final event) stays open in the inbox: the next
+        # start tells the chat
+        if entries and final is not None:
+            await self._settle(chat, entries, final, rest)
+        if cancelled:
+            raise asyncio.CancelledError
         if isinstance(final, TurnResult):
             for hook in self.after_turn:
                 try:
                     await hook(chat, final)
                 except Exception:
                     log.exception("after-turn hook %r of %s failed", hook, chat.key)
+
+    async def _finish_view(self, view: TurnView, final: TurnResult | TurnError | None) -> str:
+        """Let the view deliver the end of the turn; what it could not deliver.
+
+        Bounded by :attr:`finish_timeout`: past it the display is stopped and, not knowing
+        how much of the answer arrived, the whole answer goes to the outbox (a part may then
+        appear twice)."""
+        finishing = asyncio.ensure_future(view.finish(final))
+        try:
+            await asyncio.wait_for(asyncio.shield(finishing), timeout=self.finish_timeout)
+            # TurnView.finish returns what it could not deliver ("" when all arrived)
+            rest: object = finishing.result()
+        except TimeoutError:
+            finishing.cancel()
+            log.warning("%s: the answer's display did not finish within %.0f s; the answer"
+                        " waits in the outbox", view.chat.key, self.finish_timeout)
+            return final.text if isinstance(final, TurnResult) else ""
+        except Exception:
+            log.exception("the display of a turn of %s failed", view.chat.key)
+            return final.text if isinstance(final, TurnResult) else ""
+        return rest if isinstance(rest, str) else ""
+
+    async def _settle(self, chat: Chat, entries: list[int], final: TurnResult | TurnError,
+                      rest: str) -> None:
+        """The turn's display is over: its entries are done, or what the chat did not get
+        waits in the outbox (one transaction)."""
+        undelivered = self.outbox.split(rest)
+        outcome = "answer" if isinstance(final, TurnResult) else "error"
+        try:
+            await self.ledger.finish(entries, outcome=outcome, platform=self.platform.name,
+                                     chat_key=chat.key, undelivered=undelivered)
+        except Exception:
+            log.exception("inbox entries %s could not be closed", entries)
+            return
+        if undelivered:
+            log.warning("%s: %d message(s) of the answer to inbox entry %d could not be"
+                        " delivered; they wait in the outbox", chat.key, len(undelivered),
+                        entries[0])
+            self.outbox.kick()
 
     async def _model_for(self, chat: Chat) -> str | None:
         """The platform's default model for a conversation that has not chosen one."""
@@ -428,6 +632,7 @@ class ChatBridge:
         for command in (
             Command("new", "Start a fresh session (forget this conversation)", self._cmd_new),
             Command("stop", "Stop the running answer at once", self._cmd_stop),
+            Command("retry", "Send again the last message that got no answer", self._cmd_retry),
             Command("model", "Show or change the model", self._cmd_model, "[name]"),
             Command("status", "Session, model, tokens, cost and usage limits", self._cmd_status),
             Command("sessions", "Recent Claude Code sessions of the workspace",
@@ -442,20 +647,40 @@ class ChatBridge:
     async def _cmd_new(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
         _cancel(state.intake)
-        state.pending.clear()
+        await self._drop_pending(state)
         await self.engine.reset(ctx.chat.key)
         await ctx.reply("🆕 Fresh session: I have forgotten this conversation.", markdown=False)
 
     async def _cmd_stop(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
         dropped = len(state.pending) + int(_cancel(state.intake))
-        state.pending.clear()
+        await self._drop_pending(state)
         stopped = await self.engine.interrupt(ctx.chat.key)
         if dropped:
             plural = "message" if dropped == 1 else "messages"
             await ctx.reply(f"⏹ Stopped; {dropped} waiting {plural} not sent.", markdown=False)
         elif not stopped:
             await ctx.reply("Nothing is running.", markdown=False)
+
+    async def _drop_pending(self, state: _ChatState) -> None:
+        """Forget the waiting messages (/stop, /new); /retry can still send the last one."""
+        dropped, state.pending = state.pending, []
+        await self._mark([q.entry for q in dropped if q.entry], "dropped")
+
+    async def _cmd_retry(self, ctx: CommandContext) -> None:
+        row = await self.ledger.last_unanswered(ctx.chat.key)
+        if row is None:
+            await ctx.reply("Nothing to retry: every message here got its answer.",
+                            markdown=False)
+            return
+        prompt = prompt_of(row)
+        log.info("%s: /retry of inbox entry %d in %s", self.title, row.id, ctx.chat.key)
+        await self._mark([row.id], "retried")
+        note = "after the running one" if self.busy(ctx.chat) else "now"
+        await ctx.reply(f"🔁 Sending it again {note}: {first_line(row)}", markdown=False)
+        await self.submit_now(ctx.chat, prompt, Source(
+            sender_id=ctx.user.id, attachments=tuple(row.attachments),
+            voice=row.transcription is not None))
 
     async def _cmd_model(self, ctx: CommandContext) -> None:
         names = ", ".join(self.engine.model_names())

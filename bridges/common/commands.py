@@ -1,6 +1,6 @@
 """Chat commands: parsing ``/name@bot args`` and a registry other features extend.
 
-The bridge registers the built-in commands (/new, /stop, /model, /status, /help,
+The bridge registers the built-in commands (/new, /stop, /retry, /model, /status, /help,
 /sessions, /resume); the voice and schedule features add theirs with
 :meth:`CommandRegistry.add`. Adapters read the registry to publish the command menu.
 """

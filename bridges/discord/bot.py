@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import discord
@@ -28,6 +28,7 @@ from bridges.common import (
     Chat,
     ChatBridge,
     CommandRegistry,
+    Source,
     User,
     ViewSettings,
     VoiceBackend,
@@ -167,6 +168,7 @@ class DiscordBridge:
                 raise ConfigError(f"discord.default_model: {exc.message}") from exc
         self.install_commands()
         if not connect:
+            await self.core.start()
             return
         try:
             await self.client.login(self._token)
@@ -194,6 +196,7 @@ class DiscordBridge:
         if not done:
             log.warning("Discord has not answered within %.0f s; the bot keeps connecting",
                         self.settings.connect_timeout)
+        await self.core.start()  # the last run's unfinished messages
 
     async def _connect(self) -> None:
         # discord.py reconnects (and resumes the session) by itself after network trouble
@@ -333,10 +336,12 @@ class DiscordBridge:
             return
         if not (private or in_thread) and self.settings.threads:
             chat = await self._open_thread(message, text, chat)
+        source = Source(message.id, author.id)
+        saved: list[str] = []
         try:
-            if await self._voice(message, chat, text):
+            if await self._voice(message, chat, text, source):
                 return
-            prompt = await self._prompt(message, chat, text)
+            prompt = await self._prompt(message, chat, text, saved)
         except discord.HTTPException as exc:
             log.warning("download in %s failed: %s", chat.key, exc)
             await self.core.say(chat, "📎 I could not fetch that attachment from Discord"
@@ -346,7 +351,7 @@ class DiscordBridge:
             await self.core.say(chat, f"⚠️ {exc.message}", markdown=False)
             return
         if prompt is not None:
-            await self.core.submit(chat, prompt)
+            await self.core.submit(chat, prompt, replace(source, attachments=tuple(saved)))
 
     def _chat(self, channel: Any) -> Chat:
         chat = self.platform.remember(channel)
@@ -388,7 +393,8 @@ class DiscordBridge:
             return chat
         return self._chat(thread)
 
-    async def _voice(self, message: discord.Message, chat: Chat, text: str) -> bool:
+    async def _voice(self, message: discord.Message, chat: Chat, text: str,
+                     source: Source) -> bool:
         """A voice message, or (with voice support) an audio file sent alone: transcribed.
         Without voice support an audio file is an ordinary file."""
         audio = next((a for a in message.attachments if _is_voice(message, a)), None)
@@ -403,10 +409,12 @@ class DiscordBridge:
             await self.core.say(chat, refusal, markdown=False)
             return True
         await self.core.handle_voice(chat, audio.read, audio.content_type or audio.filename,
-                                     caption=text)
+                                     caption=text, source=source)
         return True
 
-    async def _prompt(self, message: discord.Message, chat: Chat, text: str) -> Prompt | None:
+    async def _prompt(self, message: discord.Message, chat: Chat, text: str,
+                      saved: list[str]) -> Prompt | None:
+        """The prompt of a message; the paths of the files it saved are added to ``saved``."""
         parts: list[str] = []
         quote = self._quote(message)
         if quote:
@@ -425,6 +433,7 @@ class DiscordBridge:
                 images.append(ImagePart.from_bytes(media, data))
                 continue
             path = await self.core.save_upload(chat, attachment.filename, data)
+            saved.append(str(path))
             parts.append(self.core.upload_note(path, attachment.filename,
                                                attachment.content_type, len(data)))
         if not parts and not images:

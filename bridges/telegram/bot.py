@@ -27,6 +27,7 @@ from bridges.common import (
     Chat,
     ChatBridge,
     CommandRegistry,
+    Source,
     User,
     ViewSettings,
     VoiceBackend,
@@ -151,6 +152,7 @@ class TelegramBridge:
         await self._publish_commands()
         await self.app.start()
         self._started = True
+        await self.core.start()  # the last run's unfinished messages, before new ones
         if self.settings.mode == "webhook":
             await self._start_webhook()
         else:
@@ -251,13 +253,18 @@ class TelegramBridge:
                 chat, lambda: self.platform.download(file_id),
                 spoken.mime_type or spoken.name, caption=text,
                 fallback=None if message.voice else self._keeper(chat, spoken, text),
+                source=Source(message.message_id, user.id),
             )
             return
-        prompt = await self._prompt(message, chat, text)
+        saved: list[str] = []
+        prompt = await self._prompt(message, chat, text, saved)
         if prompt is not None:
-            await self.core.submit(chat, prompt)
+            await self.core.submit(chat, prompt, Source(message.message_id, user.id,
+                                                        attachments=tuple(saved)))
 
-    async def _prompt(self, message: telegram.Message, chat: Chat, text: str) -> Prompt | None:
+    async def _prompt(self, message: telegram.Message, chat: Chat, text: str,
+                      saved: list[str]) -> Prompt | None:
+        """The prompt of a message; the paths of the files it saved are added to ``saved``."""
         parts: list[str] = []
         quote = self._quote(message)
         if quote:
@@ -282,6 +289,7 @@ class TelegramBridge:
                     return None
                 data = await self.platform.download(attachment.file_id)
                 path = await self.core.save_upload(chat, attachment.name, data)
+                saved.append(str(path))
                 parts.append(self.core.upload_note(path, attachment.name, attachment.mime_type,
                                                    len(data)))
         except TelegramError as exc:
