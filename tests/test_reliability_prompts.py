@@ -143,11 +143,14 @@ def test_leftovers_of_dead_gateways_are_removed_at_start(tmp_path: Path) -> None
     for name in (f"{dead_pid}-left", f"{os.getppid()}-alive", "unrelated"):
         (root / name).mkdir(parents=True)
         (root / name / "x.txt").write_text("secret")
+    (root / f"{dead_pid}-stray.partial").write_text("half")
+    (root / f"{dead_pid}-link").symlink_to(root / "unrelated")
     files = PromptFiles(root)
     files.open()
     assert files.folder is not None and files.folder.parent == root
     names = {p.name for p in root.iterdir()}
-    assert f"{dead_pid}-left" not in names, "a dead gateway's files are removed"
+    assert not any(n.startswith(f"{dead_pid}-") for n in names), "a dead gateway's are removed"
+    assert (root / "unrelated" / "x.txt").exists(), "a link is removed, not followed"
     assert {f"{os.getppid()}-alive", "unrelated"} <= names, "a running one's are kept"
     path = files.write("héllo\n" * 3)
     assert path.read_text() == "héllo\n" * 3
@@ -157,7 +160,8 @@ def test_leftovers_of_dead_gateways_are_removed_at_start(tmp_path: Path) -> None
     assert not own.exists() and files.folder is None
 
 
-def test_a_root_owned_by_nobody_else_or_a_link_is_refused(tmp_path: Path) -> None:
+def test_a_shared_or_linked_root_is_refused_and_a_loose_one_tightened(tmp_path: Path) -> None:
+    """Another local user must not read the prompts, nor plant the folder beforehand."""
     target = tmp_path / "elsewhere"
     target.mkdir()
     link = tmp_path / "link"
@@ -165,6 +169,13 @@ def test_a_root_owned_by_nobody_else_or_a_link_is_refused(tmp_path: Path) -> Non
     with pytest.raises(GatewayError) as info:
         PromptFiles(link).open()
     assert info.value.kind is ErrorKind.CONFIG and "link" in info.value.message
+    if os.geteuid() == 0:  # only root can hand a folder to another user
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(GatewayError) as info:
+            PromptFiles(foreign).open()
+        assert info.value.kind is ErrorKind.CONFIG and "another user" in info.value.message
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o777)
     os.chmod(loose, 0o777)

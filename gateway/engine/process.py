@@ -277,7 +277,10 @@ class PromptFiles:
                 continue  # not ours, or another engine of this very process
             if psutil.pid_exists(int(pid_text)):
                 continue
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed += 1
         return removed
 
