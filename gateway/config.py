@@ -24,7 +24,7 @@ import re
 import sys
 import tomllib
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +180,87 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+#: the port a browser leaves out of an origin
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``host[:port]`` (``[v6]`` or ``[v6]:port`` for IPv6) as a ``Host`` header or an origin
+    carries it: the normalized host (see :func:`normalize_host`) and the port, if any.
+    Raises ``ValueError`` saying what is wrong."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("has a '[' without its ']'")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("has text after the ']' that is not ':<port>'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text:
+            raise ValueError("ends with ':' but no port")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"has port {port_text!r}, not a number from 1 to 65535")
+        port = int(port_text)
+    return normalize_host(host), port
+
+
+def normalize_host(value: str) -> str:
+    """A bare host name or IP address, lower-cased; IPv6 without brackets (``::1``).
+
+    Raises ``ValueError`` saying what is wrong (a URL, a port, a path, a bad name)."""
+    text = value.strip().lower()
+    if not text:
+        raise ValueError("is empty")
+    if "://" in text:
+        raise ValueError('is a URL; give only the host name, e.g. "gateway.lan"')
+    bracketed = text.startswith("[") and text.endswith("]")
+    name = text[1:-1] if bracketed else text
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        if bracketed or name.count(":") > 1:
+            raise ValueError("is not a valid IPv6 address") from None
+    if ":" in name:
+        raise ValueError('has a port; give only the host name, e.g. "gateway.lan"')
+    if any(c in name for c in "/?#@ \t"):
+        raise ValueError('is not a bare host name (no path or user), e.g. "gateway.lan"')
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError("is not a valid host name")
+    return name
+
+
+def normalize_origin(value: str) -> str:
+    """A web origin ``scheme://host[:port]`` as a browser sends it in ``Origin``: lower-cased,
+    without the scheme's default port. Raises ``ValueError`` saying what is wrong."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise ValueError(
+            'is not an origin: expected http://host[:port] or https://host[:port], e.g. '
+            '"http://localhost:5173"'
+        )
+    if any(c in rest for c in "/?#"):
+        raise ValueError(
+            "has a path; an origin is only scheme://host[:port] (no trailing '/'), e.g. "
+            f'"{scheme}://{rest.split("/")[0] or "localhost:5173"}"'
+        )
+    if "@" in rest:
+        raise ValueError("has a user name; an origin is only scheme://host[:port]")
+    host, port = split_host_port(rest)
+    shown = f"[{host}]" if ":" in host else host
+    if port is None or port == DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{shown}"
+    return f"{scheme}://{shown}:{port}"
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -202,6 +283,20 @@ class _Section(BaseModel):
 def _cross_field_error(fields: tuple[str, ...], message: str) -> PydanticCustomError:
     """An error of one section that involves several of its keys (named in the report)."""
     return PydanticCustomError("cmg_cross_field", message, {"fields": ",".join(fields)})
+
+
+def _normalized(values: list[str], normalize: Callable[[str], str], code: str) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        try:
+            item = normalize(value)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                code, "{value} {problem}", {"value": json.dumps(value), "problem": str(exc)}
+            ) from None
+        if item not in out:
+            out.append(item)
+    return out
 
 
 class ServerSettings(_Section):
@@ -238,6 +333,41 @@ class ServerSettings(_Section):
         serialization_alias="api_keys",
         description="Bearer keys for the HTTP API; read from GATEWAY_API_KEYS only.",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web pages (scheme://host[:port]) whose scripts may call the API from a"
+        " browser (CORS); any other page's request is refused with 403. Empty = none.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names besides loopback (and server.host) that requests may be"
+        " addressed to, e.g. a LAN name; any other Host gets 421 (defeats DNS rebinding).",
+    )
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        # CMG_SERVER__ALLOWED_HOSTS=a.lan,b.lan or a JSON list
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    return value
+            return [item for item in re.split(r"[\s,]+", text) if item]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return _normalized(value, normalize_origin, "cmg_origin")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return _normalized(value, normalize_host, "cmg_host")
+
     @field_validator("api_key_secrets", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:

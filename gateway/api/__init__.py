@@ -6,6 +6,8 @@
 * :class:`ApiConfig` is what it needs from the settings; :func:`api_config_from_settings`
   builds it from ``settings.server`` and refuses a non-loopback bind without API keys.
 
+Every request first passes :mod:`gateway.api.guard` (the Host it is addressed to, the web
+page it comes from, CORS for pages the owner allows, and each endpoint's Content-Type).
 Request conversion lives in :mod:`gateway.api.convert`, the conversation rules in
 :mod:`gateway.api.conversation`, the handlers and the error table in :mod:`gateway.api.routes`.
 """

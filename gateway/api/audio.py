@@ -8,11 +8,12 @@
   (any names; the configured voice speaks), ``response_format`` = mp3 (default) | opus |
   aac | flac | wav | pcm (24 kHz 16-bit mono), ``speed`` 0.25-4.
 
-Both sit behind the same auth middleware, body-size limit (``server.max_body_mb``) and
-request cap (``server.max_concurrent_requests``, counted apart from chat) as the chat
-endpoint. Errors are OpenAI error JSON: 400 for a bad request or audio that cannot be
-decoded or is too long, 503 ``voice_unavailable`` (naming the extra to install) when no
-engine is installed.
+Both sit behind the same request guard (Host, Origin; :mod:`gateway.api.guard`), auth
+middleware, body-size limit (``server.max_body_mb``) and request cap
+(``server.max_concurrent_requests``, counted apart from chat) as the chat endpoint; a body
+of another Content-Type than the endpoint's is 415. Errors are OpenAI error JSON: 400 for
+a bad request or audio that cannot be decoded or is too long, 503 ``voice_unavailable``
+(naming the extra to install) when no engine is installed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from gateway.api.convert import HttpError, request_error
+from gateway.api.guard import JSON, MULTIPART, accepts
 from gateway.api.routes import (
     CONFIG,
     SERVER_BUSY_RETRY_AFTER,
@@ -68,8 +70,8 @@ AUDIO: web.AppKey[AudioState] = web.AppKey("audio_state", AudioState)
 def setup_audio(app: web.Application, voice: VoiceService | None) -> None:
     """Register the audio routes on ``app`` (the API application of :func:`create_app`)."""
     app[AUDIO] = AudioState(voice)
-    app.router.add_post("/v1/audio/transcriptions", transcriptions)
-    app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_post("/v1/audio/transcriptions", accepts(MULTIPART)(transcriptions))
+    app.router.add_post("/v1/audio/speech", accepts(JSON)(speech))
 
 
 def _invalid(message: str) -> ApiError:
@@ -143,13 +145,7 @@ async def _read_multipart(request: web.Request, limit: int) -> _Upload:
     if request.content_length is not None and request.content_length > limit:
         await _drain(request, 0)
         raise too_large
-    if request.content_type != "multipart/form-data":
-        await _drain(request, 0)
-        raise _invalid(
-            "body: must be multipart/form-data with the audio in a field named 'file' "
-            f"(got {request.content_type or 'no Content-Type'})"
-        )
-    upload = _Upload({})
+    upload = _Upload({})  # the Content-Type is multipart/form-data: see setup_audio
     total = 0
     try:
         reader = await request.multipart()

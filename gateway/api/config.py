@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.config import API_KEYS_ENV_VAR, normalize_host, normalize_origin
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import StreamMode
@@ -20,6 +23,10 @@ class ApiConfig:
     """What :func:`gateway.api.create_app` needs to know.
 
     * ``api_keys``: accepted gateway keys (``Authorization: Bearer <key>``); empty = no auth.
+    * ``allowed_origins``: web origins (``scheme://host[:port]``) besides the gateway's own
+      whose browser requests are served, with CORS headers; any other ``Origin`` gets 403.
+    * ``allowed_hosts``: ``Host`` names besides loopback that requests may be addressed to;
+      any other gets 421 (see :mod:`gateway.api.guard`).
     * ``max_body_bytes``: the largest request body accepted (413 above it).
     * ``max_concurrent_requests``: chat completions served at once (503 ``server_busy`` above).
     * ``keepalive_seconds``: an empty delta is streamed after this long without output.
@@ -33,6 +40,8 @@ class ApiConfig:
     """
 
     api_keys: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_concurrent_requests: int = 16
     keepalive_seconds: float = 10.0
@@ -53,7 +62,29 @@ class ApiConfig:
                 f"server.on_disconnect: {self.on_disconnect!r} is not 'interrupt' or 'finish'"
             )
         if any(not k.strip() for k in self.api_keys):
-            raise ConfigError("server.api_keys: a key is empty")
+            raise ConfigError(f"{API_KEYS_ENV_VAR}: a key is empty")
+        object.__setattr__(
+            self, "allowed_origins", _normalized("allowed_origins", self.allowed_origins,
+                                                 normalize_origin)
+        )
+        object.__setattr__(
+            self, "allowed_hosts", _normalized("allowed_hosts", self.allowed_hosts,
+                                               normalize_host)
+        )
+
+
+def _normalized(
+    name: str, values: tuple[str, ...], normalize: Callable[[str], str]
+) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        try:
+            item = normalize(value)
+        except ValueError as exc:
+            raise ConfigError(f"server.{name}: {value!r} {exc}") from None
+        if item not in out:
+            out.append(item)
+    return tuple(out)
 
 
 def check_bind(host: str, config: ApiConfig) -> None:
@@ -61,9 +92,9 @@ def check_bind(host: str, config: ApiConfig) -> None:
     if not is_loopback(host) and not config.api_keys:
         raise ConfigError(
             f"server.host = {host!r} makes the API reachable from other machines, and no "
-            "server.api_keys are set, so anyone who can reach it could use your Claude "
-            "subscription. Set server.api_keys (clients then send 'Authorization: Bearer "
-            "<key>'), or bind 127.0.0.1."
+            f"{API_KEYS_ENV_VAR} are set, so anyone who can reach it could use your Claude "
+            f"subscription. Set {API_KEYS_ENV_VAR}=<key>[,<key>...] in the environment (clients "
+            "then send 'Authorization: Bearer <key>'), or bind 127.0.0.1."
         )
 
 
@@ -90,8 +121,14 @@ def api_config_from_settings(settings: Any) -> ApiConfig:
             f"server.stream_mode: {mode!r} is not one of smart, final, verbose"
         ) from None
     on_disconnect = str(getattr(server, "on_disconnect", None) or "interrupt")
+    host = getattr(server, "host", None)
+    allowed_hosts = tuple(str(h) for h in getattr(server, "allowed_hosts", None) or ())
+    if host is not None:
+        allowed_hosts += _bind_name(str(host))
     config = ApiConfig(
         api_keys=keys,
+        allowed_origins=tuple(str(o) for o in getattr(server, "allowed_origins", None) or ()),
+        allowed_hosts=allowed_hosts,
         max_body_bytes=max_body,
         max_concurrent_requests=int(getattr(server, "max_concurrent_requests", None) or 16),
         keepalive_seconds=float(getattr(server, "keepalive_seconds", None) or 10.0),
@@ -102,7 +139,25 @@ def api_config_from_settings(settings: Any) -> ApiConfig:
     )
     if on_disconnect not in ("interrupt", "finish"):
         raise ConfigError(f"server.on_disconnect: {on_disconnect!r} is not 'interrupt' or 'finish'")
-    host = getattr(server, "host", None)
     if host is not None:
         check_bind(str(host), config)
     return config
+
+
+def _bind_name(host: str) -> tuple[str, ...]:
+    """The address the server is bound to, as a ``Host`` clients may use: a specific address
+    (``192.168.1.5``) or name, not a wildcard (``0.0.0.0``, ``::``) nor loopback (always
+    allowed). A page cannot make a browser send it as the ``Host`` of an attacker's origin,
+    so accepting it opens no DNS-rebinding hole."""
+    try:
+        name = normalize_host(host)
+    except ValueError:
+        return ()
+    if is_loopback(name):
+        return ()
+    try:
+        if ipaddress.ip_address(name).is_unspecified:
+            return ()
+    except ValueError:
+        pass
+    return (name,)

@@ -47,7 +47,33 @@ def _error(description: str, *, retry: bool = False, conversation: bool = False)
     return response
 
 
-_AUTH_ERROR = _error("Missing or wrong gateway API key (only when server.api_keys is set).")
+_AUTH_ERROR = _error("Missing or wrong gateway API key (only when GATEWAY_API_KEYS is set).")
+#: the refusals of gateway/api/guard.py, which every operation can answer
+_GUARD_ERRORS = {
+    "403": _error(
+        "A browser request from a web page whose origin is neither the gateway's own nor in "
+        "server.allowed_origins (code forbidden_origin)."
+    ),
+    "421": _error(
+        "The Host header names neither loopback, the bound address nor one of "
+        "server.allowed_hosts (code host_not_allowed; DNS rebinding)."
+    ),
+}
+_MEDIA_ERROR = _error(
+    "The body's Content-Type is not the one the endpoint takes (code unsupported_media_type)."
+)
+
+
+def _guarded(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with the guard's refusals added to every operation (415 where a body is)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.update(_GUARD_ERRORS)
+            if "requestBody" in operation:
+                responses["415"] = _MEDIA_ERROR
+    return paths
+
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
@@ -118,6 +144,15 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "description": "The last rate-limit status the CLI reported.",
             },
+        },
+    },
+    "HealthPublic": {
+        "type": "object",
+        "required": ["status", "version"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"$ref": "#/components/schemas/Health/properties/status"},
+            "version": {"type": "string"},
         },
     },
     "Usage": {
@@ -468,6 +503,15 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _health(description: str) -> dict[str, Any]:
+    schema = {"anyOf": [_ref("Health"), _ref("HealthPublic")]}
+    return {
+        "description": f"{description} Without a key while GATEWAY_API_KEYS is set: only "
+        "HealthPublic (status and version).",
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
 def _chat_path() -> dict[str, Any]:
     header = {"in": "header", "required": False, "schema": {"type": "string"}}
     return {
@@ -632,22 +676,33 @@ def openapi_document() -> dict[str, Any]:
                 "title": "Claude Max Gateway",
                 "version": __version__,
                 "description": "An OpenAI-compatible endpoint in front of the real Claude Code "
-                "CLI. Errors are OpenAI error JSON.",
+                "CLI. Errors are OpenAI error JSON. When GATEWAY_API_KEYS is set, /v1/ needs "
+                "one of its keys ('Authorization: Bearer <key>' or 'X-Api-Key: <key>') and "
+                "/health without one shows only status and version. Browser requests from "
+                "other origins (403) and requests addressed to other hosts (421) are refused "
+                "first.",
             },
             "components": {
                 "schemas": SCHEMAS,
-                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "securitySchemes": {
+                    "bearer": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "One of the keys in the GATEWAY_API_KEYS environment "
+                        "variable; needed only when it is set.",
+                    }
+                },
             },
             "security": [{}, {"bearer": []}],
-            "paths": {
+            "paths": _guarded({
                 "/health": {
                     "get": {
                         "operationId": "health",
                         "security": [],
                         "summary": "Gateway and CLI status.",
                         "responses": {
-                            "200": _json("Health", "The CLI is available."),
-                            "503": _json("Health", "The CLI is not available."),
+                            "200": _health("The CLI is available."),
+                            "503": _health("The CLI is not available."),
                         },
                     }
                 },
@@ -696,6 +751,6 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "/v1/chat/completions": _chat_path(),
                 **_audio_paths(),
-            },
+            }),
         }
     )

@@ -5,6 +5,8 @@ Errors are always OpenAI error JSON, ``{"error": {"message", "type", "code", "pa
 
 * 400 invalid request (the message names the field), unknown model (``model_not_found``);
 * 401 only for a missing/wrong gateway API key, when keys are configured;
+* 403 ``forbidden_origin``, 421 ``host_not_allowed`` and 415 ``unsupported_media_type`` from
+  :mod:`gateway.api.guard`, before any of the rest (browser pages and DNS rebinding);
 * 404 unknown path or model id, 405 wrong method, 413 body over ``max_body_bytes``;
 * 409 ``interrupted``: the turn was stopped by ``interrupt``/``reset`` of its conversation;
 * 429 rate limited, with ``Retry-After``;
@@ -56,9 +58,11 @@ from gateway.api.convert import (
     sse,
 )
 from gateway.api.functions import parse_tool_mode, tool_call_deltas
+from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
 from gateway.api.openapi import openapi_document
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import MetaStore, TurnPump, TurnSource, answer_text
+from gateway.config import API_KEYS_ENV_VAR
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
     Event,
@@ -213,43 +217,57 @@ def _offered_key(request: web.Request) -> str | None:
     return request.headers.get("X-Api-Key") or None
 
 
+def _key_ok(request: web.Request) -> bool:
+    """True when no keys are configured, or the request offers one of them."""
+    keys = request.app[CONFIG].api_keys
+    if not keys:
+        return True
+    offered = _offered_key(request)
+    good = False
+    if offered is not None:
+        candidate = offered.encode()
+        for key in keys:  # no early exit: the time taken does not depend on which key
+            good |= hmac.compare_digest(candidate, key.encode())
+    return good
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[CONFIG].api_keys
-    if keys and request.path.startswith("/v1/"):
-        offered = _offered_key(request)
-        good = False
-        if offered is not None:
-            candidate = offered.encode()
-            for key in keys:  # no early exit: the time taken does not depend on which key
-                good |= hmac.compare_digest(candidate, key.encode())
-        if not good:
-            raise ApiError(
-                request_error(
-                    401,
-                    "invalid_api_key",
-                    "Missing or wrong gateway API key: send 'Authorization: Bearer <key>' "
-                    "with one of the keys in server.api_keys.",
-                )
+    if request.path.startswith("/v1/") and not _key_ok(request):
+        raise ApiError(
+            request_error(
+                401,
+                "invalid_api_key",
+                "Missing or wrong gateway API key: send 'Authorization: Bearer <key>' (or "
+                f"'X-Api-Key: <key>') with one of the keys set in {API_KEYS_ENV_VAR}.",
             )
+        )
     return await handler(request)
 
 
 # --------------------------------------------------------------------------- simple routes
 
 
+#: what ``/health`` tells a client without a key when keys are configured
+PUBLIC_HEALTH_FIELDS = ("status", "version")
+
+
 async def health(request: web.Request) -> web.Response:
+    full = _key_ok(request)  # the rest (paths, sessions, chat ids, errors) needs a key
     try:
         status = request.app[ENGINE].status()
     except Exception as exc:
         log.exception("engine status failed")
-        return web.json_response({"status": "error", "error": str(exc)}, status=503)
+        failed = {"status": "error", "version": __version__, "error": str(exc)}
+        return web.json_response(failed if full else _public(failed), status=503)
     ok = bool(status.get("cli_path"))
     problems = _health_problems(request.app) if ok else []
     word = ("degraded" if problems else "ok") if ok else "unavailable"
     body = {"status": word, "version": __version__, **status}
     if problems:
         body["problems"] = problems
+    if not full:
+        return web.json_response(_public(body), status=200 if ok else 503)
     for name, provider in request.app.get(STATUS_PROVIDERS, {}).items():
         try:
             body[name] = provider()
@@ -271,6 +289,10 @@ def _health_problems(app: web.Application) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def _public(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in PUBLIC_HEALTH_FIELDS if k in body}
 
 
 def _model_object(model_id: str, created: int) -> dict[str, Any]:
@@ -643,14 +665,16 @@ def create_app(
     from gateway.api.audio import setup_audio  # it imports this module
 
     app = web.Application(
+        # the guard first: Host and Origin before auth, any body reading and any engine work
         middlewares=[
             # the access log outside it all, so refused requests are logged too (it reads
             # no body and does no engine work)
             *([access_middleware] if config.access_log else []),
-            error_middleware, auth_middleware,
+            guard_middleware(config), error_middleware, auth_middleware,
         ],
         client_max_size=config.max_body_bytes,
     )
+    app.on_response_prepare.append(cors_headers)
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ApiState()
@@ -658,7 +682,7 @@ def create_app(
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id:.+}", get_model)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/chat/completions", accepts(JSON)(chat_completions))
     setup_audio(app, voice)
     app.on_shutdown.append(_stop_pumps)
     return app
