@@ -6,8 +6,10 @@ Anthropic API, and spoken back by Piper as an Ogg/Opus voice note."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,12 +24,23 @@ from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import FakeTelegram
 from tests.telegram_support import OWNER, BridgeFactory, answer, idle, texts
 
+if TYPE_CHECKING:
+    from bridges.telegram import TelegramBridge
+
 pytest_plugins = ["tests.telegram_support"]
 
 pytestmark = pytest.mark.cli
 
 SAID = "Please list the files in my home directory."
 ANSWER = "Your home directory has three folders: documents, music and pictures."
+
+
+def inbox(bridge: TelegramBridge) -> list[tuple[str, str | None]]:
+    """(state, transcription) of every inbox entry, oldest first."""
+    with sqlite3.connect(f"file:{bridge.engine.store.path}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT state, transcription FROM chat_inbox ORDER BY id").fetchall()
+    db.close()
+    return [(str(state), text) for state, text in rows]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +89,10 @@ async def test_a_voice_note_is_transcribed_shown_and_answered(
     assert asked.index("[Caption]\nquickly please") < asked.index("and sort them by size"), \
         "the voice note goes in before the message typed after it"
     assert any(t.startswith("echo: [Voice message") for t in texts(tg, OWNER))
+    (note_state, transcription), (typed_state, typed) = inbox(bridge)
+    assert note_state == typed_state == "delivered" and typed is None
+    assert transcription is not None and transcription.startswith("[Voice message"), \
+        "the inbox keeps what was heard, to run it again"
 
 
 async def test_bad_audio_gets_a_clear_reply_and_no_turn(
@@ -97,6 +114,8 @@ async def test_bad_audio_gets_a_clear_reply_and_no_turn(
     assert "No speech was heard" in silent
     assert "could not be decoded as audio" in podcast
     assert len(fake_api.requests()) == 1, "only the good note became a turn"
+    assert [state for state, _ in inbox(bridge)] == ["unheard", "unheard", "delivered",
+                                                      "unheard"], "none left open"
 
 
 async def test_stop_drops_a_voice_note_still_being_transcribed(
@@ -109,6 +128,23 @@ async def test_stop_drops_a_voice_note_still_being_transcribed(
     await answer(tg, OWNER, "⏹ Stopped; 1 waiting message not sent.")
     await idle(bridge, OWNER)
     assert not any("heard:" in t for t in texts(tg, OWNER))
+    assert fake_api.requests() == []
+    assert inbox(bridge) == [("unheard", None)], "closed, not run again at the next start"
+
+
+async def test_a_restart_during_a_transcription_asks_for_the_voice_note_again(
+    make_bridge: BridgeFactory, make_engine: EngineFactory, tg: FakeTelegram,
+    fake_api: FakeAnthropic, voice: VoiceService, note: bytes,
+) -> None:
+    bridge = await make_bridge(voice=voice)
+    tg.user_message(OWNER, OWNER, voice=note + note + note)
+    await tg.wait_for(lambda: inbox(bridge) == [("transcribing", None)], what="the entry")
+    await bridge.stop()
+    await bridge.engine.stop()
+    again = await make_bridge(engine=await make_engine(), voice=voice)
+    await answer(tg, OWNER, "⚠️ I was restarted while listening to your voice message."
+                 " Please send it again.")
+    assert inbox(again) == [("unheard", None)]
     assert fake_api.requests() == []
 
 

@@ -104,6 +104,8 @@ class _ChatState:
     #: the last of the messages still being prepared (a voice note being transcribed);
     #: what arrives after it waits for it, so messages go in in the order they were sent
     intake: asyncio.Task[None] | None = None
+    #: inbox entries of voice notes being prepared (``transcribing``)
+    held: set[int] = field(default_factory=set)
     #: session ids of the last /sessions listing, so /resume 2 works
     sessions: list[str] = field(default_factory=list)
 
@@ -364,12 +366,17 @@ class ChatBridge:
         """``held``: the voice note's ``transcribing`` inbox entry (0: none), closed when
         its preparation gave no prompt."""
 
+        state = self._state(chat)
+        if held:
+            state.held.add(held)
+
         def releasing(step: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
                 try:
                     await step()
                 finally:
-                    if held:
+                    if held and not self._stopping:  # a shutdown leaves it for the next start
+                        state.held.discard(held)
                         with contextlib.suppress(Exception):
                             await self.ledger.release(held)
 
@@ -663,9 +670,14 @@ class ChatBridge:
             await ctx.reply("Nothing is running.", markdown=False)
 
     async def _drop_pending(self, state: _ChatState) -> None:
-        """Forget the waiting messages (/stop, /new); /retry can still send the last one."""
+        """Forget the waiting messages (/stop, /new); /retry can still send the last one.
+        Voice notes still being prepared are closed (their audio is not kept)."""
         dropped, state.pending = state.pending, []
         await self._mark([q.entry for q in dropped if q.entry], "dropped")
+        held, state.held = list(state.held), set()
+        for entry in held:
+            with contextlib.suppress(Exception):
+                await self.ledger.release(entry)
 
     async def _cmd_retry(self, ctx: CommandContext) -> None:
         row = await self.ledger.last_unanswered(ctx.chat.key)
