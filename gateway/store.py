@@ -710,7 +710,8 @@ class ChatStore:
             db.execute("BEGIN")
             db.execute(
                 f"DELETE FROM chat_inbox WHERE updated_at < ? AND state NOT IN ({marks})"
-                " AND state != 'outboxed'",
+                " AND NOT EXISTS (SELECT 1 FROM chat_outbox o WHERE o.inbox_id = chat_inbox.id"
+                " AND o.state = 'pending')",
                 (cutoff, *OPEN_STATES),
             )
             db.execute("DELETE FROM chat_outbox WHERE state != 'pending' AND created_at < ?",

@@ -158,7 +158,45 @@ async def test_a_database_of_the_previous_release_is_migrated_with_its_data(
     db.close()
 
 
+async def test_old_finished_entries_are_pruned_and_open_or_waiting_ones_kept(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "gateway.sqlite3")
+    await store.open()
+    try:
+        chats = ChatStore(store)
+        ids = []
+        for number in range(4):
+            entry = await chats.accept(
+                platform="telegram", chat_key="telegram:1", chat_id=1, thread_id=None,
+                message_id=number, sender_id=1, text=f"message {number}", images=[],
+                attachments=[], transcription=None)
+            assert entry is not None
+            ids.append(entry)
+        await chats.set_state([ids[0]], "delivered", outcome="answer")
+        await chats.set_state([ids[1]], "sent_to_claude")
+        await chats.finish([ids[2]], outcome="answer", platform="telegram",
+                           chat_key="telegram:1", undelivered=[("still waiting", True)])
+        await chats.set_state([ids[3]], "notified")
+        chats.keep_seconds = -1  # everything is "old"
+        await chats.prune()
+        left = [await chats.get(i) for i in ids]
+        assert [r.state if r else None for r in left] == [
+            None, "sent_to_claude", "outboxed", None], "open and waiting entries are kept"
+        assert [r.text for r in await chats.pending("telegram")] == ["still waiting"]
+    finally:
+        await store.close()
+
+
 # ----------------------------------------------------------------------------- Telegram down
+
+
+def _entry_of(bridge: TelegramBridge, message_id: int) -> bool:
+    with sqlite3.connect(f"file:{bridge.engine.store.path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT 1 FROM chat_inbox WHERE message_id = ?",
+                         (message_id,)).fetchone()
+    db.close()
+    return row is not None
 
 
 def _quick_retries(bridge: TelegramBridge) -> None:
@@ -175,20 +213,26 @@ async def _outbox_tried(bridge: TelegramBridge, attempts: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         rows = await bridge.core.ledger.pending("telegram")
-        if rows and min(r.attempts for r in rows) >= attempts:
+        if rows and rows[0].attempts >= attempts:  # the later ones wait behind the first
             return
         assert time.monotonic() < deadline, f"the outbox did not try: {rows}"
         await asyncio.sleep(0.1)
 
 
 async def _during_an_outage(bridge: TelegramBridge, tg: FakeTelegram, fake_api: FakeAnthropic,
-                            ask: str, reply: str) -> float:
-    """Ask, and let Telegram go down while Claude answers, for longer than every retry
-    loop; the answer waits in the outbox. Returns when the outage began."""
+                            ask: str, reply: str, *, then: tuple[str, str] | None = None,
+                            ) -> float:
+    """Ask (and ``then`` ask more while Claude works), and let Telegram go down while Claude
+    answers, for longer than every retry loop; the answers wait in the outbox. Returns when
+    the outage began."""
     fake_api.script({"text": reply, "delay": 0.5}, match=ask)
     tg.user_text(OWNER, ask)
     await tg.wait_for(lambda: any(r["last_user_text"] == ask for r in fake_api.requests()),
                       what="the turn to reach Claude")
+    if then is not None:
+        fake_api.script({"text": then[1]}, match=then[0])
+        behind = tg.user_text(OWNER, then[0])["message_id"]
+        await tg.wait_for(lambda: _entry_of(bridge, behind), what="the next one in the inbox")
     tg.down = True
     began = time.monotonic()
     await idle(bridge, OWNER)  # the turn ended; its display gave up on the answer
@@ -205,16 +249,22 @@ async def test_an_answer_due_while_telegram_is_down_arrives_once_when_back_or_af
     tg.slow(latency=0.1, jitter=0.05)
     first = await make_bridge(status_delay=30)
     _quick_retries(first)
-    # 1. Telegram comes back while the gateway runs: the outbox delivers the answer
+    # 1. Telegram comes back while the gateway runs: the outbox delivers both answers that
+    #    fell due meanwhile, in order
     reply = "The answer that waited for Telegram: " + " ".join(f"w{i}" for i in range(60))
-    began = await _during_an_outage(first, tg, fake_api, "answer while it is down", reply)
+    second_reply = "And the answer to the question sent after it."
+    began = await _during_an_outage(first, tg, fake_api, "answer while it is down", reply,
+                                    then=("and one more question", second_reply))
+    assert len(await first.core.ledger.pending("telegram")) == 2
     refused = tg.refused
     tg.down = False
     outage = time.monotonic() - began
     assert outage > first.core.settings.view.delivery_budget + 1.0, "longer than the retries"
-    await answer(tg, OWNER, reply)
+    await answer(tg, OWNER, second_reply)
     await asyncio.sleep(1.0)  # more outbox rounds (1 s apart at most): nothing comes twice
-    assert [m.text for m in tg.sent(OWNER)].count(reply) == 1
+    shown = [m.text for m in tg.sent(OWNER)]
+    assert shown.count(reply) == 1 and shown.count(second_reply) == 1
+    assert shown.index(reply) < shown.index(second_reply), "in the order they fell due"
     assert not any(reply in t for t in texts(tg, OWNER) if t != reply)
     assert await first.core.ledger.pending("telegram") == []
 
@@ -232,5 +282,6 @@ async def test_an_answer_due_while_telegram_is_down_arrives_once_when_back_or_af
     asked = [r["last_user_text"] for r in fake_api.requests()]
     assert asked.count("answer across a restart") == 1, "delivered from the outbox, not re-run"
     assert await second.core.ledger.pending("telegram") == []
-    print(f"\nTelegram down {outage:.1f} s ({refused} calls refused): the answer arrived once"
-          " when it was back; another, due when the gateway stopped, once after the restart")
+    print(f"\nTelegram down {outage:.1f} s ({refused} calls refused): both answers arrived"
+          " once, in order, when it was back; another, due when the gateway stopped, once"
+          " after the restart")

@@ -40,7 +40,6 @@ from bridges.common.inbox import (
 )
 from bridges.common.outbox import Outbox
 from bridges.common.platform import Chat, Platform, User
-from bridges.common.split import split_markdown
 from bridges.common.text import ago, error_text, rate_limit_text, size
 from bridges.common.view import TurnView, ViewSettings
 from bridges.common.voice import ChatVoice, VoiceBackend
@@ -452,11 +451,18 @@ class ChatBridge:
     # ================================================================== messages out
 
     async def say(self, chat: Chat, text: str, *, markdown: bool = True) -> None:
-        """Send a text of any length (split to fit the platform's limit)."""
-        chunks = split_markdown(text, self.platform.max_length, measure=self.platform.measure)
-        for chunk in chunks:
-            if chunk.text.strip():
-                await self.platform.send_text(chat, chunk.text, markdown=markdown)
+        """Send a text of any length (split to fit the platform's limit). What the
+        platform does not take (it is down) waits in the outbox, after what waits there
+        for this chat already."""
+        messages = self.outbox.split(text, markdown=markdown)
+        for number, (chunk, md) in enumerate(messages):
+            try:
+                await self.platform.send_text(chat, chunk, markdown=md)
+            except Exception as exc:
+                log.warning("%s: a reply could not be sent (%s: %s); it waits in the outbox",
+                            chat.key, type(exc).__name__, exc)
+                await self.outbox.put_messages(chat.key, messages[number:])
+                return
 
     async def deliver_file(self, item: OutgoingFile) -> None:
         """The engine's ``send_file`` sink: send what Claude hands the person, natively."""

@@ -75,6 +75,12 @@ class Outbox:
                                  inbox_state=inbox_state)
         self.kick()
 
+    async def put_messages(self, chat_key: str, messages: list[tuple[str, bool]]) -> None:
+        """Queue ``(text, markdown)`` messages already split to fit."""
+        await self.store.enqueue(platform=self.platform.name, chat_key=chat_key,
+                                 inbox_id=None, messages=messages)
+        self.kick()
+
     # ------------------------------------------------------------------ delivery
 
     async def deliver(self) -> bool:
