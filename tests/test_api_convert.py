@@ -73,6 +73,13 @@ def conv(*messages: dict[str, Any]) -> Conversation:
     return split_conversation(parse_chat_request(body(*messages)).messages)
 
 
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {}
+    for _ in range(levels):
+        schema = {"items": schema}
+    return schema
+
+
 def invalid(raw: Any) -> str:
     with pytest.raises(GatewayError) as info:
         parse_chat_request(raw)
@@ -143,6 +150,11 @@ def invalid(raw: Any) -> str:
             body(user("x"), response_format={
                 "type": "json_schema", "json_schema": {"name": "a", "schema": {"$ref": "#"}}}),
             "response_format.json_schema.schema:",
+        ),
+        (
+            body(user("x"), response_format={
+                "type": "json_schema", "json_schema": {"name": "a", "schema": _deep(500)}}),
+            "response_format.json_schema.schema: is nested too deeply",
         ),
         (body(user("x"), modalities=["text", "audio"]), "modalities:"),
         (body(user("x"), prompt_cache_key=5), "prompt_cache_key:"),

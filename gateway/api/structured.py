@@ -121,7 +121,10 @@ def parse_response_format(value: object) -> ResponseFormat | None:
         raise invalid(f"{path}.schema", "is required (a JSON Schema object)")
     if not isinstance(schema, dict):
         raise invalid(f"{path}.schema", "must be a JSON Schema object")
-    _check_schema(schema, f"{path}.schema")
+    try:
+        _check_schema(schema, f"{path}.schema")
+    except RecursionError:
+        raise invalid(f"{path}.schema", "is nested too deeply") from None
     return ResponseFormat("json_schema", name, description, schema, bool(strict))
 
 
