@@ -79,12 +79,17 @@ async def test_one_line_per_request_without_bodies_queries_or_keys(
     status, _, _ = await gw.raw("GET", "/v1/nothing?token=QUERY-SECRET-88", headers=auth,
                                 check=False)
     assert status == 404
+    # refused by the guard before anything else (a DNS-rebinding Host)
+    status, _, _ = await gw.raw("GET", "/v1/models", headers={**auth, "Host": "evil.example"},
+                                check=False)
+    assert status == 421
 
     lines = access_lines(caplog)
     assert [(x["method"], x["path"], x["status"]) for x in lines] == [
         ("POST", "/v1/chat/completions", "200"),
         ("GET", "/v1/models", "401"),
         ("GET", "/v1/nothing", "404"),
+        ("GET", "/v1/models", "421"),
     ]
     assert lines[0]["conversation"] == headers["X-Conversation-Id"]
     assert lines[0]["conversation"].startswith("auto:") and lines[0]["extra"] == ""
