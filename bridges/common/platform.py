@@ -84,3 +84,10 @@ class Platform(Protocol):
     async def send_file(self, chat: Chat, path: Path, caption: str, kind: FileKind) -> None:
         """Send a file as a document, a photo or a voice note; raise if it did not go out."""
         ...
+
+    def retry_delay(self, exc: Exception) -> float | None:
+        """After a call raised ``exc`` (having done its own retries): the seconds the
+        platform asks to wait before trying again (flood control's ``retry_after``; ``0``
+        for no particular wait, as after a network error), or ``None`` if trying again
+        cannot help (a refusal, a missing permission)."""
+        ...

@@ -56,6 +56,7 @@ class MarkdownChunk:
 
     text: str  # what to send: [reopened fence] + source + [closing fence]
     source: str  # the exact slice of the input this chunk carries
+    opener: str = ""  # the reopened fence line ``text`` starts with ("" if none)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def split_markdown(
         opener = _opener(reopened) if reopened else ""
         room = limit - measure(opener)
         if costs[len(text)] - costs[pos] <= room:
-            chunks.append(MarkdownChunk(opener + text[pos:], text[pos:]))
+            chunks.append(MarkdownChunk(opener + text[pos:], text[pos:], opener))
             break
         cut = _choose_cut(text, structure, costs, pos, room - reserve, min_fill)
         source = text[pos:cut]
@@ -106,9 +107,18 @@ def split_markdown(
         closer = ""
         if inside is not None:
             closer = ("" if source.endswith("\n") else "\n") + inside.fence
-        chunks.append(MarkdownChunk(opener + source + closer, source))
+        chunks.append(MarkdownChunk(opener + source + closer, source, opener))
         pos, reopened = cut, inside
     return chunks
+
+
+def reopen_fence(text: str, pos: int) -> str:
+    """The fence line that reopens the code block ``pos`` lies inside ("" if none): what a
+    text continuing ``text[:pos]`` in a new message must start with to stay code."""
+    for block in _analyse(text).blocks:
+        if block.content_start <= pos < block.content_end:
+            return _opener(block)
+    return ""
 
 
 # --------------------------------------------------------------------------- analysis

@@ -163,11 +163,16 @@ class DiscordPlatform:
         target = self._messages.get(message)
         try:
             if target is None:
+                # a partial edit sends no flags, and Discord keeps the message's own
                 channel = await self.channel(chat)
                 partial = channel.get_partial_message(message)  # type: ignore[attr-defined]
                 edited = await self.call(partial.edit, content=content)
-            else:
+            elif isinstance(target, discord.WebhookMessage):  # a slash command's follow-up
                 edited = await self.call(target.edit, content=content)
+            else:
+                # Message.edit sends its flags with suppress_embeds=False unless told, which
+                # would bring the link previews back on every streamed edit
+                edited = await self.call(target.edit, content=content, suppress=True)
         except discord.NotFound:
             self._messages.pop(message, None)
             return False
@@ -234,12 +239,25 @@ class DiscordPlatform:
             payload = await state.http.send_message(target.id, params=params)
         return discord.Message(state=state, channel=target, data=payload)
 
+    def retry_delay(self, exc: Exception) -> float | None:
+        if isinstance(exc, discord.RateLimited):
+            return exc.retry_after
+        if isinstance(exc, discord.DiscordServerError):
+            return 0.0
+        if isinstance(exc, discord.HTTPException):
+            return _retry_after(exc) if exc.status == 429 else None
+        if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
+            return 0.0
+        return None
+
     # ------------------------------------------------------------------ Discord only
 
     async def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Call Discord; retry on its server errors and network errors, not on refusals."""
+        """Call Discord; retry on its server errors, rate limits that outlasted discord.py's
+        own waiting (after their ``Retry-After``) and network errors, not on refusals."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            wait = min(0.5 * 2.0**attempt, 30.0)
             try:
                 return await method(*args, **kwargs)
             except discord.DiscordServerError as exc:
@@ -249,12 +267,18 @@ class DiscordPlatform:
             except discord.HTTPException as exc:
                 if exc.status != 429 or last:  # discord.py already waited out 429s
                     raise
-                log.info("Discord rate limit persisted; retrying")
+                wait = max(_retry_after(exc), 0.1)
+                log.info("Discord rate limit persisted; retrying in %.1f s", wait)
+            except discord.RateLimited as exc:  # longer than discord.py waits by itself
+                if last:
+                    raise
+                wait = exc.retry_after
+                log.info("Discord rate limit: waiting %.1f s", wait)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if last:
                     raise
                 log.info("network error talking to Discord (%s); retrying", exc)
-            await asyncio.sleep(min(0.5 * 2.0**attempt, 30.0))
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _keep(self, message: discord.Message) -> None:
@@ -262,6 +286,15 @@ class DiscordPlatform:
         self._messages.move_to_end(message.id)
         while len(self._messages) > KEPT_MESSAGES:
             self._messages.popitem(last=False)
+
+
+def _retry_after(exc: discord.HTTPException) -> float:
+    """The ``Retry-After`` of a 429 (seconds), 1 if it has none."""
+    headers: Any = getattr(exc.response, "headers", None) or {}
+    try:
+        return max(0.0, float(headers.get("Retry-After", 1.0)))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 async def _trigger_typing(channel: Channel) -> None:

@@ -187,6 +187,15 @@ class TelegramPlatform:
         await self.call(self.bot.send_document,
                         document=telegram.InputFile(data, filename=path.name), **common)
 
+    def retry_delay(self, exc: Exception) -> float | None:
+        if isinstance(exc, RetryAfter):
+            return _retry_after(exc)
+        if isinstance(exc, BadRequest | Forbidden):  # (BadRequest is a NetworkError in PTB)
+            return None
+        if isinstance(exc, NetworkError):  # includes TimedOut
+            return 0.0
+        return None
+
     # ------------------------------------------------------------------ Telegram only
 
     async def download(self, file_id: str) -> bytes:
@@ -203,9 +212,7 @@ class TelegramPlatform:
             except RetryAfter as exc:  # the rate limiter already retried; keep trying
                 if last:
                     raise
-                with warnings.catch_warnings():  # PTB 22 warns about the int/timedelta change
-                    warnings.simplefilter("ignore")
-                    wait = _seconds(exc.retry_after) + 0.1
+                wait = _retry_after(exc) + 0.1
                 log.info("Telegram flood control: waiting %.1f s", wait)
             except (BadRequest, Forbidden):
                 raise
@@ -220,6 +227,12 @@ class TelegramPlatform:
 
 def _seconds(value: int | dtm.timedelta) -> float:
     return value.total_seconds() if isinstance(value, dtm.timedelta) else float(value)
+
+
+def _retry_after(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns about the int/timedelta change
+        warnings.simplefilter("ignore")
+        return _seconds(exc.retry_after)
 
 
 def _too_long(exc: BadRequest) -> bool:
