@@ -8,7 +8,10 @@ scripted fake CLI where a crash mid-stream is needed).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,7 +24,8 @@ from gateway.api import api_config_from_settings
 from gateway.config import load_settings
 from gateway.engine import Engine
 from tests.conftest import EngineFactory
-from tests.fake_anthropic import FakeAnthropic
+from tests.fake_anthropic import FakeAnthropic, cli_env
+from tests.reliability_support import GatewayProcess, http
 from tests.test_api_routes import FAKE_CLI, Gateway, gateway_factory
 
 pytestmark = pytest.mark.cli
@@ -143,6 +147,42 @@ async def test_access_log_off(make_gw: GatewayFactory, caplog: pytest.LogCapture
     status, _, _ = await gw.raw("GET", "/v1/models")
     assert status == 200
     assert access_lines(caplog) == []
+
+
+def test_the_real_gateway_writes_it_and_no_query_strings(
+    tmp_path: Path, fake_api: FakeAnthropic, cli_home: Path
+) -> None:
+    """The ``claude-max-api`` command as installed: its log has our lines, and aiohttp's own
+    access log (which writes query strings) is off."""
+    env = cli_env(fake_api.base_url, str(cli_home))
+    env.pop("CLAUDE_MAX_GATEWAY_CONFIG", None)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["GATEWAY_API_KEYS"] = KEY
+    gateway = GatewayProcess(tmp_path, env).start()
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        status, headers, _ = gateway.chat("PROCESS-BODY-SECRET", headers=auth)
+        assert status == 200
+        status, _, _ = http("GET", gateway.url + "/v1/models?api_key=QUERY-SECRET-99")
+        assert status == 401
+    finally:
+        gateway.signal(signal.SIGTERM)
+        try:
+            assert gateway.wait(timeout=30) == 0
+        finally:
+            gateway.kill()
+    log = gateway.log()
+    conversation = headers["X-Conversation-Id"]
+    lines = [line.split(" gateway.api.access: ", 1)[1] for line in log.splitlines()
+             if " INFO " in line and " gateway.api.access: " in line]
+    assert lines[0].startswith("GET /health 200 ")  # start() waited for it
+    lines = [x for x in lines if not x.startswith("GET /health ")]
+    assert [LINE.match(x) is not None for x in lines] == [True, True], lines
+    assert lines[0].startswith("POST /v1/chat/completions 200 ")
+    assert lines[0].endswith(f"s conversation={conversation}")
+    assert lines[1].startswith("GET /v1/models 401 ")
+    for secret in (KEY, "QUERY-SECRET", "PROCESS-BODY-SECRET"):
+        assert secret not in log
 
 
 def test_the_setting_reaches_the_api(tmp_path: Path) -> None:
