@@ -9,6 +9,8 @@ Errors are always OpenAI error JSON, ``{"error": {"message", "type", "code", "pa
   :mod:`gateway.api.guard`, before any of the rest (browser pages and DNS rebinding);
 * 404 unknown path or model id, 405 wrong method, 413 body over ``max_body_bytes``;
 * 409 ``interrupted``: the turn was stopped by ``interrupt``/``reset`` of its conversation;
+* 422 ``invalid_json_output``: the answer did not match ``response_format``, also after one
+  retry in the same session (:mod:`gateway.api.structured`);
 * 429 rate limited, with ``Retry-After``;
 * 502 CLI crash, upstream API error or upstream authentication failure (never 401/403:
   OpenClaw disables a provider for a minute after one);
