@@ -17,6 +17,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from gateway.api.structured import OutputInvalid, check_answer, parse_response_format
 from gateway.engine import Engine
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
@@ -77,8 +78,37 @@ def dialogue(request: dict[str, Any]) -> list[tuple[str, str]]:
 def schema_format(name: str = "Weather") -> dict[str, Any]:
     return {
         "type": "json_schema",
-        "json_schema": {"name": name, "schema": Weather.model_json_schema(), "strict": True},
+        # as the openai client sends it with strict: no other properties
+        "json_schema": {"name": name, "strict": True,
+                        "schema": {**Weather.model_json_schema(), "additionalProperties": False}},
     }
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def test_check_answer_unwraps_what_claude_adds_and_names_what_is_wrong() -> None:
+    weather = parse_response_format(schema_format())
+    json_object = parse_response_format({"type": "json_object"})
+    assert weather is not None and json_object is not None
+    for answer in (GOOD, f"  {GOOD}\n", f"```json\n{GOOD}\n```", f"```\n{GOOD}```",
+                   f"Here it is:\n```json\n{GOOD}\n```\nEnjoy!", f"Here it is: {GOOD}."):
+        assert check_answer(weather, answer) == GOOD, answer
+    assert check_answer(json_object, '{"a": [1, {"b": 2}]}') == '{"a": [1, {"b": 2}]}'
+    problems = {
+        "": "empty",
+        "sunny": "not valid JSON",
+        "{city: Rome}": "not valid JSON",
+        f"{GOOD} or {GOOD}": "not valid JSON",  # two values: not guessed at
+        '{"city": "Rome", "celsius": 21, "sunny": "yes"}': "at $.sunny: 'yes' is not of type",
+        '{"city": "Rome", "celsius": 21, "sunny": true, "x": 1}': "Additional properties",
+    }
+    for answer, problem in problems.items():
+        with pytest.raises(OutputInvalid) as caught:
+            check_answer(weather, answer)
+        assert problem in caught.value.problem, (answer, caught.value.problem)
+    with pytest.raises(OutputInvalid, match="an array, not a JSON object"):
+        check_answer(json_object, "[1]")
 
 
 # --------------------------------------------------------------------------- openai parse
@@ -193,7 +223,7 @@ async def test_json_object_and_text(gw: Gateway) -> None:
 
 
 async def test_stream_sends_the_checked_json_in_one_piece(gw: Gateway) -> None:
-    gw.fake.script({"text": "Here you go: " + GOOD}, match="stream weather")
+    gw.fake.script({"text": "Here you go: {city: Rome}"}, match="stream weather")
     gw.fake.script({"text": GOOD, "chunk_delay": 0.05}, match=RETRY_MARK)
     async with gw.client.chat.completions.stream(
         model="sonnet", messages=[user("stream weather")], response_format=Weather

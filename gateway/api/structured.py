@@ -8,7 +8,8 @@ Claude Code has no switch that forces JSON, so the gateway asks for it and check
 * :func:`with_instruction` adds the instruction to *this* turn's prompt (a suffix of the user
   message, not system text: the system text of a warm process is fixed, and changing it
   would restart the process; later turns of the conversation do not get the instruction).
-* :func:`check_answer` strips a Markdown code fence and parses the answer: ``json_object``
+* :func:`check_answer` strips a Markdown code fence (or words around the one JSON value of
+  the answer) and parses the answer: ``json_object``
   must be a JSON object, ``json_schema`` must validate against the schema (``strict`` true or
   false alike). It returns the JSON text the client receives, or raises :class:`OutputInvalid`.
 * :class:`StructuredTurns` wraps the engine for one request: when the answer does not pass,
@@ -245,6 +246,20 @@ def strip_fence(text: str) -> str:
     return text
 
 
+def _embedded(text: str) -> str | None:
+    """The one JSON object or array in an answer with words around it, else None."""
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return None
+    start = min(starts)
+    try:
+        _, end = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    rest = text[end:]
+    return None if "{" in rest or "[" in rest else text[start:end]
+
+
 def _short(text: str) -> str:
     return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…"
 
@@ -257,12 +272,15 @@ def check_answer(fmt: ResponseFormat, text: str) -> str:
     try:
         value = json.loads(candidate)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        detail = (
-            f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else type(exc).__name__
-        )
-        raise OutputInvalid(f"it is not valid JSON ({detail})", "not JSON") from None
+        inner = _embedded(candidate)  # "Here it is: {...}"
+        if inner is None:
+            detail = (
+                f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+                if isinstance(exc, json.JSONDecodeError)
+                else type(exc).__name__
+            )
+            raise OutputInvalid(f"it is not valid JSON ({detail})", "not JSON") from None
+        candidate, value = inner, json.loads(inner)
     if fmt.type == "json_object":
         if not isinstance(value, dict):
             kind = type(value).__name__ if value is not None else "null"
