@@ -9,9 +9,9 @@ Claude Code has no switch that forces JSON, so the gateway asks for it and check
   message, not system text: the system text of a warm process is fixed, and changing it
   would restart the process; later turns of the conversation do not get the instruction).
 * :func:`check_answer` strips a Markdown code fence (or words around the one JSON value of
-  the answer) and parses the answer: ``json_object``
-  must be a JSON object, ``json_schema`` must validate against the schema (``strict`` true or
-  false alike). It returns the JSON text the client receives, or raises :class:`OutputInvalid`.
+  the answer) and parses the answer: ``json_object`` must be a JSON object, ``json_schema``
+  must validate against the schema (``strict`` true or false alike). It returns the JSON
+  text the client receives, or raises :class:`OutputInvalid`.
 * :class:`StructuredTurns` wraps the engine for one request: when the answer does not pass,
   it runs one more turn in the same conversation with the problem as the user message, and
   if that answer fails too the turn ends with ``TurnError(INVALID_OUTPUT)`` (HTTP 422
