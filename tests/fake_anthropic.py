@@ -19,9 +19,9 @@ Routes
 ------
 * ``POST /v1/messages`` (the CLI sends ``?beta=true`` and ``stream: true``): SSE exactly like
   the real API (``message_start``, ``ping``, ``content_block_start/delta/stop`` per block with
-  text split into up to 5 ``text_delta`` pieces and tool input into 3 ``input_json_delta``
-  pieces, ``message_delta``, ``message_stop``). ``stream: false`` gets one JSON message. Every
-  response carries ``request-id: req_fake…`` and the headers given to
+  text split into up to 5 ``text_delta`` pieces (``pieces`` in a script) and tool input into
+  3 ``input_json_delta`` pieces, ``message_delta``, ``message_stop``). ``stream: false`` gets
+  one JSON message. Every response carries ``request-id: req_fake…`` and the headers given to
   :meth:`FakeAnthropic.set_ratelimit_headers`.
 * ``HEAD /`` and ``GET /`` → 200 (CLI 2.1.197 sends ``HEAD /`` as a preflight; 2.1.331 sends
   only ``POST /v1/messages``), ``GET /v1/models``, ``POST /v1/messages/count_tokens`` →
@@ -39,7 +39,8 @@ blocks). It is ``""`` when that message only carries ``tool_result`` blocks.
    (``{"name", "input", "id"?}``) or ``tool_uses`` (list, parallel calls), with ``text`` as an
    optional block before them; ``error`` (HTTP status) with ``message``, ``error_type``,
    ``retry_after``; ``hang``; ``stall``; ``delay`` (seconds before the first byte);
-   ``chunk_delay`` (seconds between deltas); ``usage`` (overrides ``input_tokens``,
+   ``chunk_delay`` (seconds between deltas); ``pieces`` (how many ``text_delta`` pieces a
+   text block is streamed in, default 5); ``usage`` (overrides ``input_tokens``,
    ``output_tokens``, ``cache_read_input_tokens``, ``cache_creation_input_tokens``);
    ``stop_reason``; ``model``.
 2. A last user message carrying ``tool_result`` blocks and no user text → ``Tool said: <result
@@ -818,7 +819,9 @@ class FakeAnthropic:
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
                 start_block: dict[str, Any] = {"type": "text", "text": ""}
-                deltas = [{"type": "text_delta", "text": p} for p in _split(block["text"], 5)]
+                pieces = int(plan.get("pieces") or 5)
+                deltas = [{"type": "text_delta", "text": p}
+                          for p in _split(block["text"], pieces)]
             else:
                 start_block = {
                     "type": "tool_use",

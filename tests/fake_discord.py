@@ -11,7 +11,13 @@ of it, in the same style (Discord-shaped JSON fed to the client's state):
   interaction callback / follow-up webhook endpoints (Discord's side, answered here);
 * a record of everything the bot did (sends, edits, deletes, typing), and one-shot failures
   (``fail_next``) to show that a Discord error delays a message without losing it;
-* ``PUT /applications/{id}/commands`` (command sync), recorded.
+* ``PUT /applications/{id}/commands`` (command sync), recorded;
+* timing like Discord's servers (off by default, so fast tests stay fast): ``latency``
+  seconds per call (send, edit, delete, typing) plus up to ``jitter`` more at random, and
+  random rate limits: ``flood_rate`` of the sends and edits are answered ``429`` with a
+  ``Retry-After`` of ``flood_retry_after`` seconds (counted in :attr:`FakeDiscord.floods`).
+  dpytest replaces discord.py's HTTP client, whose own 429 handling therefore does not run:
+  the 429 reaches the bridge as the ``HTTPException`` discord.py raises when it gives up.
 
 Only Discord's servers are fake; nothing of the gateway is.
 """
@@ -22,6 +28,7 @@ import asyncio
 import datetime as dtm
 import itertools
 import json
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,7 +71,7 @@ class Sent:
     deleted: bool = False
     via_interaction: bool = False
     ephemeral: bool = False
-    flags: int = 0
+    flags: int = 0  # as the message stands now (an edit that sends flags replaces them)
 
 
 @dataclass
@@ -113,7 +120,21 @@ class FakeDiscord:
         self._failures: dict[str, list[Exception]] = {}
         self._dms: dict[int, discord.DMChannel] = {}
         self._interaction_channels: dict[str, int] = {}
+        self.latency = 0.0
+        self.jitter = 0.0
+        self.flood_rate = 0.0
+        self.flood_retry_after = 0.5
+        self.floods = 0
+        self._random = random.Random()  # the jitter
+        self._flood_random = random.Random()  # which calls get rate limited
         self._install(monkeypatch)
+
+    def slow(self, latency: float = 0.1, jitter: float = 0.05, flood_rate: float = 0.0,
+             flood_retry_after: float = 0.5, seed: int | None = None) -> None:
+        """Answer like Discord over the internet: see the module doc."""
+        self.latency, self.jitter = latency, jitter
+        self.flood_rate, self.flood_retry_after = flood_rate, flood_retry_after
+        self._random, self._flood_random = random.Random(seed), random.Random(seed)
 
     # ------------------------------------------------------------------ users and places
 
@@ -269,25 +290,37 @@ class FakeDiscord:
         if queue:
             raise queue.pop(0)
 
+    async def _delay(self) -> None:
+        if self.latency or self.jitter:
+            await asyncio.sleep(self.latency + self._random.uniform(0, self.jitter))
+
+    def _maybe_flood(self) -> None:
+        if self.flood_rate and self._flood_random.random() < self.flood_rate:
+            self.floods += 1
+            wait = self.flood_retry_after
+            raise discord.HTTPException(
+                _RateLimitResponse(wait),
+                {"message": "You are being rate limited.", "retry_after": wait, "global": False},
+            )
+
     # ------------------------------------------------------------------ Discord's side
 
     def _install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         fake = self
 
-        async def on_send(message: discord.Message) -> None:
-            fake._maybe_fail("send_message")
-
+        # dpytest logs and swallows what its callbacks raise: failures are raised in the
+        # patched HTTP methods below, before the call takes effect, the callbacks only record
         async def on_edit(channel: Any, message: discord.Message, fields: Any) -> None:
-            fake._maybe_fail("edit_message")
             payload = fields["params"].payload or {}
             record = fake.sent.get(message.id)
             if record is not None and "content" in payload:
                 record.content = payload["content"] or ""
                 record.history.append(record.content)
+            if record is not None and "flags" in payload:
+                record.flags = int(payload["flags"] or 0)
             fake.actions.append(Action("edit", channel.id, time.monotonic(), dict(payload)))
 
         async def on_delete(channel: Any, message: discord.Message, reason: Any = None) -> None:
-            fake._maybe_fail("delete_message")
             record = fake.sent.get(message.id)
             if record is not None:
                 record.deleted = True
@@ -295,18 +328,23 @@ class FakeDiscord:
                                        {"id": message.id}))
 
         async def on_typing(channel: Any) -> None:
+            await fake._delay()
             fake.actions.append(Action("typing", channel.id, time.monotonic()))
 
-        callbacks.set_callback(on_send, "send_message")
         callbacks.set_callback(on_edit, "edit_message")
         callbacks.set_callback(on_delete, "delete_message")
         callbacks.set_callback(on_typing, "send_typing")
 
         http = self.client.http
         original_send = http.send_message
+        original_edit = http.edit_message
+        original_delete = http.delete_message
 
         async def send_message(channel_id: int, *, params: Any) -> Any:
             channel = _caller_local("channel")  # noqa: F841 - dpytest reads it from this frame
+            await fake._delay()
+            fake._maybe_flood()
+            fake._maybe_fail("send_message")
             data = await original_send(channel_id, params=params)
             payload = params.payload
             if payload is None and params.multipart:  # with files: the JSON is one part
@@ -322,6 +360,21 @@ class FakeDiscord:
                                        {"id": int(data["id"]), "flags": flags,
                                         "duration_secs": next(iter(durations), None)}))
             return data
+
+        # dpytest finds the message in its caller's frame, as ``self``
+        async def edit_message(channel_id: int, message_id: int, **fields: Any) -> Any:
+            self = _caller_local("self")  # noqa: F841 - dpytest reads it from this frame
+            await fake._delay()
+            fake._maybe_flood()
+            fake._maybe_fail("edit_message")
+            return await original_edit(channel_id, message_id, **fields)
+
+        async def delete_message(channel_id: int, message_id: int, *,
+                                 reason: str | None = None) -> Any:
+            self = _caller_local("self")  # noqa: F841 - dpytest reads it from this frame
+            await fake._delay()
+            fake._maybe_fail("delete_message")
+            return await original_delete(channel_id, message_id, reason=reason)
 
         async def start_thread_with_message(channel_id: int, message_id: int, *, name: str,
                                             auto_archive_duration: int,
@@ -348,6 +401,8 @@ class FakeDiscord:
                     for c in payload]
 
         monkeypatch.setattr(http, "send_message", send_message)
+        monkeypatch.setattr(http, "edit_message", edit_message)
+        monkeypatch.setattr(http, "delete_message", delete_message)
         monkeypatch.setattr(http, "start_thread_with_message", start_thread_with_message)
         monkeypatch.setattr(http, "bulk_upsert_global_commands", bulk_upsert_global_commands)
 
@@ -393,6 +448,15 @@ class FakeDiscord:
         monkeypatch.setattr(AsyncWebhookAdapter, "execute_webhook", execute_webhook)
         monkeypatch.setattr(AsyncWebhookAdapter, "delete_original_interaction_response",
                             delete_original_interaction_response)
+
+
+class _RateLimitResponse:
+    """What discord.py's ``HTTPException`` reads from a 429 response."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.status = 429
+        self.reason = "Too Many Requests"
+        self.headers = {"Retry-After": f"{retry_after:g}", "X-RateLimit-Scope": "user"}
 
 
 def _caller_local(name: str) -> Any:
