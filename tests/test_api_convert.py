@@ -651,7 +651,7 @@ def test_bind_safety() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
     check_bind("127.0.0.1", ApiConfig())
     check_bind("0.0.0.0", ApiConfig(api_keys=("k",)))
-    with pytest.raises(ConfigError, match="api_keys"):
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEYS"):
         check_bind("0.0.0.0", ApiConfig())
 
 
@@ -670,7 +670,14 @@ def test_api_config_from_settings() -> None:
         server = Server()
 
     config = api_config_from_settings(Settings())
-    assert config == ApiConfig(("k1",), 2 * 1024 * 1024, 3, 4.5, StreamMode.FINAL, "finish")
+    assert config == ApiConfig(
+        api_keys=("k1",),
+        max_body_bytes=2 * 1024 * 1024,
+        max_concurrent_requests=3,
+        keepalive_seconds=4.5,
+        stream_mode=StreamMode.FINAL,
+        on_disconnect="finish",
+    )
     Server.host = "0.0.0.0"
     Server.api_keys = []
     with pytest.raises(ConfigError):
