@@ -1,7 +1,8 @@
 # The two commands of the README. Each creates what it needs in .venv on first use.
 #   make run                  the gateway with what it needs to run (pip install -e .)
 #   make run EXTRAS=voice     ... plus voice messages (any extra of pyproject.toml, comma-separated)
-#   make test                 the whole test stack (.[test]: voice engines, torch, linters) and the suite
+#   make test                 the whole test stack (.[test]: voice engines, torch, linters; as root also the
+#                             Debian packages of scripts/system-packages.sh) and the suite
 PYTHON ?= python3
 VENV   := .venv
 EXTRAS ?=
@@ -35,6 +36,7 @@ run: $(RUN_STAMP)
 
 ## make test: the whole test suite (what CI runs)
 test: $(TEST_STAMP)
+	@bash scripts/system-packages.sh
 	$(VENV)/bin/ruff check gateway bridges tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

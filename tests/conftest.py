@@ -109,6 +109,21 @@ def skip_unless_whole_module(request: pytest.FixtureRequest, module_name: str) -
         pytest.skip("needs the whole module to run")
 
 
+def system_binary(name: str, package: str) -> str:
+    """The path of a Debian-packaged program a test runs for real (``make test`` installs
+    them: scripts/system-packages.sh). Without it the test is skipped on a developer's
+    machine, but fails under CI, where a skip would hide that the set-up is broken."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; make test should have installed it")
+        pytest.skip(message)
+    return path
+
+
 def child_pids() -> set[int]:
     """Live descendants of this test process (to prove nothing leaked)."""
     import psutil

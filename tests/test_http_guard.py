@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -35,7 +34,7 @@ from gateway.api.routes import STATUS_PROVIDERS
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from tests import test_api_routes as api_routes
-from tests.conftest import EngineFactory, child_pids, skip_unless_whole_module
+from tests.conftest import EngineFactory, child_pids, skip_unless_whole_module, system_binary
 from tests.fake_anthropic import FakeAnthropic
 from tests.test_api_routes import Gateway, check_openapi, serve
 
@@ -540,8 +539,6 @@ def test_every_documented_guard_status_was_seen(request: pytest.FixtureRequest) 
 
 # --------------------------------------------------------------------------- a real browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 ATTACK_PAGE = """<!doctype html><title>cute cats</title><body>
 <iframe src="{app}/app.html"></iframe>
 <script>
@@ -607,13 +604,12 @@ async def page_server(pages: dict[str, str], reports: list[dict[str, str]]) -> A
         yield url
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 async def test_headless_chromium_pages_of_other_origins(
     make_gateway: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A page from one loopback origin tries every fetch() it can against the gateway; the
     owner's allowed app, in an iframe from another origin, uses it with CORS."""
-    assert CHROMIUM is not None
+    chromium = system_binary("chromium", "chromium")
     caplog.set_level(logging.WARNING, logger="gateway.api.guard")
     reports: list[dict[str, str]] = []
     pages: dict[str, str] = {}
@@ -628,7 +624,7 @@ async def test_headless_chromium_pages_of_other_origins(
             app=app_url, gateway=gw.url, chat=CHAT_JSON, rebound=f"http://attacker.example:{port}")
         started = time.monotonic()
         browser_proc = await asyncio.create_subprocess_exec(
-            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--no-default-browser-check", "--disable-extensions", "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium'}",
             "--host-resolver-rules=MAP attacker.example 127.0.0.1",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import plistlib
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from gateway.service import (
     systemd_unit,
     write_service,
 )
+from tests.conftest import system_binary
 
 ARGS = ["--config", "/home/me/My Configs/gateway.toml"]
 
@@ -60,9 +60,7 @@ def test_systemd_unit_exec_start_and_quoted_environment() -> None:
 
 
 def test_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    analyze = system_binary("systemd-analyze", "systemd")
     exe = tmp_path / "my tools" / "claude-max-api"
     exe.parent.mkdir()
     exe.write_text("#!/bin/sh\n")
@@ -77,9 +75,7 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
 
 def test_the_installed_unit_of_this_installation_passes_systemd_analyze(tmp_path: Path) -> None:
     # The unit `service install` writes, with this venv's real entry point in ExecStart.
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian/Ubuntu: apt-get install systemd)")
+    analyze = system_binary("systemd-analyze", "systemd")
     command = entry_point()
     p = plan("systemd", exe=command[0], args=[*command[1:], *ARGS], home=tmp_path,
              environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
