@@ -286,11 +286,8 @@ _RUN_COLUMNS = (
 )
 
 
-class ScheduleStore:
-    """The scheduler's tables, on the :class:`Store`'s connection and thread."""
-
-    #: runs kept per job; older ones are deleted as new ones are recorded
-    keep_runs = 200
+class _Tables:
+    """A group of tables that lives on the :class:`Store`'s connection and worker thread."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -300,6 +297,13 @@ class ScheduleStore:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.store._run(fn, *args)
+
+
+class ScheduleStore(_Tables):
+    """The scheduler's tables."""
+
+    #: runs kept per job; older ones are deleted as new ones are recorded
+    keep_runs = 200
 
     # ------------------------------------------------------------------ jobs
 
@@ -547,20 +551,11 @@ def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
     return OutboxRow(*values)
 
 
-class ChatStore:
-    """The chat bridges' inbox and outbox, on the :class:`Store`'s connection and thread."""
+class ChatStore(_Tables):
+    """The chat bridges' inbox and outbox."""
 
     #: finished inbox entries and sent outbox entries are deleted after this many seconds
     keep_seconds = 7 * 24 * 3600
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def _db(self) -> sqlite3.Connection:
-        return self.store._db()
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self.store._run(fn, *args)
 
     # ------------------------------------------------------------------ inbox
 
