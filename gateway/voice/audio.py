@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import wave
 from dataclasses import dataclass
 from types import ModuleType
@@ -276,12 +275,3 @@ def float_to_int16(samples: Float32Array) -> Int16Array:
     clipped = np.clip(samples, -1.0, 1.0)
     out: Int16Array = (clipped * 32767.0).astype(np.int16)
     return out
-
-
-def duration_of(pcm: Int16Array, rate: int) -> float:
-    return len(pcm) / rate if rate else 0.0
-
-
-def ceil_seconds(seconds: float) -> int:
-    """Whole seconds, rounded up (Telegram's ``duration`` of a voice note)."""
-    return max(1, math.ceil(seconds))

@@ -243,11 +243,6 @@ class VoiceService:
                  decoded.source, finished - started, stt.name)
         return transcript
 
-    async def load_stt(self) -> None:
-        """Load the speech model now (e.g. at start-up) instead of at the first message."""
-        stt = self.stt
-        await self._run(self._stt_pool, stt.load)
-
     # ------------------------------------------------------------------ text to speech
 
     def speakable(self, markdown: str) -> str:
