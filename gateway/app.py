@@ -19,7 +19,7 @@ from gateway.api.routes import HEALTH_CHECKS, STATUS_PROVIDERS
 from gateway.config import Settings, is_secret_env_var, secret_env_var_names
 from gateway.engine import Alert, Engine, EngineConfig
 from gateway.engine.process import cli_auth_status, cli_environment
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ErrorKind, GatewayError
 from gateway.ports import busy_port_message, port_problem
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig, SessionMode
 from gateway.store import Store
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 #: How long a shutdown waits for running turns before their processes are killed.
 SHUTDOWN_GRACE = 5.0
+#: seconds before the first and at most between later tries to start a bridge whose platform
+#: was unreachable at start-up
+BRIDGE_RETRY_FIRST = 2.0
+BRIDGE_RETRY_MAX = 60.0
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -83,6 +87,10 @@ class Gateway:
     scheduler: Scheduler | None = None
     #: whether the CLI is logged in, found out once at start-up (``/health`` shows it)
     login: LoginCheck = field(default_factory=lambda: LoginCheck())
+    #: bridges whose platform was unreachable at start-up, tried again in the background
+    #: (bridge title -> why); the HTTP API and the other bridges serve meanwhile
+    unreachable: dict[str, str] = field(default_factory=dict)
+    _retries: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -103,7 +111,7 @@ class Gateway:
         app = create_app(self.engine, api_config_from_settings(self.settings), self.voice)
         self.scheduler = build_scheduler(self.engine, self.settings)
         app[STATUS_PROVIDERS] = {"scheduler": self.scheduler.status}
-        app[HEALTH_CHECKS] = [self.login.problem]
+        app[HEALTH_CHECKS] = [self.login.problem, self._unreachable_problem]
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.server.host, self.settings.server.port)
@@ -129,7 +137,49 @@ class Gateway:
             self.bridges.append(bridge)
             if self.scheduler is not None:
                 setup_schedules(core, self.scheduler)
-            await bridge.start()
+            try:
+                await bridge.start()
+            except GatewayError as exc:
+                if exc.kind is not ErrorKind.PLATFORM_UNAVAILABLE:
+                    raise
+                self._start_later(bridge, exc)
+
+    def _start_later(self, bridge: TelegramBridge | DiscordBridge, exc: GatewayError) -> None:
+        """A platform that is down must not take the gateway down with it: the API and the
+        other bridges serve, and this one is started as soon as its platform answers (its
+        outbox then delivers what was due, in order)."""
+        title = bridge.core.title
+        self.unreachable[title] = exc.message
+        log.warning("%s: %s; the gateway runs without it and tries again every %.0f s at most",
+                    title, exc.message, BRIDGE_RETRY_MAX)
+
+        async def retry() -> None:
+            delay = BRIDGE_RETRY_FIRST
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BRIDGE_RETRY_MAX)
+                try:
+                    await bridge.start()
+                except GatewayError as again:
+                    if again.kind is not ErrorKind.PLATFORM_UNAVAILABLE:
+                        log.error("%s could not start: %s", title, again.message)
+                        self.unreachable[title] = again.message
+                        return
+                    log.info("%s: still unreachable (%s)", title, again.message)
+                    self.unreachable[title] = again.message
+                    continue
+                self.unreachable.pop(title, None)
+                log.warning("%s: reachable again; the bot is running", title)
+                return
+
+        task = asyncio.create_task(retry(), name=f"start {title}")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    def _unreachable_problem(self) -> str | None:
+        if not self.unreachable:
+            return None
+        return "; ".join(f"{title}: {why} (retrying)" for title, why in self.unreachable.items())
 
     def _configured_bridges(self) -> Iterator[TelegramBridge | DiscordBridge]:
         """The bots whose token is set. A bot library is imported only when its bot runs:
@@ -152,6 +202,10 @@ class Gateway:
                 yield discord
 
     async def stop(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        if self._retries:
+            await asyncio.gather(*self._retries, return_exceptions=True)
         if self.scheduler is not None:
             try:
                 await self.scheduler.stop()

@@ -31,6 +31,8 @@ class ErrorKind(StrEnum):
     SHUTDOWN = "shutdown"
     # the answer: not what the request's response_format asked for (after one retry)
     INVALID_OUTPUT = "invalid_output"
+    # a chat platform (Telegram's Bot API, Discord) cannot be reached right now
+    PLATFORM_UNAVAILABLE = "platform_unavailable"
 
 
 class GatewayError(Exception):

@@ -107,3 +107,42 @@ async def test_sigkill_during_a_telegram_turn_then_a_restart_answers_or_tells_th
             gateway.kill()
             for proc in cli_processes_of(str(cli_home)):
                 proc.kill()
+
+
+async def test_a_telegram_outage_at_start_up_leaves_the_gateway_serving_and_the_bot_comes_up(
+    tmp_path: Path, fake_api: FakeAnthropic, cli_home: Path,
+) -> None:
+    """Telegram down while the gateway starts: the HTTP API serves, /health says why it is
+    degraded, and the bot starts by itself once the Bot API answers again."""
+    async with FakeTelegram(latency=0.1, jitter=0.05) as tg:
+        tg.down = True
+        gateway = GatewayProcess(
+            tmp_path, _env(fake_api, cli_home, tg.token),
+            extra=f"[telegram]\nbase_url = {json.dumps(tg.base_url)}\n"
+                  f"allowed_users = [{OWNER}]\npoll_timeout = 5\n",
+        )
+        try:
+            await asyncio.to_thread(gateway.start)
+            await tg.wait_for(lambda: "tries again" in gateway.log(), what="the warning")
+            health = await asyncio.to_thread(gateway.health)
+            assert health["status"] == "degraded", health
+            assert any("Telegram" in p and "retrying" in p for p in health["problems"]), health
+            status, _, body = await asyncio.to_thread(gateway.chat, "the API still works")
+            assert status == 200 and b"echo: the API still works" in body, body
+            assert gateway.proc is not None and gateway.proc.poll() is None
+
+            tg.down = False
+            await tg.wait_for(lambda: tg.calls_of("getUpdates"), what="polling", within=30)
+            tg.user_text(OWNER, "hello after the outage")
+            await answer(tg, OWNER, "echo: hello after the outage")
+            health = await asyncio.to_thread(gateway.health)
+            assert health["status"] == "ok", health
+            warnings = [line for line in gateway.log().splitlines() if " WARNING " in line]
+            assert any("reachable again" in line for line in warnings), warnings
+
+            gateway.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(gateway.wait, 30) == 0
+        finally:
+            gateway.kill()
+            for proc in cli_processes_of(str(cli_home)):
+                proc.kill()

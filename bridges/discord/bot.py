@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -36,8 +37,8 @@ from bridges.common import (
 from bridges.common.commands import Command, parse_command
 from bridges.discord.platform import INTERACTION, DiscordPlatform, SlashReply
 from gateway.config import DiscordSettings, Settings
-from gateway.engine import Engine, ImagePart, Prompt
-from gateway.errors import ConfigError, GatewayError
+from gateway.engine import EngineAPI, ImagePart, Prompt
+from gateway.errors import ConfigError, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class DiscordBridge:
     """Owns the discord.py client; ``start``/``stop`` are called by ``gateway.app``."""
 
     def __init__(
-        self, engine: Engine, settings: DiscordSettings, *, token: str,
+        self, engine: EngineAPI, settings: DiscordSettings, *, token: str,
         voice: VoiceBackend | None = None,
     ) -> None:
         self.engine = engine
@@ -136,7 +137,7 @@ class DiscordBridge:
 
     @classmethod
     def from_settings(
-        cls, engine: Engine, settings: Settings, *, voice: VoiceBackend | None = None
+        cls, engine: EngineAPI, settings: Settings, *, voice: VoiceBackend | None = None
     ) -> DiscordBridge | None:
         """The bridge, if ``DISCORD_BOT_TOKEN`` is set (``voice``: the gateway's voice
         service, for voice messages in and spoken replies out)."""
@@ -177,6 +178,13 @@ class DiscordBridge:
             raise ConfigError(
                 "DISCORD_BOT_TOKEN: Discord refused the bot token; copy it again from the"
                 " Developer Portal (your application → Bot → Reset Token)"
+            ) from exc
+        except (OSError, aiohttp.ClientError, TimeoutError, discord.DiscordServerError) as exc:
+            # down, or unreachable: the gateway tries again later, with a fresh connection
+            await self.client.http.close()
+            self.client.http.connector = discord.utils.MISSING
+            raise GatewayError(
+                ErrorKind.PLATFORM_UNAVAILABLE, f"Discord cannot be reached ({exc})"
             ) from exc
         self._connection = asyncio.create_task(self._connect(), name="discord gateway")
         ready = asyncio.create_task(self.client.ready.wait())
@@ -298,11 +306,11 @@ class DiscordBridge:
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         app = str(self.client.application_id or "")
         try:
-            meta = await self.engine.store.get_meta(COMMANDS_META)
+            meta = await self.engine.preferences.get_meta(COMMANDS_META)
             if meta.get("digest") == digest and meta.get("application") == app:
                 return False
             await tree.sync()
-            await self.engine.store.set_meta(COMMANDS_META, digest=digest, application=app)
+            await self.engine.preferences.set_meta(COMMANDS_META, digest=digest, application=app)
         except (discord.HTTPException, app_commands.AppCommandError) as exc:
             log.warning("could not register the slash commands with Discord (%s); typing"
                         " /help and the like as a message still works", exc)

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import telegram
 from aiohttp import web
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler, filters
 
 from bridges.common import (
@@ -40,8 +40,8 @@ from bridges.telegram.platform import (
     chat_key,
 )
 from gateway.config import Settings, TelegramSettings
-from gateway.engine import Engine, ImagePart, Prompt
-from gateway.errors import ConfigError, GatewayError
+from gateway.engine import EngineAPI, ImagePart, Prompt
+from gateway.errors import ConfigError, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class TelegramBridge:
     """Owns the PTB ``Application``; ``start``/``stop`` are called by ``gateway.app``."""
 
     def __init__(
-        self, engine: Engine, settings: TelegramSettings, *, token: str,
+        self, engine: EngineAPI, settings: TelegramSettings, *, token: str,
         notify_chat_id: int | None = None, voice: VoiceBackend | None = None,
     ) -> None:
         self.settings = settings
@@ -116,7 +116,7 @@ class TelegramBridge:
 
     @classmethod
     def from_settings(
-        cls, engine: Engine, settings: Settings, *, voice: VoiceBackend | None = None
+        cls, engine: EngineAPI, settings: Settings, *, voice: VoiceBackend | None = None
     ) -> TelegramBridge | None:
         """The bridge, if ``TELEGRAM_BOT_TOKEN`` is set (``voice``: the gateway's voice
         service, for voice messages in and spoken replies out)."""
@@ -146,6 +146,10 @@ class TelegramBridge:
             raise ConfigError(
                 "TELEGRAM_BOT_TOKEN: Telegram refused the bot token; copy it again from"
                 " @BotFather"
+            ) from exc
+        except NetworkError as exc:  # down, or unreachable: the gateway tries again later
+            raise GatewayError(
+                ErrorKind.PLATFORM_UNAVAILABLE, f"Telegram's Bot API cannot be reached ({exc})"
             ) from exc
         self.username = self.app.bot.username
         self.bot_id = self.app.bot.id
