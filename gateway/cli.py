@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(config: str | None) -> Any:
-    from gateway.config import load_settings, setup_logging
+    from gateway.config import load_settings
+    from gateway.logs import setup_logging
 
     settings = load_settings(config)
     setup_logging(settings)

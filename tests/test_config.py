@@ -12,14 +12,13 @@ from pydantic import ValidationError
 
 from gateway.config import (
     SECRET_ENV_VARS,
-    RedactSecrets,
     Settings,
     default_data_dir,
     load_settings,
     secret_env_var_names,
-    setup_logging,
 )
 from gateway.errors import ConfigError, ErrorKind
+from gateway.logs import RedactSecrets, setup_logging
 
 REPO = Path(__file__).resolve().parent.parent
 
