@@ -131,11 +131,23 @@ AlertHandler = Callable[[Alert], Awaitable[None]]
 
 
 @dataclass(eq=False)
+class _Listener:
+    """One caller of :meth:`Engine.turn` whose prompt rides in a request (several callers
+    share one request when their prompts were coalesced)."""
+
+    prompt: Prompt
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    gone: bool = False
+
+
+@dataclass(eq=False)
 class _Request:
     prompt: Prompt
     options: TurnOptions
     model: str | None  # resolved --model value, None = keep the conversation's
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    #: who reads its events; the first is the caller that queued it
+    listeners: list[_Listener] = field(default_factory=list)
+    #: every listener went away
     abandoned: bool = False
     interrupted: bool = False
     done: bool = False
@@ -148,9 +160,32 @@ class _Request:
 
     def emit(self, event: Event) -> None:
         if not self.done:
-            self.events.put_nowait(event)
+            for listener in self.listeners:
+                listener.events.put_nowait(event)
             if isinstance(event, FINAL_EVENTS):
                 self.done = True
+
+    def listen(self, prompt: Prompt) -> _Listener:
+        listener = _Listener(prompt)
+        self.listeners.append(listener)
+        self.prompt = _merge([li.prompt for li in self.listeners])
+        return listener
+
+    def can_take(self, options: TurnOptions, model: str | None, prompt: Prompt) -> bool:
+        """Whether a coalescing prompt may join this queued request (same choices)."""
+        return (self.options.coalesce and options == self.options and model == self.model
+                and not self.started and not self.abandoned and not self.done
+                and not prompt.tool_results and not self.prompt.tool_results)
+
+    def leave(self, listener: _Listener) -> bool:
+        """``listener`` went away; True if nobody is left. Before the turn starts, its
+        prompt is taken out of the turn."""
+        listener.gone = True
+        left = [li for li in self.listeners if not li.gone]
+        if left and not self.started:
+            self.listeners = left
+            self.prompt = _merge([li.prompt for li in left])
+        return not left
 
 
 @dataclass(eq=False)
@@ -362,6 +397,11 @@ class Engine:
 
         Closing the iterator early (the consumer went away) interrupts the turn if it
         is running and drops it if it is still queued.
+
+        With ``options.coalesce``, a prompt that finds a queued coalescing turn with the
+        same options joins it: the prompts go to Claude as one message and every caller
+        reads the same events (the joiner's first event is a ``coalesced`` Notice). See
+        :class:`TurnOptions`.
         """
         options = options or TurnOptions()
         early = self._refuse(prompt)
@@ -374,30 +414,46 @@ class Engine:
             yield early
             return
         conv = self._conversations.setdefault(key, _Conversation(key))
-        if len(conv.pending) >= self.config.max_queued_per_conversation:
+        waiting = sum(len(r.listeners) for r in conv.pending)
+        if waiting >= self.config.max_queued_per_conversation:
             yield TurnError(
                 ErrorKind.BUSY,
-                f"{len(conv.pending)} messages are already waiting in this conversation;"
+                f"{waiting} messages are already waiting in this conversation;"
                 " wait for them or stop the running turn.",
                 retry_after=5.0,
             )
             return
-        req = _Request(prompt, options, model)
-        conv.pending.append(req)
-        ahead = len(conv.pending) - 1 + (conv.current is not None)
-        if ahead and not prompt.tool_results:
-            yield Notice("queued", f"queued behind {ahead} turn(s) of this conversation",
-                         {"ahead": ahead})
+        notice: Notice | None
+        last = conv.pending[-1] if conv.pending else None
+        if last is not None and last.can_take(options, model, prompt):
+            req = last
+            listener = req.listen(prompt)
+            ahead = len(conv.pending) - 1 + (conv.current is not None)
+            notice = Notice(
+                "coalesced",
+                f"merged with {len(req.listeners) - 1} waiting message(s) into the next turn",
+                {"ahead": ahead, "prompts": len(req.listeners)},
+            )
+        else:
+            req = _Request(prompt, options, model)
+            listener = req.listen(prompt)
+            conv.pending.append(req)
+            ahead = len(conv.pending) - 1 + (conv.current is not None)
+            notice = (Notice("queued", f"queued behind {ahead} turn(s) of this conversation",
+                             {"ahead": ahead})
+                      if ahead and not prompt.tool_results else None)
         self._ensure_worker(conv)
         conv.wake.set()
         try:
+            if notice is not None:
+                yield notice
             while True:
-                event = await req.events.get()
+                event = await listener.events.get()
                 yield event
                 if isinstance(event, FINAL_EVENTS):
                     return
         finally:
-            if not req.done:
+            if not req.done and req.leave(listener):
                 req.abandoned = True
                 req.gone.set()
                 if req in conv.pending:
@@ -1205,6 +1261,16 @@ def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:
     turn_cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
     return replace(result, cost_usd=round(turn_cost, 6))
+
+
+def _merge(prompts: list[Prompt]) -> Prompt:
+    """Coalesced prompts as one: the texts in order, a blank line apart, then the images."""
+    if len(prompts) == 1:
+        return prompts[0]
+    return Prompt(
+        text="\n\n".join(p.text for p in prompts if p.text.strip()),
+        images=tuple(i for p in prompts for i in p.images),
+    )
 
 
 def _with_note(prompt: Prompt) -> tuple[ToolResult, ...]:

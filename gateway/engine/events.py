@@ -86,6 +86,13 @@ class TurnOptions:
     #: "auto" (default), "none", "required" or a tool name; the CLI has no such switch, so
     #: anything but "auto" is an instruction added to the prompt
     tool_choice: str = "auto"
+    #: a prompt that finds a queued coalescing turn of this conversation with equal options
+    #: joins it instead of queueing a turn of its own (chat messages sent while Claude
+    #: works): one message to Claude (texts a blank line apart, then the images), the same
+    #: events for every caller, the joiner's first being Notice("coalesced"). A caller that
+    #: leaves before the turn starts takes its prompt out; the turn is interrupted only
+    #: when every caller left. Never with tool results.
+    coalesce: bool = False
 
 
 # --------------------------------------------------------------------------- output
