@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridges.common.schedule_commands import setup_schedules
-from gateway.api import api_config_from_settings, check_bind, create_app
+from gateway.api import api_config_from_settings, create_app
 from gateway.api.routes import HEALTH_CHECKS, STATUS_PROVIDERS
-from gateway.config import Settings, is_secret_env_var, secret_env_var_names
+from gateway.config import Settings
 from gateway.engine import Alert, Engine, EngineConfig
 from gateway.engine.process import cli_auth_status, cli_environment
 from gateway.errors import ConfigError, ErrorKind, GatewayError
@@ -37,40 +36,6 @@ SHUTDOWN_GRACE = 5.0
 #: was unreachable at start-up
 BRIDGE_RETRY_FIRST = 2.0
 BRIDGE_RETRY_MAX = 60.0
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    claude = settings.claude
-    return EngineConfig(
-        workspace=claude.workspace,
-        cli_path=claude.cli_path,
-        permission_mode=claude.permission_mode,
-        default_model=claude.default_model,
-        model_aliases=dict(settings.models.aliases),
-        append_system_prompt=claude.append_system_prompt,
-        activity_timeout=claude.activity_timeout,
-        bash_max_timeout=claude.bash_max_timeout,
-        max_live_sessions=claude.max_live_sessions,
-        idle_timeout=claude.idle_timeout,
-        max_parallel_turns=claude.max_parallel_turns,
-        max_queued_per_conversation=claude.max_queued_per_conversation,
-        env={**cli_env_from_file(settings), **claude.env},
-        secret_env_vars=secret_env_var_names(os.environ),
-        spare_processes=claude.spare_processes,
-        send_file_dirs=tuple(claude.send_file_dirs),
-        client_tool_timeout=claude.client_tool_timeout,
-        hybrid_hidden_tools=tuple(claude.hybrid_hidden_tools),
-    )
-
-
-def cli_env_from_file(settings: Settings) -> dict[str, str]:
-    """The env file's variables meant for the CLI (``CLAUDE_CODE_OAUTH_TOKEN``, proxies...):
-    all but the gateway's own secrets, and none the real environment already sets."""
-    return {
-        name: value
-        for name, value in settings.env_file_values().items()
-        if not is_secret_env_var(name) and name not in os.environ
-    }
 
 
 @dataclass
@@ -94,9 +59,8 @@ class Gateway:
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
-        api_config = api_config_from_settings(settings)
-        check_bind(settings.server.host, api_config)
-        engine = Engine(engine_config(settings), Store(settings.storage.db_path))
+        api_config_from_settings(settings)  # a bad [server] stops start-up before any work
+        engine = Engine(EngineConfig.from_settings(settings), Store(settings.storage.db_path))
         # Cheap: the voice engines import their packages and load models on first use.
         return cls(settings, engine, VoiceService(settings.voice))
 

@@ -92,8 +92,8 @@ def _run(config: str | None) -> int:
 
 
 async def _doctor(config: str | None, *, as_json: bool) -> int:
-    from gateway.app import engine_config
     from gateway.config import load_settings
+    from gateway.engine import EngineConfig
     from gateway.engine.process import cli_auth_status, cli_environment, cli_version, find_cli
 
     report: dict[str, Any] = {"gateway": __version__, "problems": [], "warnings": []}
@@ -106,7 +106,7 @@ async def _doctor(config: str | None, *, as_json: bool) -> int:
         return _print_doctor(report, as_json)
     report["config_file"] = str(settings.config_file) if settings.config_file else None
     report["config"] = settings.describe()
-    econf = engine_config(settings)
+    econf = EngineConfig.from_settings(settings)
     try:
         path, source = find_cli(econf.cli_path)
         version = await cli_version(path)

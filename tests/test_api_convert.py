@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
 from gateway.api.conversation import (
@@ -36,6 +37,7 @@ from gateway.api.convert import (
     sse,
     usage_to_openai,
 )
+from gateway.config import ServerSettings, Settings
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.events import (
     Commentary,
@@ -656,20 +658,11 @@ def test_bind_safety() -> None:
 
 
 def test_api_config_from_settings() -> None:
-    class Server:
-        host = "127.0.0.1"
-        port = 3456
-        max_body_mb = 2
-        max_concurrent_requests = 3
-        keepalive_seconds = 4.5
-        stream_mode = "final"
-        on_disconnect = "finish"
-        api_keys: ClassVar[list[str]] = ["k1"]
-
-    class Settings:
-        server = Server()
-
-    config = api_config_from_settings(Settings())
+    server = ServerSettings(
+        max_body_mb=2, max_concurrent_requests=3, keepalive_seconds=4.5, stream_mode="final",
+        on_disconnect="finish", api_key_secrets=(SecretStr("k1"),),
+    )
+    config = api_config_from_settings(Settings(server=server))
     assert config == ApiConfig(
         api_keys=("k1",),
         max_body_bytes=2 * 1024 * 1024,
@@ -678,11 +671,12 @@ def test_api_config_from_settings() -> None:
         stream_mode=StreamMode.FINAL,
         on_disconnect="finish",
     )
-    Server.host = "0.0.0.0"
-    Server.api_keys = []
-    with pytest.raises(ConfigError):
-        api_config_from_settings(Settings())
-    Server.host = "127.0.0.1"
-    Server.on_disconnect = "explode"
-    with pytest.raises(ConfigError, match="on_disconnect"):
-        api_config_from_settings(Settings())
+    assert api_config_from_settings(Settings()) == ApiConfig()  # the defaults are the section's
+    # The bind rule is the section's; settings that skipped validation meet it here too.
+    with pytest.raises(ValidationError, match="GATEWAY_API_KEYS"):
+        ServerSettings(host="0.0.0.0")
+    unchecked = Settings.model_construct(server=ServerSettings.model_construct(host="0.0.0.0"))
+    with pytest.raises(ConfigError, match=r"^server\.host: .*GATEWAY_API_KEYS"):
+        api_config_from_settings(unchecked)
+    with pytest.raises(ValidationError, match="on_disconnect"):
+        ServerSettings(on_disconnect="explode")  # type: ignore[arg-type]

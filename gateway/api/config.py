@@ -1,13 +1,22 @@
-"""The few settings the HTTP API needs, independent of the shape of ``gateway.config``."""
+"""The few settings the HTTP API needs, built from ``[server]`` by :func:`api_config_from_settings`
+(or by hand in tests); its defaults are those the sections declare."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from gateway.config import API_KEYS_ENV_VAR, normalize_host, normalize_origin
+from gateway.config import (
+    API_KEYS_ENV_VAR,
+    LoggingSettings,
+    ServerSettings,
+    Settings,
+    normalize_host,
+    normalize_origin,
+    open_bind_problem,
+)
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import StreamMode
@@ -15,7 +24,11 @@ from gateway.errors import ConfigError
 
 OnDisconnect = Literal["interrupt", "finish"]
 
-DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+#: The declared defaults of ``[server]`` and ``[logging]``: ApiConfig's defaults are theirs.
+_SERVER = ServerSettings.model_construct()
+_LOGGING = LoggingSettings.model_construct()
+_STREAM_MODE = StreamMode(_SERVER.stream_mode)
+_TOOL_MODE = ToolMode(_SERVER.tool_mode)
 
 
 @dataclass(frozen=True)
@@ -42,13 +55,13 @@ class ApiConfig:
     api_keys: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_concurrent_requests: int = 16
-    keepalive_seconds: float = 10.0
-    stream_mode: StreamMode = StreamMode.SMART
-    on_disconnect: OnDisconnect = "interrupt"
-    tool_mode: ToolMode = ToolMode.AGENT
-    access_log: bool = True
+    max_body_bytes: int = _SERVER.max_body_bytes
+    max_concurrent_requests: int = _SERVER.max_concurrent_requests
+    keepalive_seconds: float = _SERVER.keepalive_seconds
+    stream_mode: StreamMode = _STREAM_MODE
+    on_disconnect: OnDisconnect = _SERVER.on_disconnect
+    tool_mode: ToolMode = _TOOL_MODE
+    access_log: bool = _LOGGING.access_log
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
@@ -88,59 +101,31 @@ def _normalized(
 
 
 def check_bind(host: str, config: ApiConfig) -> None:
-    """Refuse to serve a non-loopback address without gateway API keys."""
-    if not is_loopback(host) and not config.api_keys:
-        raise ConfigError(
-            f"server.host = {host!r} makes the API reachable from other machines, and no "
-            f"{API_KEYS_ENV_VAR} are set, so anyone who can reach it could use your Claude "
-            f"subscription. Set {API_KEYS_ENV_VAR}=<key>[,<key>...] in the environment (clients "
-            "then send 'Authorization: Bearer <key>'), or bind 127.0.0.1."
-        )
+    """Refuse to serve a non-loopback address without gateway API keys: the rule of
+    :func:`gateway.config.open_bind_problem`, which ``[server]`` already checks when the
+    settings load; this is the same check for a config built by hand."""
+    problem = open_bind_problem(host, bool(config.api_keys))
+    if problem is not None:
+        raise ConfigError(f"server.host: {problem}")
 
 
-def api_config_from_settings(settings: Any) -> ApiConfig:
-    """Build an :class:`ApiConfig` from ``settings.server`` and check the bind address.
-
-    Missing attributes fall back to the defaults, so this works with any settings object
-    that has a ``server`` section with the documented names.
-    """
-    server = getattr(settings, "server", settings)
-    raw_keys = getattr(server, "api_keys", None) or ()
-    keys = tuple(
-        k.get_secret_value() if hasattr(k, "get_secret_value") else str(k) for k in raw_keys
-    )
-    max_body_mb = getattr(server, "max_body_mb", None)
-    max_body = (
-        int(float(max_body_mb) * 1024 * 1024) if max_body_mb is not None else DEFAULT_MAX_BODY_BYTES
-    )
-    mode = getattr(server, "stream_mode", None) or StreamMode.SMART
-    try:
-        stream_mode = StreamMode(str(getattr(mode, "value", mode)))
-    except ValueError:
-        raise ConfigError(
-            f"server.stream_mode: {mode!r} is not one of smart, final, verbose"
-        ) from None
-    on_disconnect = str(getattr(server, "on_disconnect", None) or "interrupt")
-    host = getattr(server, "host", None)
-    allowed_hosts = tuple(str(h) for h in getattr(server, "allowed_hosts", None) or ())
-    if host is not None:
-        allowed_hosts += _bind_name(str(host))
+def api_config_from_settings(settings: Settings) -> ApiConfig:
+    """The :class:`ApiConfig` of ``settings.server`` (and ``logging.access_log``), the bind
+    address checked."""
+    server = settings.server
     config = ApiConfig(
-        api_keys=keys,
-        allowed_origins=tuple(str(o) for o in getattr(server, "allowed_origins", None) or ()),
-        allowed_hosts=allowed_hosts,
-        max_body_bytes=max_body,
-        max_concurrent_requests=int(getattr(server, "max_concurrent_requests", None) or 16),
-        keepalive_seconds=float(getattr(server, "keepalive_seconds", None) or 10.0),
-        stream_mode=stream_mode,
-        on_disconnect="finish" if on_disconnect == "finish" else "interrupt",
-        tool_mode=ToolMode(str(getattr(server, "tool_mode", None) or "agent")),
-        access_log=bool(getattr(getattr(settings, "logging", None), "access_log", True)),
+        api_keys=tuple(server.api_keys),
+        allowed_origins=tuple(server.allowed_origins),
+        allowed_hosts=(*server.allowed_hosts, *_bind_name(server.host)),
+        max_body_bytes=server.max_body_bytes,
+        max_concurrent_requests=server.max_concurrent_requests,
+        keepalive_seconds=server.keepalive_seconds,
+        stream_mode=StreamMode(server.stream_mode),
+        on_disconnect=server.on_disconnect,
+        tool_mode=ToolMode(server.tool_mode),
+        access_log=settings.logging.access_log,
     )
-    if on_disconnect not in ("interrupt", "finish"):
-        raise ConfigError(f"server.on_disconnect: {on_disconnect!r} is not 'interrupt' or 'finish'")
-    if host is not None:
-        check_bind(str(host), config)
+    check_bind(server.host, config)
     return config
 
 

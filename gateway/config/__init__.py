@@ -29,6 +29,7 @@ from gateway.config.hosts import (
     is_loopback_host,
     normalize_host,
     normalize_origin,
+    open_bind_problem,
     split_host_port,
 )
 from gateway.config.loading import load_settings, read_env_file, resolve_config_path
@@ -52,6 +53,7 @@ from gateway.config.paths import (
 )
 from gateway.config.sections import (
     FASTER_WHISPER_MODELS,
+    MAX_JITTER_SECONDS,
     OPENAI_WHISPER_MODELS,
     ClaudeSettings,
     DiscordSettings,
@@ -78,6 +80,7 @@ __all__ = [
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "FASTER_WHISPER_MODELS",
+    "MAX_JITTER_SECONDS",
     "OPENAI_WHISPER_MODELS",
     "SECRET_ENV_VARS",
     "TELEGRAM_NOTIFY_ENV_VAR",
@@ -104,6 +107,7 @@ __all__ = [
     "load_settings",
     "normalize_host",
     "normalize_origin",
+    "open_bind_problem",
     "read_env_file",
     "resolve_config_path",
     "secret_env_var_names",

@@ -1,10 +1,13 @@
 """Host names, origins and loopback: what the server's bind address and its request guard
-compare."""
+compare, and the one rule of where the API may listen (:func:`open_bind_problem`)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+
+from gateway.config.paths import API_KEYS_ENV_VAR
 
 
 def is_loopback_host(host: str) -> bool:
@@ -16,6 +19,20 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def open_bind_problem(host: str, has_api_keys: bool) -> str | None:
+    """Why the API may not listen on ``host``, or ``None`` when it may: anything but loopback
+    can be reached from other machines, so it needs gateway API keys. The one place this rule
+    is written (the ``[server]`` section checks it; :func:`gateway.api.check_bind` too)."""
+    if has_api_keys or is_loopback_host(host):
+        return None
+    return (
+        f"{json.dumps(host)} can be reached from other machines, but no API key is set, so"
+        f" anyone who can reach it could use your Claude subscription: set {API_KEYS_ENV_VAR}="
+        "<key>[,<key>...] in the environment (clients then send 'Authorization: Bearer <key>'),"
+        ' or bind host = "127.0.0.1"'
+    )
 
 
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")

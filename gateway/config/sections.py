@@ -24,8 +24,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import NoDecode
 
-from gateway.config.hosts import is_loopback_host, normalize_host, normalize_origin
-from gateway.config.paths import _LOAD_INPUTS, API_KEYS_ENV_VAR, _expand, default_data_dir
+from gateway.config.hosts import normalize_host, normalize_origin, open_bind_problem
+from gateway.config.paths import _LOAD_INPUTS, _expand, default_data_dir
 
 # --------------------------------------------------------------------------- sections
 
@@ -153,13 +153,9 @@ class ServerSettings(_Section):
 
     @model_validator(mode="after")
     def _key_required_off_loopback(self) -> ServerSettings:
-        if not is_loopback_host(self.host) and not self.api_key_secrets:
-            raise _cross_field_error(
-                ("host",),
-                f"{json.dumps(self.host)} can be reached from other machines, but no API key is"
-                f" set: set {API_KEYS_ENV_VAR}=<key>[,<key>...] in the environment, or bind"
-                ' host = "127.0.0.1"',
-            )
+        problem = open_bind_problem(self.host, bool(self.api_key_secrets))
+        if problem is not None:
+            raise _cross_field_error(("host",), problem)
         return self
 
 
@@ -784,6 +780,10 @@ class VoiceSettings(_Section):
         return "model" in self.model_fields_set
 
 
+#: The longest random delay before a scheduled run, for ``[scheduler]`` and every job.
+MAX_JITTER_SECONDS = 3600
+
+
 class SchedulerSettings(_Section):
     """``[scheduler]``: defaults of scheduled prompts (the jobs are ``[[schedules]]``)."""
 
@@ -794,7 +794,7 @@ class SchedulerSettings(_Section):
         " so regular traffic does not spend Opus.",
     )
     jitter: float = Field(
-        default=60.0, ge=0, le=3600,
+        default=60.0, ge=0, le=MAX_JITTER_SECONDS,
         description="Each run starts after a random delay of up to this many seconds.",
     )
     misfire_grace: float = Field(
@@ -836,7 +836,8 @@ class ScheduleSettings(_Section):
         " job's one conversation.",
     )
     jitter: float | None = Field(
-        default=None, ge=0, le=3600, description="Random delay in seconds; unset = scheduler's."
+        default=None, ge=0, le=MAX_JITTER_SECONDS,
+        description="Random delay in seconds; unset = scheduler's.",
     )
     enabled: bool = Field(default=True, description="false = keep the job but do not run it.")
 
@@ -884,9 +885,9 @@ class ScheduleSettings(_Section):
             text = f"expected true or false, got {_show(value)}"
         elif field == "jitter" and value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float)
-            or not 0 <= value <= 3600
+            or not 0 <= value <= MAX_JITTER_SECONDS
         ):
-            text = f"expected seconds from 0 to 3600, got {_show(value)}"
+            text = f"expected seconds from 0 to {MAX_JITTER_SECONDS}, got {_show(value)}"
         else:
             return value
         raise _job_error(info, text)

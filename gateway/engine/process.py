@@ -13,13 +13,14 @@ import signal
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 
+from gateway.engine.config import EngineConfig as EngineConfig  # re-exported (defined there)
 from gateway.errors import ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
@@ -39,40 +40,6 @@ NESTED_SESSION_VARS = frozenset(
 
 #: The biggest single JSON line we accept from the CLI (a tool result can be large).
 MAX_LINE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What the engine needs from the configuration (built by gateway.app from Settings)."""
-
-    workspace: Path
-    cli_path: str = ""
-    permission_mode: str = "bypassPermissions"
-    default_model: str = ""
-    model_aliases: Mapping[str, str] = field(default_factory=dict)
-    append_system_prompt: str = ""
-    activity_timeout: float = 600.0
-    bash_max_timeout: float = 600.0
-    max_live_sessions: int = 4
-    idle_timeout: float = 1800.0
-    max_parallel_turns: int = 4
-    max_queued_per_conversation: int = 8
-    #: seconds an interrupted turn may take to wind down before its process is killed
-    interrupt_grace: float = 1.0
-    env: Mapping[str, str] = field(default_factory=dict)
-    #: names of environment variables that hold gateway secrets; never passed to the CLI
-    secret_env_vars: frozenset[str] = frozenset()
-    #: folders besides the workspace that send_file may send from
-    send_file_dirs: tuple[Path, ...] = ()
-    #: processes started ahead of time for the next new conversation (0 = none)
-    spare_processes: int = 1
-    #: seconds a turn waits, suspended, for the client's results of its tool calls
-    client_tool_timeout: float = 600.0
-    #: built-in tools hidden in hybrid tool mode (e.g. ones the client's tools duplicate)
-    hybrid_hidden_tools: tuple[str, ...] = ()
-    #: private folder for files handed to CLI processes (system prompts); None = one in the
-    #: system's temp folder (see :class:`PromptFiles`)
-    runtime_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class JobSpec:
     timezone: str = ""
     model: str | None = None
     session: SessionMode = SessionMode.FRESH
+    #: bounded where it is set, in ``[[schedules]]`` (``MAX_JITTER_SECONDS`` of
+    #: :mod:`gateway.config.sections`); a chat job has none
     jitter: float | None = None
     enabled: bool = True
     source: JobSource = JobSource.CONFIG
@@ -135,12 +137,6 @@ def check_prompt(job: str, prompt: str) -> str:
     return prompt.strip()
 
 
-def check_jitter(job: str, jitter: float | None) -> float | None:
-    if jitter is not None and not 0 <= jitter <= 3600:
-        raise JobError(job, "jitter", f"must be 0 to 3600 seconds, got {jitter:g}")
-    return jitter
-
-
 def check_spec(spec: JobSpec, *, allow_seconds: bool = False) -> JobSpec:
     """``spec`` normalised, or :class:`JobError` for its first bad field."""
     from dataclasses import replace
@@ -154,5 +150,4 @@ def check_spec(spec: JobSpec, *, allow_seconds: bool = False) -> JobSpec:
         target=check_target(name, spec.target),
         timezone=spec.timezone.strip(),
         model=(spec.model or "").strip() or None,
-        jitter=check_jitter(name, spec.jitter),
     )
