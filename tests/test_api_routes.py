@@ -632,7 +632,7 @@ async def test_interrupt_is_409_and_a_full_queue_is_503(
     queued = asyncio.ensure_future(
         gw.chat({"model": "sonnet", "messages": msgs("HANG two"), "stream": True}, headers=conv)
     )
-    await wait_for(lambda: gw.engine.status()["queued_turns"] == 1, "the second turn to queue")
+    await wait_for(lambda: gw.engine.status().queued_turns == 1, "the second turn to queue")
     for stream in (False, True):
         status, headers, body = await gw.chat(
             {"model": "sonnet", "messages": msgs("third"), "stream": stream}, headers=conv
@@ -666,7 +666,7 @@ async def test_stopping_engine_is_503_shutting_down(
     queued = asyncio.ensure_future(
         gw.chat({"model": "sonnet", "messages": msgs("queued"), "stream": True}, headers=conv)
     )
-    await wait_for(lambda: engine.status()["queued_turns"] == 1, "the second turn to queue")
+    await wait_for(lambda: engine.status().queued_turns == 1, "the second turn to queue")
     await engine.stop()
     status, _, body = await queued
     assert status == 503 and body["error"]["code"] == "shutting_down"
@@ -724,7 +724,7 @@ async def test_invalid_requests_are_400_naming_the_field(
     assert got["error"]["type"] == "invalid_request_error"
     assert got["error"]["message"].startswith(field), got
     # refused before the engine: no conversation, no turn, nothing sent to the model
-    assert gw.engine.status()["sessions"] == 0 and await gw.engine.list_sessions() == []
+    assert gw.engine.status().sessions == 0 and await gw.engine.list_sessions() == []
     assert gw.fake.requests() == []
 
 

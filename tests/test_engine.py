@@ -388,9 +388,9 @@ async def test_rate_limit_events_are_kept(
     result_of(events)
     notice = next(e for e in events if isinstance(e, Notice) and e.kind == "rate_limit")
     assert "allowed_warning" in notice.message
-    status = engine.status()["rate_limit"]
-    assert status is not None and status["status"] == "allowed_warning"
-    assert status["resets_at"] and status["resets_at"] > time.time()
+    status = engine.status().rate_limit
+    assert status is not None and status.status == "allowed_warning"
+    assert status.resets_at and status.resets_at > time.time()
 
 
 async def test_missing_cli_is_a_typed_error(make_engine: EngineFactory, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cli
 
 async def spare_pids(engine: Engine, count: int = 1, within: float = 20) -> set[int]:
     deadline = time.monotonic() + within
-    while engine.status()["spare_processes"] < count:
+    while engine.status().spare_processes < count:
         assert time.monotonic() < deadline, "no spare process was started"
         await asyncio.sleep(0.05)
     return {s.pid for s in engine._spares if s.pid}
@@ -59,7 +59,7 @@ async def test_a_spare_never_pushes_out_a_conversation(make_engine: EngineFactor
     await collect(engine, "s:only", "hello")
     pid = engine.live_pids()["s:only"]
     await asyncio.sleep(1.0)  # a refill would have happened by now
-    assert engine.status()["spare_processes"] == 0
+    assert engine.status().spare_processes == 0
     assert engine.live_pids()["s:only"] == pid
     assert pid in child_pids()
 
@@ -87,4 +87,4 @@ async def test_no_spares_when_disabled(make_engine: EngineFactory) -> None:
     engine = await make_engine(spare_processes=0)
     await collect(engine, "s:x", "hello")
     await asyncio.sleep(0.5)
-    assert engine.status()["spare_processes"] == 0
+    assert engine.status().spare_processes == 0

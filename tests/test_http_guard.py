@@ -115,7 +115,7 @@ async def no_engine_work(gw: Gateway) -> AsyncIterator[None]:
     assert gw.fake.hits()[hits:] == [], "a refused request reached the Anthropic API"
     assert appeared == set(), "a refused request started a process"
     status = gw.engine.status()
-    assert status["sessions"] == 0 and status["running_turns"] == 0, status
+    assert status.sessions == 0 and status.running_turns == 0, status
     assert gw.engine.live_pids() == {}
 
 

@@ -98,7 +98,7 @@ async def test_a_hundred_clients_hanging_up_mid_stream_leak_nothing(
 
     async def settled() -> bool:
         status = engine.status()
-        return status["running_turns"] == 0 and status["queued_turns"] == 0
+        return status.running_turns == 0 and status.queued_turns == 0
 
     started = time.monotonic()
     first = await wave(0)

@@ -374,7 +374,8 @@ async def test_a_config_job_that_cannot_run_is_held_and_the_others_run(
 
 async def test_duplicate_config_names_are_refused() -> None:
     class NoEngine:
-        store: Any = None
+        def tables(self, group: Any) -> Any:
+            return None
 
     with pytest.raises(JobError) as caught:
         Scheduler(NoEngine(), FAST, (JobSpec("a", "@daily", "p", "log"),  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from bridges.common.text import duration, notice_text, rate_limit_text
 from bridges.telegram import chat_key, parse_key, render
 from bridges.telegram.render import telegram_length
 from gateway.config import load_settings
-from gateway.engine import Notice, TurnError
+from gateway.engine import Notice, RateLimitStatus, TurnError
 from gateway.errors import ConfigError, ErrorKind
 
 
@@ -56,7 +56,8 @@ def test_error_sentences_say_what_to_do() -> None:
     limited = error_text(TurnError(ErrorKind.RATE_LIMITED, "limit", retry_after=3600), now=now)
     assert "resets at" in limited and "1 h" in limited
     from_report = error_text(TurnError(ErrorKind.RATE_LIMITED, "limit"),
-                             rate_limit={"resets_at": now + 120}, now=now)
+                             rate_limit=RateLimitStatus("rejected", "five_hour", now + 120,
+                                                        None, now), now=now)
     assert "in 2 min" in from_report
     assert error_text(TurnError(ErrorKind.INTERRUPTED, "x")) == "⏹ Stopped."
     assert "unknown model" in error_text(TurnError(ErrorKind.UNKNOWN_MODEL, "unknown model x"))
@@ -74,8 +75,8 @@ def test_status_and_notice_lines() -> None:
     assert "retrying (2/10)" in str(notice_text(Notice("retrying", "x", {"attempt": 2,
                                                                          "max_retries": 10})))
     assert rate_limit_text(None) == "no report yet"
-    line = rate_limit_text({"status": "allowed", "type": "five_hour", "utilization": 0.5,
-                            "resets_at": time.time() + 600, "seen_at": time.time()})
+    line = rate_limit_text(RateLimitStatus("allowed", "five_hour", time.time() + 600, 0.5,
+                                           time.time()))
     assert "50% used" in line and "five-hour" in line and "resets" in line
 
 

@@ -45,10 +45,11 @@ from bridges.common.view import TurnView, ViewSettings
 from bridges.common.voice import ChatVoice, VoiceBackend
 from gateway.engine import (
     Alert,
-    Engine,
+    EngineAPI,
     ImagePart,
     OutgoingFile,
     Prompt,
+    RateLimitStatus,
     StreamMode,
     ToolCallsRequested,
     TurnError,
@@ -111,7 +112,7 @@ class _ChatState:
 
 class ChatBridge:
     def __init__(
-        self, engine: Engine, platform: Platform, settings: BridgeSettings, *,
+        self, engine: EngineAPI, platform: Platform, settings: BridgeSettings, *,
         voice: VoiceBackend | None = None,
     ) -> None:
         self.engine = engine
@@ -124,7 +125,7 @@ class ChatBridge:
         self._refused: set[int] = set()
         self._stopping = False
         #: the durable inbox and outbox (tables of the engine's database)
-        self.ledger = ChatStore(engine.store)
+        self.ledger = engine.tables(ChatStore)
         self.outbox = Outbox(platform, self.ledger)
         #: longest wait for a turn's display to finish before its answer goes to the outbox
         self.finish_timeout = 30.0
@@ -228,9 +229,9 @@ class ChatBridge:
         self._refused.add(user.id)
         meta_key = f"{self.platform.name}-user:{user.id}"
         try:
-            if (await self.engine.store.get_meta(meta_key)).get("refused_at"):
+            if (await self.engine.preferences.get_meta(meta_key)).get("refused_at"):
                 return False
-            await self.engine.store.set_meta(meta_key, refused_at=str(int(time.time())))
+            await self.engine.preferences.set_meta(meta_key, refused_at=str(int(time.time())))
         except Exception as exc:  # the store is closing: refusing is what matters
             log.debug("refusal memory: %s", exc)
         await self.say(
@@ -422,7 +423,7 @@ class ChatBridge:
         )
 
     def inbox_dir(self, chat: Chat) -> Path:
-        return self.engine.config.workspace / "inbox" / f"{self.platform.name}-{chat.id}"
+        return self.engine.workspace / "inbox" / f"{self.platform.name}-{chat.id}"
 
     async def save_upload(self, chat: Chat, name: str, data: bytes) -> Path:
         """Save a file the person sent into the chat's inbox folder; returns its path."""
@@ -635,9 +636,8 @@ class ChatBridge:
         info = await self.engine.describe(chat.key)
         return self.settings.model if info is None or not info.model else None
 
-    def _rate_limit(self) -> dict[str, object] | None:
-        status = self.engine.status().get("rate_limit")
-        return status if isinstance(status, dict) else None
+    def _rate_limit(self) -> RateLimitStatus | None:
+        return self.engine.status().rate_limit
 
     # ================================================================== built-in commands
 
@@ -705,7 +705,7 @@ class ChatBridge:
         if not ctx.args:
             info = await self.engine.describe(ctx.chat.key)
             current = (info.model if info else None) or self.settings.model or \
-                self.engine.config.default_model or "the CLI's default"
+                self.engine.default_model or "the CLI's default"
             await ctx.reply(f"Model: {current}\nChoose with /model <name>: {names}",
                             markdown=False)
             return
@@ -726,12 +726,12 @@ class ChatBridge:
         waiting = len(state.pending) if state else 0
         if info is None:
             lines = ["**Session:** none yet — your next message starts one."]
-            model = self.settings.model or self.engine.config.default_model or "CLI default"
+            model = self.settings.model or self.engine.default_model or "CLI default"
         else:
             sid = f"`{info.session_id}`" if info.session_id else "not started"
             lines = [f"**Session:** {sid}, {info.turns} turn(s), last used"
                      f" {ago(info.last_used_at)}"]
-            model = info.model or self.settings.model or self.engine.config.default_model \
+            model = info.model or self.settings.model or self.engine.default_model \
                 or "CLI default"
             u = info.usage
             lines.append(
@@ -753,12 +753,12 @@ class ChatBridge:
         state = self._state(ctx.chat)
         state.sessions = [s.session_id for s in sessions]
         if not sessions:
-            await ctx.reply(f"No Claude Code sessions in {self.engine.config.workspace} yet.",
+            await ctx.reply(f"No Claude Code sessions in {self.engine.workspace} yet.",
                             markdown=False)
             return
         info = await self.engine.describe(ctx.chat.key)
         mine = info.session_id if info else None
-        lines = [f"Recent Claude Code sessions in `{self.engine.config.workspace}`:", ""]
+        lines = [f"Recent Claude Code sessions in `{self.engine.workspace}`:", ""]
         for number, s in enumerate(sessions, 1):
             title = _one_line(s.summary or s.first_prompt or "(no title)", 70)
             extra = [ago(s.last_modified / 1000)]
@@ -803,7 +803,7 @@ class ChatBridge:
     async def _cmd_help(self, ctx: CommandContext) -> None:
         lines = [
             "I am Claude Code running on your machine. Send a message and I work in the"
-            f" workspace `{self.engine.config.workspace}`, with its files and tools.",
+            f" workspace `{self.engine.workspace}`, with its files and tools.",
             "",
             "Photos reach me as images; other files are saved in my inbox folder and I am"
             " told where. I can send you files, photos and voice notes. Messages you send"

@@ -6,10 +6,8 @@ Pure functions; the bridge decides where they go.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
 
-from gateway.engine import Notice, TurnError
+from gateway.engine import Notice, RateLimitStatus, TurnError
 from gateway.errors import ErrorKind
 
 
@@ -61,7 +59,7 @@ def reset_hint(retry_after: float | None, resets_at: float | None, now: float) -
 
 
 def error_text(
-    error: TurnError, *, rate_limit: Mapping[str, Any] | None = None, now: float | None = None
+    error: TurnError, *, rate_limit: RateLimitStatus | None = None, now: float | None = None
 ) -> str:
     """The sentence a chat user reads when a turn failed. Never a traceback."""
     now = time.time() if now is None else now
@@ -76,9 +74,7 @@ def error_text(
     if kind is ErrorKind.INTERRUPTED:
         return "⏹ Stopped."
     if kind is ErrorKind.RATE_LIMITED:
-        resets_at = None
-        if rate_limit and isinstance(rate_limit.get("resets_at"), int | float):
-            resets_at = float(rate_limit["resets_at"])
+        resets_at = rate_limit.resets_at if rate_limit is not None else None
         hint = reset_hint(error.retry_after, resets_at, now)
         return (
             "🚦 Your Claude plan's usage limit is reached."
@@ -128,25 +124,20 @@ def notice_text(notice: Notice) -> str | None:
     return None
 
 
-def rate_limit_text(info: Mapping[str, Any] | None, now: float | None = None) -> str:
+def rate_limit_text(info: RateLimitStatus | None, now: float | None = None) -> str:
     """One line about the last usage-limit report (for /status)."""
-    if not info:
+    if info is None:
         return "no report yet"
     now = time.time() if now is None else now
-    parts = [str(info.get("status") or "unknown")]
-    if info.get("type"):
-        parts.append(str(info["type"]).replace("_", "-"))
-    utilization = info.get("utilization")
-    if isinstance(utilization, int | float):
-        parts.append(f"{utilization:.0%} used")
+    parts = [info.status or "unknown"]
+    if info.rate_limit_type:
+        parts.append(info.rate_limit_type.replace("_", "-"))
+    if info.utilization is not None:
+        parts.append(f"{info.utilization:.0%} used")
     text = ", ".join(parts)
-    resets_at = info.get("resets_at")
-    if isinstance(resets_at, int | float) and resets_at > now:
-        text += f", resets {clock(float(resets_at))}"
-    seen = info.get("seen_at")
-    if isinstance(seen, int | float):
-        text += f" (reported {ago(float(seen), now)})"
-    return text
+    if info.resets_at is not None and info.resets_at > now:
+        text += f", resets {clock(info.resets_at)}"
+    return text + f" (reported {ago(info.seen_at, now)})"
 
 
 def status_text(activity: str, elapsed: float, *, tools: int = 0, queued: int = 0) -> str:

@@ -43,7 +43,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -55,6 +55,7 @@ from gateway.engine import (
     Commentary,
     Event,
     Notice,
+    RateLimitStatus,
     TextDelta,
     ToolStarted,
     TurnError,
@@ -160,7 +161,7 @@ class TurnView:
         chat: Chat,
         settings: ViewSettings,
         *,
-        rate_limit: Callable[[], Mapping[str, Any] | None] = lambda: None,
+        rate_limit: Callable[[], RateLimitStatus | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.platform = platform

@@ -140,7 +140,7 @@ class ChatVoice:
         if known is None:
             meta: Mapping[str, str] = {}
             try:
-                meta = await self.bridge.engine.store.get_meta(self._meta_key(chat))
+                meta = await self.bridge.engine.preferences.get_meta(self._meta_key(chat))
             except Exception as exc:
                 log.debug("voice setting of %s: %s", chat.key, exc)
             value = meta.get("on")
@@ -214,7 +214,8 @@ class ChatVoice:
     async def _set(self, chat: Chat, on: bool) -> None:
         self._replies[chat.key] = on
         try:
-            await self.bridge.engine.store.set_meta(self._meta_key(chat), on="1" if on else "0")
+            await self.bridge.engine.preferences.set_meta(self._meta_key(chat),
+                                                          on="1" if on else "0")
         except Exception as exc:
             log.warning("could not remember the voice setting of %s: %s", chat.key, exc)
 

@@ -13,12 +13,11 @@ Request conversion lives in :mod:`gateway.api.convert`, the conversation rules i
 """
 
 from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
-from gateway.api.routes import ApiEngine, create_app
+from gateway.api.routes import create_app
 from gateway.config import is_loopback_host as is_loopback
 
 __all__ = [
     "ApiConfig",
-    "ApiEngine",
     "api_config_from_settings",
     "check_bind",
     "create_app",

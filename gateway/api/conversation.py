@@ -26,10 +26,11 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from gateway.api.convert import Conversation, fingerprint, message_fingerprint
 from gateway.api.functions import calls_fingerprint_text
+from gateway.engine.api import Preferences
 
 KEY_PREFIX = "openai:"
 Rule = Literal["header", "prompt_cache_key", "user", "continued", "new"]
@@ -40,14 +41,6 @@ META_LAST_REPLY = "last_reply"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=~-]{1,128}$")
 _OWN_ID = re.compile(r"^(?:auto|h|pck|u):")
-
-
-class MetaLookup(Protocol):
-    """The two store queries the rules need (``gateway.store.Store`` has them)."""
-
-    async def get_meta(self, key: str) -> dict[str, str]: ...
-
-    async def find_keys(self, name: str, value: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -119,7 +112,7 @@ async def plan_conversation(
     header_id: str | None,
     prompt_cache_key: str | None,
     user: str | None,
-    store: MetaLookup,
+    store: Preferences,
     claim: Callable[[str], bool],
     new_id: Callable[[], str] = new_conversation_id,
 ) -> Plan:

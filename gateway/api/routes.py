@@ -33,9 +33,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
@@ -63,8 +63,9 @@ from gateway.api.functions import parse_tool_mode, tool_call_deltas
 from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
 from gateway.api.openapi import openapi_document
 from gateway.api.structured import StructuredTurns
-from gateway.api.turn import MetaStore, TurnPump, TurnSource, answer_text
+from gateway.api.turn import TurnPump, answer_text
 from gateway.config import API_KEYS_ENV_VAR
+from gateway.engine.api import EngineAPI, Preferences, TurnRunner
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
     Event,
@@ -93,25 +94,6 @@ DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 THREAD_PARSE_BYTES = 512 * 1024
 
 
-class ApiEngine(Protocol):
-    """What the API uses of :class:`gateway.engine.Engine`."""
-
-    @property
-    def store(self) -> MetaStore: ...
-
-    def turn(
-        self, key: str, prompt: Prompt, options: TurnOptions = ...
-    ) -> AsyncIterator[Event]: ...
-
-    def resolve_model(self, name: str | None) -> str | None: ...
-
-    def model_names(self) -> list[str]: ...
-
-    def listed_models(self) -> list[str]: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
 @dataclass
 class ApiState:
     """Per-application mutable state (no globals)."""
@@ -131,7 +113,7 @@ class ApiState:
         self.claimed.discard(key)
 
 
-ENGINE: web.AppKey[ApiEngine] = web.AppKey("api_engine", ApiEngine)
+ENGINE: web.AppKey[EngineAPI] = web.AppKey("api_engine", EngineAPI)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("api_config", ApiConfig)
 STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
 #: Extra sections of ``/health``: name -> a function returning JSON-able data. Set by
@@ -262,10 +244,10 @@ async def health(request: web.Request) -> web.Response:
         log.exception("engine status failed")
         failed = {"status": "error", "version": __version__, "error": str(exc)}
         return web.json_response(failed if full else _public(failed), status=503)
-    ok = bool(status.get("cli_path"))
+    ok = status.ready
     problems = _health_problems(request.app) if ok else []
     word = ("degraded" if problems else "ok") if ok else "unavailable"
-    body = {"status": word, "version": __version__, **status}
+    body = {"status": word, "version": __version__, **status.to_json()}
     if problems:
         body["problems"] = problems
     if not full:
@@ -442,7 +424,7 @@ async def _chat_completions(
         header_id=header_id,
         prompt_cache_key=chat.prompt_cache_key,
         user=chat.user,
-        store=engine.store,
+        store=engine.preferences,
         claim=state.claim,
     )
     header_tools = request.headers.get(TOOL_MODE_HEADER)
@@ -469,10 +451,10 @@ async def _chat_completions(
             state.release(plan.key)
         raise
     log.info("chat %s rule=%s seed=%s stream=%s", plan.key, plan.rule, plan.seed, chat.stream)
-    source: TurnSource = engine
+    source: TurnRunner = engine
     if chat.response_format is not None:
         source = StructuredTurns(engine, chat.response_format)
-    pump = _start_pump(state, source, plan, prompt, options)
+    pump = _start_pump(state, source, engine.preferences, plan, prompt, options)
     factory = ChunkFactory(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
     headers = {"X-Conversation-Id": plan.conversation_id}
     out = _SseWriter(request, factory, headers)
@@ -503,14 +485,19 @@ def _client_gone(pump: TurnPump, config: ApiConfig) -> None:
 
 
 def _start_pump(
-    state: ApiState, engine: TurnSource, plan: Plan, prompt: Prompt, options: TurnOptions
+    state: ApiState,
+    engine: TurnRunner,
+    preferences: Preferences,
+    plan: Plan,
+    prompt: Prompt,
+    options: TurnOptions,
 ) -> TurnPump:
     def done(pump: TurnPump) -> None:
         state.pumps.discard(pump)
         if plan.claimed:
             state.release(plan.key)
 
-    pump = TurnPump(engine, plan, prompt, options, on_done=done)
+    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done)
     state.pumps.add(pump)
     return pump
 
@@ -657,7 +644,7 @@ async def _stop_pumps(app: web.Application) -> None:
 
 
 def create_app(
-    engine: ApiEngine, config: ApiConfig, voice: VoiceService | None = None
+    engine: EngineAPI, config: ApiConfig, voice: VoiceService | None = None
 ) -> web.Application:
     """The OpenAI-compatible API as an aiohttp application (the caller runs and binds it).
 

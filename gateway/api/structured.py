@@ -42,7 +42,7 @@ from gateway.engine.events import (
 from gateway.errors import ErrorKind
 
 if TYPE_CHECKING:
-    from gateway.api.turn import MetaStore, TurnSource
+    from gateway.engine.api import TurnRunner
 
 log = logging.getLogger(__name__)
 
@@ -332,12 +332,8 @@ class StructuredTurns:
     Text deltas are held back: nothing reaches the client before it is checked.
     """
 
-    engine: TurnSource
+    engine: TurnRunner
     format: ResponseFormat
-
-    @property
-    def store(self) -> MetaStore:
-        return self.engine.store
 
     async def turn(
         self, key: str, prompt: Prompt, options: TurnOptions | None = None

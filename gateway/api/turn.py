@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.api.conversation import Plan, meta_after_turn
 from gateway.api.convert import render_event
 from gateway.api.functions import calls_fingerprint_text
+from gateway.engine.api import Preferences, TurnRunner
 from gateway.engine.events import (
     Event,
     Prompt,
@@ -33,25 +34,6 @@ from gateway.errors import ErrorKind, GatewayError
 log = logging.getLogger(__name__)
 
 
-class MetaStore(Protocol):
-    async def set_meta(self, key: str, **values: str) -> None: ...
-
-    async def get_meta(self, key: str) -> dict[str, str]: ...
-
-    async def find_keys(self, name: str, value: str) -> list[str]: ...
-
-
-class TurnSource(Protocol):
-    """The slice of :class:`gateway.engine.Engine` a turn needs."""
-
-    @property
-    def store(self) -> MetaStore: ...
-
-    def turn(
-        self, key: str, prompt: Prompt, options: TurnOptions = ...
-    ) -> AsyncIterator[Event]: ...
-
-
 def answer_text(rendered: str, result: TurnResult) -> str:
     """What the client receives as the answer: the streamed text, else the result's text."""
     return rendered if rendered else result.text
@@ -62,7 +44,8 @@ class TurnPump:
 
     def __init__(
         self,
-        engine: TurnSource,
+        engine: TurnRunner,
+        preferences: Preferences,
         plan: Plan,
         prompt: Prompt,
         options: TurnOptions,
@@ -73,6 +56,7 @@ class TurnPump:
         self.plan = plan
         self.mode: StreamMode = options.mode
         self._engine = engine
+        self._preferences = preferences
         self._prompt = prompt
         self._options = options
         self._on_done = on_done
@@ -152,7 +136,7 @@ class TurnPump:
 
     async def _remember(self, reply: str) -> None:
         try:
-            await self._engine.store.set_meta(self.plan.key, **meta_after_turn(self.plan, reply))
+            await self._preferences.set_meta(self.plan.key, **meta_after_turn(self.plan, reply))
         except Exception:
             # The answer still reaches the client; the next request may start a new session.
             log.exception("could not store conversation metadata for %s", self.plan.key)

@@ -1,7 +1,8 @@
 """The engine: one typed API through which every frontend reaches Claude Code."""
 
+from gateway.engine.api import Alert, AlertHandler, EngineAPI, EngineStatus, Preferences
 from gateway.engine.client_tools import ClientTool, ToolCall, ToolMode, ToolResult
-from gateway.engine.engine import Alert, Engine
+from gateway.engine.engine import Engine
 from gateway.engine.events import (
     FINAL_EVENTS,
     Commentary,
@@ -29,16 +30,20 @@ from gateway.engine.tools import FileSink, OutgoingFile
 __all__ = [
     "FINAL_EVENTS",
     "Alert",
+    "AlertHandler",
     "CliInfo",
     "ClientTool",
     "Commentary",
     "Engine",
+    "EngineAPI",
     "EngineConfig",
+    "EngineStatus",
     "Event",
     "FileSink",
     "ImagePart",
     "Notice",
     "OutgoingFile",
+    "Preferences",
     "Prompt",
     "RateLimitStatus",
     "SessionInfo",

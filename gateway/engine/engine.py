@@ -22,12 +22,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError, SDKSessionInfo
 from claude_agent_sdk import list_sessions as list_cli_sessions
 
+from gateway.engine.api import Alert, AlertHandler, EngineStatus, Preferences
 from gateway.engine.client_tools import (
     CallBroker,
     ClientTool,
@@ -70,6 +71,7 @@ from gateway.errors import ErrorKind, GatewayError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STDERR_TAIL_LINES = 40
 #: the logger on which claude-agent-sdk reports that a CLI process ended under its reader
@@ -116,18 +118,6 @@ class _ExpectedExitFilter(logging.Filter):
 
 
 _EXPECTED_EXIT_FILTER = _ExpectedExitFilter()
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A turn ended in a way the owner should hear about even if nobody watched it."""
-
-    key: str
-    origin: str
-    error: TurnError
-
-
-AlertHandler = Callable[[Alert], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -535,27 +525,34 @@ class Engine:
         rows = await self.store.list_sessions()
         return [self._info(r, self._conversations.get(r.key)) for r in rows]
 
-    def status(self) -> dict[str, Any]:
-        rl = self.rate_limit
-        return {
-            "cli_path": self.cli.path if self.cli else None,
-            "cli_version": self.cli.version if self.cli else None,
-            "cli_source": self.cli.source if self.cli else None,
-            "live_processes": sum(1 for c in self._conversations.values() if c.live),
-            "sessions": len(self._conversations),
-            "running_turns": sum(1 for c in self._conversations.values() if c.current),
-            "queued_turns": sum(len(c.pending) for c in self._conversations.values()),
-            "spare_processes": len(self._spares),
-            "rate_limit": None
-            if rl is None
-            else {
-                "status": rl.status,
-                "type": rl.rate_limit_type,
-                "resets_at": rl.resets_at,
-                "utilization": rl.utilization,
-                "seen_at": rl.seen_at,
-            },
-        }
+    def status(self) -> EngineStatus:
+        convs = self._conversations.values()
+        return EngineStatus(
+            cli_path=self.cli.path if self.cli else None,
+            cli_version=self.cli.version if self.cli else None,
+            cli_source=self.cli.source if self.cli else None,
+            live_processes=sum(1 for c in convs if c.live),
+            sessions=len(self._conversations),
+            running_turns=sum(1 for c in convs if c.current),
+            queued_turns=sum(len(c.pending) for c in convs),
+            spare_processes=len(self._spares),
+            rate_limit=self.rate_limit,
+        )
+
+    @property
+    def workspace(self) -> Path:
+        return self.config.workspace
+
+    @property
+    def default_model(self) -> str | None:
+        return self.config.default_model
+
+    @property
+    def preferences(self) -> Preferences:
+        return self.store
+
+    def tables(self, group: Callable[[Store], T]) -> T:
+        return group(self.store)
 
     def live_pids(self) -> dict[str, int | None]:
         return {k: c.live.pid for k, c in self._conversations.items() if c.live}
@@ -592,6 +589,7 @@ class Engine:
             busy=bool(conv and conv.current),
             queued=len(conv.pending) if conv else 0,
             pid=conv.live.pid if conv and conv.live else None,
+            default_model=self.config.default_model,
         )
 
     def _ensure_worker(self, conv: _Conversation) -> None:

@@ -249,6 +249,13 @@ class SessionInfo:
     busy: bool = False  # a turn is running
     queued: int = 0  # turns waiting behind the running one
     pid: int | None = None
+    #: the configured default model, used while the conversation has chosen none
+    default_model: str | None = None
+
+    @property
+    def effective_model(self) -> str | None:
+        """The model its next turn runs with (None: the CLI's own default)."""
+        return self.model or self.default_model
 
 
 @dataclass(frozen=True)

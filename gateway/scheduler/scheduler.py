@@ -33,7 +33,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from gateway.engine import Engine, Prompt, StreamMode, TurnError, TurnOptions, TurnResult
+from gateway.engine import EngineAPI, Prompt, StreamMode, TurnError, TurnOptions, TurnResult
 from gateway.errors import ErrorKind, GatewayError
 from gateway.scheduler.cron import CronError, cron_trigger, next_fire, parse_timezone
 from gateway.scheduler.delivery import Deliverer, Delivery, deliver_to_log
@@ -85,12 +85,12 @@ class JobView:
 
 class Scheduler:
     def __init__(
-        self, engine: Engine, config: SchedulerConfig | None = None,
+        self, engine: EngineAPI, config: SchedulerConfig | None = None,
         jobs: Iterable[JobSpec] = (),
     ) -> None:
         self.engine = engine
         self.config = config or SchedulerConfig()
-        self.store = ScheduleStore(engine.store)
+        self.store = engine.tables(ScheduleStore)
         self._config_jobs = [
             replace(check_spec(spec, allow_seconds=self.config.allow_seconds),
                     source=JobSource.CONFIG)

@@ -1,0 +1,159 @@
+"""The port: everything a frontend may use of the engine. Read this file first.
+
+The OpenAI-compatible API (``gateway/api``), the chat bridges (``bridges/``) and the scheduler
+(``gateway/scheduler``) are typed against :class:`EngineAPI` alone: they run turns and manage
+conversations through it, remember their own small settings through :class:`Preferences`, and
+keep their own durable tables (chat inbox, schedule runs) through :meth:`EngineAPI.tables`. None
+of them touches the engine's store or its configuration; :class:`gateway.engine.Engine` is the
+one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from claude_agent_sdk import SDKSessionInfo
+
+from gateway.engine.events import (
+    Event,
+    Prompt,
+    RateLimitStatus,
+    SessionInfo,
+    TurnError,
+    TurnOptions,
+)
+from gateway.engine.tools import FileSink
+from gateway.store import Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A turn ended in a way the owner should hear about even if nobody watched it."""
+
+    key: str
+    origin: str
+    error: TurnError
+
+
+AlertHandler = Callable[[Alert], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What ``/health`` and ``/status`` report about the engine right now."""
+
+    cli_path: str | None
+    cli_version: str | None
+    cli_source: str | None
+    live_processes: int
+    sessions: int
+    running_turns: int
+    queued_turns: int
+    spare_processes: int
+    rate_limit: RateLimitStatus | None
+
+    @property
+    def ready(self) -> bool:
+        """The CLI was found and runs: turns can be served."""
+        return self.cli_path is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of ``/health`` (stable: clients read it)."""
+        rl = self.rate_limit
+        return {
+            "cli_path": self.cli_path,
+            "cli_version": self.cli_version,
+            "cli_source": self.cli_source,
+            "live_processes": self.live_processes,
+            "sessions": self.sessions,
+            "running_turns": self.running_turns,
+            "queued_turns": self.queued_turns,
+            "spare_processes": self.spare_processes,
+            "rate_limit": None if rl is None else {
+                "status": rl.status,
+                "type": rl.rate_limit_type,
+                "resets_at": rl.resets_at,
+                "utilization": rl.utilization,
+                "seen_at": rl.seen_at,
+            },
+        }
+
+
+class Preferences(Protocol):
+    """Small named values a frontend remembers per key across restarts (a chat's voice
+    replies, a refused user, the slash-command digest, an API conversation's fingerprints).
+    Deleted with the conversation of the same key by :meth:`EngineAPI.reset`."""
+
+    async def get_meta(self, key: str) -> dict[str, str]: ...
+
+    async def set_meta(self, key: str, **values: str) -> None: ...
+
+    async def find_keys(self, name: str, value: str) -> list[str]: ...
+
+
+class TurnRunner(Protocol):
+    """Something that runs turns: the engine, or a wrapper such as the API's checked JSON."""
+
+    def turn(
+        self, key: str, prompt: Prompt, options: TurnOptions | None = ...
+    ) -> AsyncIterator[Event]: ...
+
+
+class EngineAPI(TurnRunner, Protocol):
+    """The one way into the engine."""
+
+    # ---------------------------------------------------------------- turns
+    async def interrupt(self, key: str) -> bool: ...
+
+    # ---------------------------------------------------------------- conversations
+    async def reset(self, key: str) -> None: ...
+
+    async def set_model(self, key: str, name: str | None) -> str | None: ...
+
+    async def attach_session(self, key: str, session_id: str) -> None: ...
+
+    async def describe(self, key: str) -> SessionInfo | None: ...
+
+    async def list_sessions(self) -> list[SessionInfo]: ...
+
+    async def cli_sessions(self, limit: int = 20) -> list[SDKSessionInfo]: ...
+
+    # ---------------------------------------------------------------- models
+    def resolve_model(self, name: str | None) -> str | None: ...
+
+    def model_names(self) -> list[str]: ...
+
+    def listed_models(self) -> list[str]: ...
+
+    @property
+    def default_model(self) -> str | None:
+        """The configured default model, None for the CLI's own default."""
+        ...
+
+    # ---------------------------------------------------------------- the rest
+    @property
+    def workspace(self) -> Path:
+        """Claude Code's working directory."""
+        ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def preferences(self) -> Preferences: ...
+
+    def tables(self, group: Callable[[Store], T]) -> T:
+        """A frontend's own table group (``ChatStore``, ``ScheduleStore``) on the engine's
+        database, opened and closed with the engine."""
+        ...
+
+    def status(self) -> EngineStatus: ...
+
+    def register_file_sink(self, prefix: str, sink: FileSink) -> None: ...
+
+    def add_alert_handler(self, handler: AlertHandler) -> None: ...
