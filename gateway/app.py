@@ -20,7 +20,7 @@ from gateway.engine import Alert, Engine, EngineConfig
 from gateway.engine.process import cli_auth_status, cli_environment
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 from gateway.ports import busy_port_message, port_problem
-from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig, SessionMode
+from gateway.scheduler import Scheduler, SchedulerConfig, config_jobs
 from gateway.store import Store
 from gateway.voice import VoiceService
 
@@ -238,20 +238,9 @@ class LoginCheck:
 
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
     """The scheduler with the ``[scheduler]`` defaults and the ``[[schedules]]`` jobs."""
-    options = settings.scheduler
-    config = SchedulerConfig(
-        enabled=options.enabled, model=options.model, jitter=options.jitter,
-        misfire_grace=options.misfire_grace, timezone=options.timezone,
+    return Scheduler(
+        engine, SchedulerConfig.from_settings(settings.scheduler), config_jobs(settings.schedules)
     )
-    jobs = [
-        JobSpec(
-            name=job.name, cron=job.cron, prompt=job.prompt, target=job.target,
-            timezone=job.timezone, model=job.model or None, session=SessionMode(job.session),
-            jitter=job.jitter, enabled=job.enabled,
-        )
-        for job in settings.schedules
-    ]
-    return Scheduler(engine, config, jobs)
 
 
 async def _log_alert(alert: Alert) -> None:

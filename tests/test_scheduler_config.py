@@ -203,9 +203,10 @@ def test_build_scheduler_maps_every_field(tmp_path: Path) -> None:
     settings = load(tmp_path, JOB.replace('target = "log"', 'target = "log"\nmodel = "opus"'))
 
     class NoEngine:
-        store = None
+        def tables(self, group: object) -> None:
+            return None
 
-    scheduler = build_scheduler(NoEngine(), settings)  # type: ignore[arg-type, arg-type]
+    scheduler = build_scheduler(NoEngine(), settings)  # type: ignore[arg-type]
     assert scheduler.config.model == "haiku" and scheduler.config.jitter == 60
     (job,) = scheduler._config_jobs
     assert (job.name, job.cron, job.model, job.target) == ("morning", "0 8 * * 1-5", "opus",

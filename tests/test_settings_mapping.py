@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.config import ClaudeSettings, load_settings
 from gateway.engine import EngineConfig
+from gateway.scheduler import JobSpec, SchedulerConfig, SessionMode, config_jobs
 
 CLAUDE = """
 [claude]
@@ -81,3 +82,26 @@ def test_engine_config_defaults_are_the_sections(tmp_path: Path) -> None:
     built = EngineConfig.from_settings(settings, environ={})
     by_hand = EngineConfig(workspace=settings.claude.workspace)
     assert dataclasses.replace(built, secret_env_vars=frozenset()) == by_hand
+
+
+def test_scheduler_config_and_jobs_take_every_setting(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[scheduler]\nenabled = false\nmodel = "sonnet"\njitter = 5\nmisfire_grace = 10\n'
+        'timezone = "Europe/Paris"\n\n[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
+        'prompt = "News"\ntarget = "log"\ntimezone = "UTC"\nmodel = "opus"\n'
+        'session = "continue"\njitter = 3\nenabled = false\n'
+        '\n[[schedules]]\nname = "plain"\ncron = "0 9 * * *"\nprompt = "Hi"\ntarget = "log"\n'
+    )
+    settings = load_settings(path, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")
+    assert SchedulerConfig.from_settings(settings.scheduler) == SchedulerConfig(
+        enabled=False, model="sonnet", jitter=5, misfire_grace=10, timezone="Europe/Paris"
+    )
+    assert config_jobs(settings.schedules) == [
+        JobSpec(name="morning", cron="0 8 * * 1-5", prompt="News", target="log",
+                timezone="UTC", model="opus", session=SessionMode.CONTINUE, jitter=3,
+                enabled=False),
+        JobSpec(name="plain", cron="0 9 * * *", prompt="Hi", target="log"),
+    ]
+    defaults = load_settings(None, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")
+    assert SchedulerConfig.from_settings(defaults.scheduler) == SchedulerConfig()

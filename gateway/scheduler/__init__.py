@@ -1,6 +1,7 @@
 """Scheduled prompts: cron jobs whose turns run through the engine and whose answers arrive
 in a chat (or the log). See :mod:`gateway.scheduler.scheduler`."""
 
+from gateway.scheduler.config import SchedulerConfig, config_jobs
 from gateway.scheduler.cron import CronError, cron_trigger, parse_timezone, validate_cron
 from gateway.scheduler.delivery import Deliverer, Delivery, deliver_to_log
 from gateway.scheduler.jobs import (
@@ -13,7 +14,7 @@ from gateway.scheduler.jobs import (
     check_target,
     target_platform,
 )
-from gateway.scheduler.scheduler import JobView, Scheduler, SchedulerConfig
+from gateway.scheduler.scheduler import JobView, Scheduler
 
 __all__ = [
     "TARGET_HELP",
@@ -29,6 +30,7 @@ __all__ = [
     "SessionMode",
     "check_spec",
     "check_target",
+    "config_jobs",
     "cron_trigger",
     "deliver_to_log",
     "parse_timezone",

@@ -35,6 +35,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from gateway.engine import EngineAPI, Prompt, StreamMode, TurnError, TurnOptions, TurnResult
 from gateway.errors import ErrorKind, GatewayError
+from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.cron import CronError, cron_trigger, next_fire, parse_timezone
 from gateway.scheduler.delivery import Deliverer, Delivery, deliver_to_log
 from gateway.scheduler.jobs import (
@@ -53,23 +54,6 @@ log = logging.getLogger(__name__)
 MAX_COUNTED_MISSES = 10_000
 _PLATFORM_TITLES = {"telegram": "Telegram", "discord": "Discord"}
 _TOKEN_VARS = {"telegram": "TELEGRAM_BOT_TOKEN", "discord": "DISCORD_BOT_TOKEN"}
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """The ``[scheduler]`` settings."""
-
-    enabled: bool = True
-    #: model of scheduled turns unless a job names one (a light one: see the README)
-    model: str = "haiku"
-    #: each run starts after a random delay of up to this many seconds
-    jitter: float = 60.0
-    #: a run missed while the gateway was down is made up at start-up if this recent
-    misfire_grace: float = 3600.0
-    #: zone of jobs that name none; empty = this machine's
-    timezone: str = ""
-    #: accept a leading seconds field in cron expressions (the tests' fast triggers only)
-    allow_seconds: bool = False
 
 
 @dataclass(frozen=True)
