@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -103,7 +104,9 @@ def voice_prompt(transcript: str, caption: str = "") -> str:
 def _modules() -> tuple[ModuleType, ModuleType, ModuleType]:
     """gateway.voice.audio, .stt, .tts: they need numpy, which only the voice extras bring."""
     try:
-        from gateway.voice import audio, stt, tts
+        audio, stt, tts = (
+            importlib.import_module(f"gateway.voice.{name}") for name in ("audio", "stt", "tts")
+        )
     except ImportError as exc:
         raise VoiceUnavailable(
             f"Voice support is not installed ({exc}): {VOICE_EXTRA}", install=VOICE_EXTRA
