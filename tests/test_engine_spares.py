@@ -21,7 +21,7 @@ async def spare_pids(engine: Engine, count: int = 1, within: float = 20) -> set[
     while engine.status().spare_processes < count:
         assert time.monotonic() < deadline, "no spare process was started"
         await asyncio.sleep(0.05)
-    return {s.pid for s in engine._spares if s.pid}
+    return {s.pid for s in engine._pool.spares if s.pid}
 
 
 async def test_a_new_conversation_takes_the_spare_and_a_new_one_is_started(
@@ -44,7 +44,7 @@ async def test_spares_match_the_system_text(engine: Engine, fake_api: FakeAnthro
     assert engine.live_pids()["s:pirate"] != plain, "a spare without the text must not be used"
     assert "You are a pirate." in fake_api.requests()[-1]["system_text"]
     deadline = time.monotonic() + 20  # the refill replaces the plain spare by a pirate one
-    while not [s for s in engine._spares if s.system_hash == _hash("You are a pirate.")]:
+    while not [s for s in engine._pool.spares if s.system_hash == _hash("You are a pirate.")]:
         assert time.monotonic() < deadline, "no spare with the new system text"
         await asyncio.sleep(0.05)
     (pirate_spare,) = await spare_pids(engine)
@@ -71,10 +71,10 @@ async def test_spare_tools_belong_to_the_conversation_that_takes_it(
     sent = file_sink(engine, "chat:")
     await collect(engine, "chat:first", "hello")  # its refill is a spare with the chat tools
     deadline = time.monotonic() + 20
-    while not any(s.profile == "chat:" for s in engine._spares):
+    while not any(s.profile == "chat:" for s in engine._pool.spares):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    spare = next(s.pid for s in engine._spares if s.profile == "chat:")
+    spare = next(s.pid for s in engine._pool.spares if s.profile == "chat:")
     (engine.config.workspace / "a.txt").write_text("x")
     fake_api.script({"tool_use": {"name": SEND_FILE, "input": {"path": "a.txt"}}},
                     match="send a")

@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ from gateway.engine.events import (
     Usage,
 )
 from gateway.engine.models import ModelCatalog
+from gateway.engine.pool import ProcessPool, SpareKey
 from gateway.engine.process import (
     CliInfo,
     EngineConfig,
@@ -63,6 +65,7 @@ from gateway.engine.process import (
     client_pid,
     find_cli,
     kill_tree,
+    kill_tree_of,
     process_tree,
 )
 from gateway.engine.tools import SEND_FILE, SERVER_NAME, FileSink, send_file_server
@@ -202,6 +205,40 @@ class _Live:
     cost_seen: float = 0.0
     exit_watch: _ExitWatch | None = None
 
+    @property
+    def spare_key(self) -> SpareKey:
+        return (self.model, self.system_hash, self.profile, self.tools_hash)
+
+    def alive(self) -> bool:
+        return _alive(self.pid)
+
+    def kill(self, *, deliberate: bool = True) -> None:
+        """SIGKILL its process tree; on purpose (``deliberate``), its end is then no error
+        in the log."""
+        if deliberate and self.exit_watch is not None:
+            self.exit_watch.expected = True
+        kill_tree_of(self.pid)
+
+    async def close(self, *, kill: bool) -> bool:
+        """Let its host task disconnect it; no process of its tree is left."""
+        if self.closed:
+            return False
+        self.closed = True
+        if self.exit_watch is not None:
+            self.exit_watch.expected = True
+        procs = process_tree(self.pid)
+        if kill:
+            kill_tree(procs)
+        self.close_event.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.host), timeout=15)
+        except BaseException as exc:  # cleanup must go on
+            log.debug("closing pid %s: %r", self.pid, exc)
+        leftovers = [p for p in procs if _running(p)]
+        if leftovers:
+            kill_tree(leftovers)
+        return True
+
 
 @dataclass(eq=False)
 class _Conversation:
@@ -216,9 +253,14 @@ class _Conversation:
     #: a spare to start once the running turn ends (model, system, profile, tool set)
     refill: tuple[str | None, str, str, _ToolSet] | None = None
 
+    def idle_with_process(self) -> bool:
+        return self.current is None and not self.pending and self.live is not None
 
-#: what makes processes interchangeable: model, system text, file-sink tools, client tools
-_SpareKey = tuple[str | None, str, str, str]
+    def check_withdrawn(self) -> None:
+        """Raise if the conversation's current turn lost its client before it started."""
+        req = self.current
+        if req is not None and req.abandoned and not req.started:
+            raise GatewayError(ErrorKind.INTERRUPTED, "The turn was withdrawn: its client left.")
 
 
 @dataclass(frozen=True)
@@ -229,6 +271,19 @@ class _ToolSet:
     @property
     def fingerprint(self) -> str:
         return tools_fingerprint(self.tools, self.mode)
+
+
+class _Outcome(Enum):
+    """How one exchange with a CLI process ended (what :meth:`Engine._run_turn` decides on)."""
+
+    DONE = "done"
+    #: the process had died before it saw the turn: nothing was lost, go again
+    STALE = "stale"
+    #: ``--resume`` named a session whose transcript is gone: start a fresh one
+    RESUME_FAILED = "resume_failed"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+    INTERRUPTED = "interrupted"
 
 
 def _hash(text: str) -> str:
@@ -250,13 +305,13 @@ class Engine:
         self._env: dict[str, str] = {}
         self._conversations: dict[str, _Conversation] = {}
         self._turn_slots = asyncio.Semaphore(config.max_parallel_turns)
-        self._slot_cond = asyncio.Condition()
         self._alert_handlers: list[AlertHandler] = []
         self._file_sinks: dict[str, FileSink] = {}
-        self._slots_used = 0  # live CLI processes, spares and ones starting included
-        self._spares: list[_Live] = []
+        self._pool: ProcessPool[_Live, _Conversation] = ProcessPool(
+            max_live=config.max_live_sessions, spares=config.spare_processes,
+            turn_slots=self._turn_slots, tenants=self._conversations.values, evict=self._evict,
+        )
         self._hosts: set[asyncio.Task[None]] = set()
-        self._refilling: dict[_SpareKey, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._shutdown_expected = False
@@ -298,6 +353,7 @@ class Engine:
     async def stop(self, grace: float = 5.0) -> None:
         """Fail queued turns, interrupt running ones, end every CLI process. No orphans."""
         self._stopping = True
+        self._pool.stopping = True
         convs = list(self._conversations.values())
         for conv in convs:
             while conv.pending:
@@ -315,15 +371,14 @@ class Engine:
             _, still = await asyncio.wait(workers, timeout=grace)
             for conv in convs:  # a worker stuck in a turn: kill its tree, then it ends
                 if conv.live is not None:
-                    self._kill(conv.live)
+                    conv.live.kill()
             if still:
                 await asyncio.wait(still, timeout=grace)
                 for task in still:
                     task.cancel()
         for task in list(self._background):
             task.cancel()
-        spares, self._spares = self._spares, []
-        await asyncio.gather(*(self._close_process(s, kill=False) for s in spares))
+        await self._pool.stop()
         if self._hosts:  # processes still starting close themselves once connected
             await asyncio.wait(list(self._hosts), timeout=grace + 10)
         self._prompt_files.close()
@@ -452,7 +507,7 @@ class Engine:
                     self._spawn(self._interrupt_request(conv, req))
                 else:  # waiting for a turn or process slot: withdrawn, it never starts
                     log.info("turn of %s withdrawn before it started: its client left", key)
-                    self._spawn(self._notify_slot_waiters())
+                    self._spawn(self._pool.notify())
 
     async def interrupt(self, key: str) -> bool:
         """Stop the running turn of ``key`` (within about a second). False if none runs."""
@@ -535,7 +590,7 @@ class Engine:
             sessions=len(self._conversations),
             running_turns=sum(1 for c in convs if c.current),
             queued_turns=sum(len(c.pending) for c in convs),
-            spare_processes=len(self._spares),
+            spare_processes=len(self._pool.spares),
             rate_limit=self.rate_limit,
         )
 
@@ -675,8 +730,7 @@ class Engine:
             if conv.refill is not None:
                 self._schedule_refill(*conv.refill)
                 conv.refill = None
-            async with self._slot_cond:
-                self._slot_cond.notify_all()
+            await self._pool.notify()
 
     async def _run_turn(self, conv: _Conversation, req: _Request) -> None:
         cwd = str(self.config.workspace)
@@ -727,11 +781,11 @@ class Engine:
             req.started = True
             req.emit(TurnStarted(conv.key, resume, model, resumed=started_now and bool(resume)))
             outcome = await self._exchange(conv, live, req, cwd)
-            if outcome == "stale" and stale_retry_allowed:
+            if outcome is _Outcome.STALE and stale_retry_allowed:
                 # the process had died before it saw this turn: nothing was lost, go again
                 stale_retry_allowed = False
                 continue
-            if outcome == "resume_failed" and fresh_retry_allowed and resume:
+            if outcome is _Outcome.RESUME_FAILED and fresh_retry_allowed and resume:
                 fresh_retry_allowed = False
                 req.emit(self._session_reset_notice(resume))
                 await self.store.set_session_fields(conv.key, session_id=None)
@@ -750,7 +804,7 @@ class Engine:
 
     async def _exchange(
         self, conv: _Conversation, live: _Live, req: _Request, cwd: str
-    ) -> str:
+    ) -> _Outcome:
         """Send the prompt and relay the CLI's messages until the turn ends.
 
         A turn that calls client tools is suspended inside the calls: this request ends with
@@ -789,7 +843,7 @@ class Engine:
                             await self._record(conv, event, live)
                         elif isinstance(event, TurnError):
                             if translator.resume_failed:
-                                return "resume_failed"
+                                return _Outcome.RESUME_FAILED
                             if translator.session_id:
                                 await self.store.set_session_fields(
                                     conv.key, session_id=translator.session_id
@@ -804,7 +858,7 @@ class Engine:
                         self.rate_limit = translator.rate_limit
         except TimeoutError:
             live.dead = True
-            self._kill(live)
+            live.kill()
             error = TurnError(
                 ErrorKind.TIMEOUT,
                 f"Claude Code showed no activity for {timeout:.0f} s, so the turn was stopped."
@@ -812,23 +866,23 @@ class Engine:
             )
             req.emit(error)
             await self._alert(conv, req, error)
-            return "timeout"
+            return _Outcome.TIMEOUT
         except (ClaudeSDKError, OSError, ValueError) as exc:
             live.dead = True
-            kill_tree(process_tree(live.pid))
+            live.kill(deliberate=False)  # it failed on its own: its errors stay errors
             if req.interrupted:
                 req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
-                return "interrupted"
+                return _Outcome.INTERRUPTED
             if self.stopping:  # a signal to the whole gateway reached this process too
                 log.info("CLI of %s ended during shutdown (%s)", conv.key, exc)
                 req.emit(TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down."))
-                return "interrupted"
+                return _Outcome.INTERRUPTED
             if not received and not _alive(live.pid):
                 log.info("CLI of %s had exited before the turn (%s)", conv.key, exc)
-                return "stale"
+                return _Outcome.STALE
             detail = _tail(live.stderr) or str(exc)
             if NO_CONVERSATION in detail:
-                return "resume_failed"
+                return _Outcome.RESUME_FAILED
             error = TurnError(
                 ErrorKind.CRASHED,
                 f"Claude Code stopped unexpectedly: {_first_line(str(exc))}."
@@ -837,14 +891,14 @@ class Engine:
             log.warning("CLI of %s crashed: %s | stderr: %s", conv.key, exc, detail[-500:])
             req.emit(error)
             await self._alert(conv, req, error)
-            return "crashed"
+            return _Outcome.CRASHED
         if not req.done:
             live.dead = True
             error = TurnError(ErrorKind.CRASHED, "Claude Code ended the turn without a result.")
             req.emit(error)
             await self._alert(conv, req, error)
-            return "crashed"
-        return "done"
+            return _Outcome.CRASHED
+        return _Outcome.DONE
 
     async def _suspend(self, conv: _Conversation, live: _Live, req: _Request) -> _Request:
         """Wait for the client's tool results; returns the request the turn continues in.
@@ -894,7 +948,7 @@ class Engine:
         except Exception as exc:
             log.info("interrupt of %s's abandoned turn failed (%s); killing it", key, exc)
             live.dead = True
-            self._kill(live)
+            live.kill()
 
     async def _record(self, conv: _Conversation, result: TurnResult, live: _Live) -> None:
         u = result.usage
@@ -933,7 +987,7 @@ class Engine:
             pass
         if conv.current is req:
             live.dead = True
-            self._kill(live)
+            live.kill()
 
     # ------------------------------------------------------------------ processes
 
@@ -943,14 +997,14 @@ class Engine:
     ) -> _Live:
         """A process for ``conv``: a pre-started spare for a new session, else a new one."""
         profile = self._profile(conv.key)
-        key: _SpareKey = (model, _hash(system), profile, toolset.fingerprint)
+        key: SpareKey = (model, _hash(system), profile, toolset.fingerprint)
         live = None
         if not resume:
-            starting = self._refilling.get(key)
+            starting = self._pool.refilling(key)
             if starting is not None:  # a matching spare is on its way: cheaper to wait for it
                 await asyncio.wait([starting])
-                _check_withdrawn(conv)
-            live = self._take_spare(key)
+                conv.check_withdrawn()
+            live = self._pool.take_spare(key)
         if live is None:
             live = await self._start_process(model, system, toolset, resume, profile,
                                              for_conversation=conv)
@@ -970,16 +1024,17 @@ class Engine:
         profile: str, *, for_conversation: _Conversation | None,
     ) -> _Live:
         """Start and connect a CLI process; it takes one of the live-process slots."""
+        return await self._pool.start(
+            lambda: self._launch(model, system, toolset, resume, profile),
+            for_tenant=for_conversation,
+        )
+
+    async def _launch(
+        self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
+        profile: str,
+    ) -> _Live:
+        """Start and connect a CLI process in a slot already taken (given back on failure)."""
         assert self.cli is not None
-        if for_conversation is not None:
-            await self._acquire_slot(for_conversation)
-            try:
-                _check_withdrawn(for_conversation)
-            except GatewayError:
-                self._release_slot()
-                raise
-        elif not await self._try_acquire_slot():
-            raise GatewayError(ErrorKind.BUSY, "no free process slot for a spare")
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         said = asyncio.Event()  # the CLI wrote to stderr
 
@@ -989,11 +1044,7 @@ class Engine:
 
         owner: dict[str, str] = {}
         broker = CallBroker()
-        try:
-            prompt_file = await self._write_prompt_file(appended_system_text(self.config, system))
-        except BaseException:
-            self._release_slot()
-            raise
+        prompt_file = await self._write_prompt_file(appended_system_text(self.config, system))
         options = build_options(
             self.config, cli_path=self.cli.path, model=model,
             system_file=str(prompt_file) if prompt_file else None, resume=resume,
@@ -1010,11 +1061,7 @@ class Engine:
         )
         self._hosts.add(host)
         host.add_done_callback(self._hosts.discard)
-        try:
-            client, pid = await ready
-        except BaseException:
-            self._release_slot()
-            raise
+        client, pid = await ready
         return _Live(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
                      stderr, close_event, host, owner, exit_watch=watch)
 
@@ -1067,7 +1114,7 @@ class Engine:
                 # before the process is killed and the pipe closed
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(said.wait(), timeout=1.0)
-            kill_tree(process_tree(pid))
+            kill_tree_of(pid)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.disconnect(), timeout=10)
             if isinstance(exc, Exception):
@@ -1107,137 +1154,17 @@ class Engine:
         if live is None:
             return
         conv.live = None
-        await self._close_process(live, kill=kill)
+        await self._pool.close(live, kill=kill)
         log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
-
-    def _kill(self, live: _Live) -> None:
-        """SIGKILL a process tree on purpose: its end is then no error in the log."""
-        if live.exit_watch is not None:
-            live.exit_watch.expected = True
-        kill_tree(process_tree(live.pid))
-
-    async def _close_process(self, live: _Live, *, kill: bool) -> None:
-        if live.closed:
-            return
-        live.closed = True
-        if live.exit_watch is not None:
-            live.exit_watch.expected = True
-        procs = process_tree(live.pid)
-        if kill:
-            kill_tree(procs)
-        live.close_event.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(live.host), timeout=15)
-        except BaseException as exc:  # cleanup must go on
-            log.debug("closing pid %s: %r", live.pid, exc)
-        leftovers = [p for p in procs if _running(p)]
-        if leftovers:
-            kill_tree(leftovers)
-        self._release_slot()
-
-    # ------------------------------------------------------------------ spares
-
-    def _take_spare(self, key: _SpareKey) -> _Live | None:
-        for live in list(self._spares):
-            if (live.model, live.system_hash, live.profile, live.tools_hash) != key:
-                continue
-            self._spares.remove(live)
-            if _alive(live.pid):
-                return live
-            self._spawn(self._close_process(live, kill=True))
-        return None
 
     def _schedule_refill(
         self, model: str | None, system: str, profile: str, toolset: _ToolSet
     ) -> None:
         """Keep a pre-started process ready for the next new conversation of this kind."""
-        want: _SpareKey = (model, _hash(system), profile, toolset.fingerprint)
-        if self.config.spare_processes <= 0 or self._stopping or want in self._refilling:
-            return
-        if any((s.model, s.system_hash, s.profile, s.tools_hash) == want for s in self._spares):
-            return
-        task = asyncio.ensure_future(self._refill(model, system, profile, toolset, want))
-        self._refilling[want] = task
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _refill(
-        self, model: str | None, system: str, profile: str, toolset: _ToolSet, want: _SpareKey
-    ) -> None:
-        try:
-            while len(self._spares) >= self.config.spare_processes:
-                await self._close_process(self._spares.pop(0), kill=False)
-            live = await self._start_process(model, system, toolset, None, profile,
-                                             for_conversation=None)
-            if self._stopping:
-                await self._close_process(live, kill=False)
-                return
-            self._spares.append(live)
-            log.info("pre-started Claude Code (pid %s) for the next new conversation", live.pid)
-            async with self._slot_cond:  # a waiter may take it, or close it for room
-                self._slot_cond.notify_all()
-        except GatewayError as exc:
-            log.info("no spare Claude Code process: %s", exc.message)
-        finally:
-            self._refilling.pop(want, None)
-
-    # ------------------------------------------------------------------ slots
-
-    async def _acquire_slot(self, requester: _Conversation) -> None:
-        """Wait for a live-process slot, closing a spare or the least recently used idle
-        conversation's process to make room.
-
-        The caller holds a parallel-turn slot (see :meth:`_run`). It is given back while
-        waiting here: the conversations owning the processes must be able to run the turns
-        they have queued, or they never become idle and every turn slot waits (a deadlock).
-        """
-        while True:
-            _check_withdrawn(requester)
-            victim: _Conversation | None = None
-            spare: _Live | None = None
-            released = False
-            try:
-                async with self._slot_cond:
-                    if self._slots_used < self.config.max_live_sessions:
-                        self._slots_used += 1
-                        return
-                    if self._spares:
-                        spare = self._spares.pop(0)
-                    else:
-                        idle = [c for c in self._conversations.values()
-                                if c is not requester and c.current is None and not c.pending
-                                and c.live is not None]
-                        if not idle:
-                            self._turn_slots.release()
-                            released = True
-                            await self._slot_cond.wait()
-                            continue
-                        victim = min(idle, key=lambda c: c.last_used)
-                if spare is not None:
-                    await self._close_process(spare, kill=False)
-                elif victim is not None:
-                    log.info("evicting %s to make room for %s", victim.key, requester.key)
-                    self._turn_slots.release()  # the victim may have to finish a new turn
-                    released = True
-                    await self._evict(victim)
-            finally:
-                if released:
-                    await self._turn_slots.acquire()
-
-    async def _try_acquire_slot(self) -> bool:
-        async with self._slot_cond:
-            if self._slots_used < self.config.max_live_sessions:
-                self._slots_used += 1
-                return True
-            return False
-
-    def _release_slot(self) -> None:
-        self._slots_used -= 1
-        self._spawn(self._notify_slot_waiters())
-
-    async def _notify_slot_waiters(self) -> None:
-        async with self._slot_cond:
-            self._slot_cond.notify_all()
+        want: SpareKey = (model, _hash(system), profile, toolset.fingerprint)
+        self._pool.schedule_refill(
+            want, lambda: self._launch(model, system, toolset, None, profile)
+        )
 
     async def _evict(self, conv: _Conversation) -> None:
         conv.evict = True
@@ -1245,13 +1172,6 @@ class Engine:
         worker = conv.worker
         if worker is not None and worker is not asyncio.current_task():
             await asyncio.shield(worker)
-
-
-def _check_withdrawn(conv: _Conversation) -> None:
-    """Raise if the conversation's current turn lost its client before it started."""
-    req = conv.current
-    if req is not None and req.abandoned and not req.started:
-        raise GatewayError(ErrorKind.INTERRUPTED, "The turn was withdrawn: its client left.")
 
 
 def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:

@@ -209,11 +209,6 @@ class TurnError:
     def from_exc(cls, exc: GatewayError) -> TurnError:
         return cls(exc.kind, exc.message, exc.retry_after, exc.status)
 
-    def to_exc(self) -> GatewayError:
-        return GatewayError(
-            self.kind, self.message, retry_after=self.retry_after, status=self.status
-        )
-
 
 Event = (
     TurnStarted

@@ -314,6 +314,11 @@ def kill_tree(procs: Iterable[psutil.Process]) -> int:
     return count
 
 
+def kill_tree_of(pid: int | None) -> int:
+    """SIGKILL the process ``pid`` and all its descendants; returns how many were signalled."""
+    return kill_tree(process_tree(pid))
+
+
 def tree_rss(pid: int | None) -> int:
     total = 0
     for proc in process_tree(pid):
