@@ -11,7 +11,7 @@ from bridges.common.platform import Chat, MessageId, Platform, User
 from bridges.common.split import MarkdownChunk, split_markdown
 from bridges.common.text import error_text, notice_text, status_text
 from bridges.common.view import TurnView, ViewSettings
-from bridges.common.voice import ChatVoice, VoiceBackend
+from bridges.common.voice import ChatVoice, VoiceBackend, setup_voice
 
 __all__ = [
     "CHAT_PREFIXES",
@@ -34,6 +34,7 @@ __all__ = [
     "error_text",
     "notice_text",
     "parse_command",
+    "setup_voice",
     "split_markdown",
     "status_text",
 ]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from bridges.common.commands import Command, CommandContext, CommandRegistry
 from bridges.common.inbox import (
@@ -42,7 +43,6 @@ from bridges.common.outbox import Outbox
 from bridges.common.platform import Chat, Platform, User
 from bridges.common.text import ago, error_text, rate_limit_text, size
 from bridges.common.view import TurnView, ViewSettings
-from bridges.common.voice import ChatVoice, VoiceBackend
 from gateway.engine import (
     Alert,
     EngineAPI,
@@ -68,6 +68,15 @@ CHAT_PREFIXES = ("telegram:", "discord:")
 
 #: Called after each turn of a chat that ended with a result (spoken replies use it).
 AfterTurn = Callable[[Chat, TurnResult], Awaitable[None]]
+
+
+class VoiceInput(Protocol):
+    """A voice feature, plugged in from outside (``bridges.common.voice.setup_voice``)."""
+
+    async def handle(
+        self, chat: Chat, fetch: Callable[[], Awaitable[bytes]], mime_type: str,
+        caption: str = "", *, fallback: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,7 @@ class _ChatState:
 
 class ChatBridge:
     def __init__(
-        self, engine: EngineAPI, platform: Platform, settings: BridgeSettings, *,
-        voice: VoiceBackend | None = None,
+        self, engine: EngineAPI, platform: Platform, settings: BridgeSettings
     ) -> None:
         self.engine = engine
         self.platform = platform
@@ -130,12 +138,9 @@ class ChatBridge:
         #: longest wait for a turn's display to finish before its answer goes to the outbox
         self.finish_timeout = 30.0
         self._add_builtin_commands()
-        #: voice notes in and spoken replies out (``/voice``); without it voice notes get
-        #: a polite explanation
-        self.voice: ChatVoice | None = None
-        if voice is not None:
-            self.voice = ChatVoice(self, voice)
-            self.after_turn.append(self.voice.after_turn)
+        #: voice notes in (set by ``bridges.common.voice.setup_voice``, which also adds
+        #: /voice and spoken replies); without it voice notes get a polite explanation
+        self.voice: VoiceInput | None = None
 
     @property
     def key_prefix(self) -> str:

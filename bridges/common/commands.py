@@ -10,12 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from bridges.common.platform import Chat, User
-
-if TYPE_CHECKING:
-    from bridges.common.bridge import ChatBridge
 
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@([A-Za-z0-9_]{1,64}))?(?:\s+(.*))?$", re.S)
 
@@ -32,11 +29,17 @@ def parse_command(text: str, bot_username: str | None = None) -> tuple[str, str]
     return name.lower(), args.strip()
 
 
+class Replier(Protocol):
+    """Where a command's reply goes (the chat bridge)."""
+
+    async def say(self, chat: Chat, text: str, *, markdown: bool = True) -> None: ...
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """What a command handler gets."""
 
-    bridge: ChatBridge
+    bridge: Replier
     chat: Chat
     user: User
     args: str

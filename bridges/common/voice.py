@@ -24,16 +24,14 @@ import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from bridges.common.bridge import ChatBridge
 from bridges.common.commands import Command, CommandContext
 from bridges.common.platform import Chat
 from gateway.engine import Prompt, TurnResult
 from gateway.errors import GatewayError
 from gateway.voice import VoiceUnavailable, voice_prompt
-
-if TYPE_CHECKING:
-    from bridges.common.bridge import ChatBridge
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,15 @@ class VoiceBackend(Protocol):
     async def voice_reply(self, markdown: str) -> Spoken | None: ...
 
     def available(self) -> dict[str, Any]: ...
+
+
+def setup_voice(bridge: ChatBridge, backend: VoiceBackend) -> ChatVoice:
+    """Give ``bridge`` voice notes in, spoken replies out and ``/voice`` (the way
+    ``setup_schedules`` adds the schedule commands)."""
+    voice = ChatVoice(bridge, backend)
+    bridge.voice = voice
+    bridge.after_turn.append(voice.after_turn)
+    return voice
 
 
 class ChatVoice:

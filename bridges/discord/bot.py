@@ -33,6 +33,7 @@ from bridges.common import (
     User,
     ViewSettings,
     VoiceBackend,
+    setup_voice,
 )
 from bridges.common.commands import Command, parse_command
 from bridges.discord.platform import INTERACTION, DiscordPlatform, SlashReply
@@ -129,8 +130,9 @@ class DiscordBridge:
                 ),
                 upload_setting="max_upload_mb",
             ),
-            voice=voice,
         )
+        if voice is not None:
+            setup_voice(self.core, voice)
         self._connection: asyncio.Task[None] | None = None
         self._installed = False
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -31,6 +31,7 @@ from bridges.common import (
     User,
     ViewSettings,
     VoiceBackend,
+    setup_voice,
 )
 from bridges.common.commands import parse_command
 from bridges.telegram.platform import (
@@ -104,8 +105,9 @@ class TelegramBridge:
                     long_answer_chars=settings.long_answer_file_chars,
                 ),
             ),
-            voice=voice,
         )
+        if voice is not None:
+            setup_voice(self.core, voice)
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
         self.app.add_error_handler(self._on_error)
         self.username: str | None = None
