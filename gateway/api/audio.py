@@ -29,14 +29,7 @@ from aiohttp import BodyPartReader, web
 
 from gateway.api.convert import HttpError, request_error
 from gateway.api.guard import JSON, MULTIPART, accepts
-from gateway.api.routes import (
-    CONFIG,
-    SERVER_BUSY_RETRY_AFTER,
-    ApiError,
-    _drain,
-    _mb,
-    read_body,
-)
+from gateway.api.http import CONFIG, ApiError, drain, mb, read_body, refuse_when_full
 from gateway.errors import ErrorKind, GatewayError
 from gateway.voice import (
     AudioDecodeError,
@@ -98,19 +91,10 @@ class _Slot:
 
     async def __aenter__(self) -> VoiceService:
         limit = self.request.app[CONFIG].max_concurrent_requests
-        if self.state.active_requests >= limit:
-            await _drain(self.request, 0)
-            raise ApiError(
-                request_error(
-                    503,
-                    "server_busy",
-                    f"The gateway is already serving {limit} audio requests "
-                    "(server.max_concurrent_requests); retry shortly.",
-                    SERVER_BUSY_RETRY_AFTER,
-                )
-            )
+        await refuse_when_full(self.request, self.state.active_requests, limit,
+                               "audio requests")
         if self.state.voice is None:
-            await _drain(self.request, 0)
+            await drain(self.request, 0)
             raise ApiError(
                 request_error(503, "voice_unavailable", "Voice is not enabled on this gateway.")
             )
@@ -139,11 +123,11 @@ async def _read_multipart(request: web.Request, limit: int) -> _Upload:
         request_error(
             413,
             "request_too_large",
-            f"The request body is larger than the limit of {_mb(limit)} (server.max_body_mb)",
+            f"The request body is larger than the limit of {mb(limit)} (server.max_body_mb)",
         )
     )
     if request.content_length is not None and request.content_length > limit:
-        await _drain(request, 0)
+        await drain(request, 0)
         raise too_large
     upload = _Upload({})  # the Content-Type is multipart/form-data: see setup_audio
     total = 0
@@ -163,7 +147,7 @@ async def _read_multipart(request: web.Request, limit: int) -> _Upload:
                 buf += chunk
                 total += len(chunk)
                 if total > limit:
-                    await _drain(request, total)
+                    await drain(request, total)
                     raise too_large
             name = part.name or ""
             if name == "file":

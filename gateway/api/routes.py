@@ -27,13 +27,12 @@ is an in-stream ``{"error": {...}}`` event; ``data: [DONE]`` always ends the str
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,17 +40,16 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api.access import STREAM_ERROR, access_middleware
+from gateway.api.audio import setup_audio
 from gateway.api.config import ApiConfig
 from gateway.api.conversation import Plan, plan_conversation
 from gateway.api.convert import (
     SSE_DONE,
     ChatRequest,
     ChunkFactory,
-    HttpError,
     build_prompt,
     finish_reason,
     http_error,
-    http_error_from_exc,
     parse_chat_request,
     parse_stream_mode,
     render_event,
@@ -61,10 +59,19 @@ from gateway.api.convert import (
 )
 from gateway.api.functions import parse_tool_mode, tool_call_deltas
 from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
+from gateway.api.http import (
+    CONFIG,
+    ApiError,
+    auth_middleware,
+    error_middleware,
+    error_response,
+    key_ok,
+    read_body,
+    refuse_when_full,
+)
 from gateway.api.openapi import openapi_document
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import TurnPump, answer_text
-from gateway.config import API_KEYS_ENV_VAR
 from gateway.engine.api import EngineAPI, Preferences, TurnRunner
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
@@ -85,11 +92,8 @@ log = logging.getLogger(__name__)
 CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
 STREAM_MODE_HEADER = "X-Stream-Mode"
 TOOL_MODE_HEADER = "X-Tool-Mode"
-SERVER_BUSY_RETRY_AFTER = 2
 #: how often a waiting handler checks whether its client is still connected
 DISCONNECT_POLL_SECONDS = 0.25
-#: the most of an oversized body that is read and discarded so the client sees the 413
-DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 #: bodies larger than this are parsed in a worker thread
 THREAD_PARSE_BYTES = 512 * 1024
 
@@ -114,7 +118,6 @@ class ApiState:
 
 
 ENGINE: web.AppKey[EngineAPI] = web.AppKey("api_engine", EngineAPI)
-CONFIG: web.AppKey[ApiConfig] = web.AppKey("api_config", ApiConfig)
 STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
 #: Extra sections of ``/health``: name -> a function returning JSON-able data. Set by
 #: ``gateway.app`` after :func:`create_app` (e.g. ``{"scheduler": scheduler.status}``).
@@ -126,107 +129,8 @@ STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
 HEALTH_CHECKS: web.AppKey[list[Callable[[], str | None]]] = web.AppKey("health_checks", list)
 
 
-class ApiError(Exception):
-    """Raised inside handlers; the error middleware turns it into a JSON response."""
-
-    def __init__(self, error: HttpError, headers: dict[str, str] | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.headers = headers or {}
-
-
 class _Disconnected(Exception):
     pass
-
-
-def error_response(error: HttpError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        error.body(), status=error.status, headers={**error.headers(), **(headers or {})}
-    )
-
-
-# --------------------------------------------------------------------------- middlewares
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_STATUS_CODES = {
-    400: "invalid_request",
-    401: "invalid_api_key",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-}
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.error, exc.headers)
-    except GatewayError as exc:
-        return error_response(http_error_from_exc(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:
-            message = f"Unknown path: {request.method} {request.path}"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        elif exc.status == 413:
-            limit = request.app[CONFIG].max_body_bytes
-            message = f"The request body is larger than the limit of {_mb(limit)}"
-        else:
-            message = exc.reason
-        code = _STATUS_CODES.get(exc.status, "http_error")
-        return error_response(request_error(exc.status, code, message))
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(
-            request_error(500, "internal_error", "Internal gateway error; see the gateway log")
-        )
-
-
-def _mb(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MB"
-
-
-def _offered_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("X-Api-Key") or None
-
-
-def _key_ok(request: web.Request) -> bool:
-    """True when no keys are configured, or the request offers one of them."""
-    keys = request.app[CONFIG].api_keys
-    if not keys:
-        return True
-    offered = _offered_key(request)
-    good = False
-    if offered is not None:
-        candidate = offered.encode()
-        for key in keys:  # no early exit: the time taken does not depend on which key
-            good |= hmac.compare_digest(candidate, key.encode())
-    return good
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") and not _key_ok(request):
-        raise ApiError(
-            request_error(
-                401,
-                "invalid_api_key",
-                "Missing or wrong gateway API key: send 'Authorization: Bearer <key>' (or "
-                f"'X-Api-Key: <key>') with one of the keys set in {API_KEYS_ENV_VAR}.",
-            )
-        )
-    return await handler(request)
 
 
 # --------------------------------------------------------------------------- simple routes
@@ -237,7 +141,7 @@ PUBLIC_HEALTH_FIELDS = ("status", "version")
 
 
 async def health(request: web.Request) -> web.Response:
-    full = _key_ok(request)  # the rest (paths, sessions, chat ids, errors) needs a key
+    full = key_ok(request)  # the rest (paths, sessions, chat ids, errors) needs a key
     try:
         status = request.app[ENGINE].status()
     except Exception as exc:
@@ -307,37 +211,6 @@ async def openapi_json(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- chat completions
 
 
-async def _drain(request: web.Request, already: int) -> None:
-    total = already
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > DRAIN_LIMIT_BYTES:
-            break
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or a 413 once it exceeds ``limit`` (read to the end, so the client
-    gets the response instead of a reset connection)."""
-    too_large = ApiError(
-        request_error(
-            413,
-            "request_too_large",
-            f"The request body is larger than the limit of {_mb(limit)} (server.max_body_mb)",
-        )
-    )
-    length = request.content_length
-    if length is not None and length > limit:
-        await _drain(request, 0)
-        raise too_large
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            await _drain(request, len(body))
-            raise too_large
-    return bytes(body)
-
-
 #: a JSON escape of a UTF-16 surrogate (a pair becomes one character; a lone one cannot be
 #: encoded as UTF-8, e.g. a JavaScript client that cut a string inside an emoji)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -376,17 +249,8 @@ def _decode_and_parse(raw: bytes) -> ChatRequest:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     config = request.app[CONFIG]
-    if state.active_requests >= config.max_concurrent_requests:
-        await _drain(request, 0)
-        raise ApiError(
-            request_error(
-                503,
-                "server_busy",
-                f"The gateway is already serving {config.max_concurrent_requests} requests "
-                "(server.max_concurrent_requests); retry shortly.",
-                SERVER_BUSY_RETRY_AFTER,
-            )
-        )
+    await refuse_when_full(request, state.active_requests, config.max_concurrent_requests,
+                           "requests")
     state.active_requests += 1
     try:
         return await _chat_completions(request, state, config)
@@ -651,8 +515,6 @@ def create_app(
     With ``voice``, ``/v1/audio/transcriptions`` and ``/v1/audio/speech`` use it; without,
     they answer 503 ``voice_unavailable``.
     """
-    from gateway.api.audio import setup_audio  # it imports this module
-
     app = web.Application(
         # the guard first: Host and Origin before auth, any body reading and any engine work
         middlewares=[
