@@ -35,6 +35,10 @@ class ErrorKind(StrEnum):
     PLATFORM_UNAVAILABLE = "platform_unavailable"
 
 
+#: what a person reads when a turn was stopped (/stop, interrupt, its client left)
+TURN_INTERRUPTED = "The turn was interrupted."
+
+
 class GatewayError(Exception):
     """A failure with a kind, a message a person can act on, and optional retry hint."""
 

@@ -212,10 +212,15 @@ class ChatVoice:
         except Exception as exc:
             return f"Spoken replies are not available: {exc}"
         tts = report.get("tts")
-        if isinstance(tts, dict) and tts.get("will_use"):
-            return None
-        problems = [p for p in report.get("problems", []) if "spoken" in p.lower()] or \
-            list(report.get("problems", []))
+        if isinstance(tts, dict):
+            if tts.get("will_use"):
+                return None
+            engines = tts.get("engines")
+            why = [f"{name}: {e['problem']}" for name, e in (engines or {}).items()
+                   if isinstance(e, dict) and e.get("problem")]
+            if why:
+                return "Spoken replies are not available: " + "; ".join(why)
+        problems = list(report.get("problems", []))  # no voice packages at all, and the like
         return problems[0] if problems else "Spoken replies are not available here."
 
     async def _set(self, chat: Chat, on: bool) -> None:

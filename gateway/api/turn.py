@@ -29,7 +29,7 @@ from gateway.engine.events import (
     TurnResult,
     TurnStarted,
 )
-from gateway.errors import ErrorKind, GatewayError
+from gateway.errors import TURN_INTERRUPTED, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class TurnPump:
         except asyncio.CancelledError:
             if not final:  # a handler may still wait for the end (e.g. at shutdown)
                 self._queue.put_nowait(self._cancel_error or TurnError(
-                    ErrorKind.INTERRUPTED, "The turn was interrupted."))
+                    ErrorKind.INTERRUPTED, TURN_INTERRUPTED))
             raise
         except GatewayError as exc:
             if not final:

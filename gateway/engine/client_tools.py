@@ -19,6 +19,8 @@ from typing import Any
 
 from claude_agent_sdk import McpSdkServerConfig, SdkMcpTool, create_sdk_mcp_server
 
+from gateway.errors import TURN_INTERRUPTED
+
 SERVER = "client"
 PREFIX = f"mcp__{SERVER}__"
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -141,7 +143,7 @@ class CallBroker:
 
     def reset(self) -> None:
         """A new turn starts: calls of an earlier (interrupted) turn can never be handled."""
-        self.fail_all("The turn was interrupted.")
+        self.fail_all(TURN_INTERRUPTED)
         self._calls = []
 
     def _forget_done(self) -> None:

@@ -62,7 +62,7 @@ from gateway.engine.events import (
     TurnResult,
     Usage,
 )
-from gateway.errors import ErrorKind
+from gateway.errors import TURN_INTERRUPTED, ErrorKind
 
 HOLDBACK_CHARS = 240
 STEP_SEPARATOR = "\n\n"
@@ -334,7 +334,7 @@ class TurnTranslator:
             msg.subtype == "error_during_execution" and msg.api_error_status is None
             and not text.startswith("API Error")
         ):
-            return TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted.")
+            return TurnError(ErrorKind.INTERRUPTED, TURN_INTERRUPTED)
         status = msg.api_error_status
         hint = self._assistant_error or ""
         lowered = text.lower()
