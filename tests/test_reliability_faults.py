@@ -160,7 +160,7 @@ async def test_a_cli_that_cannot_start_is_a_warning_and_a_typed_error(
     assert isinstance(error, dict) and error["code"] == "cli_crashed", error
     assert "failed to start" in error["message"] and "not valid JSON" in error["message"]
     warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING and r.name == "gateway.engine.engine"]
+                if r.levelno == logging.WARNING and r.name == "gateway.engine.session"]
     assert any("failed to start" in w and "not valid JSON" in w for w in warnings), warnings
     # no longer executable (an update half done, a wrong chmod): the same, with the reason
     cli.chmod(0o644)

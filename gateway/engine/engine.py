@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import json
 import logging
@@ -25,8 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, CLINotFoundError, SDKSessionInfo
+from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, SDKSessionInfo
 from claude_agent_sdk import list_sessions as list_cli_sessions
 
 from gateway.engine.api import Alert, AlertHandler, EngineStatus, Preferences
@@ -62,11 +60,19 @@ from gateway.engine.process import (
     build_options,
     cli_environment,
     cli_version,
-    client_pid,
     find_cli,
-    kill_tree,
-    kill_tree_of,
-    process_tree,
+)
+from gateway.engine.session import (
+    EXPECTED_EXIT_FILTER,
+    SDK_QUERY_LOGGER,
+    STDERR_TAIL_LINES,
+    ClientFactory,
+    CliSession,
+    ExitWatch,
+    alive,
+    first_line,
+    host_cli,
+    stderr_text,
 )
 from gateway.engine.tools import SEND_FILE, SERVER_NAME, FileSink, send_file_server
 from gateway.engine.translate import NO_CONVERSATION, TurnTranslator
@@ -75,53 +81,6 @@ from gateway.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-STDERR_TAIL_LINES = 40
-#: the logger on which claude-agent-sdk reports that a CLI process ended under its reader
-#: (ERROR "Fatal error in message reader: Command failed with exit code 143")
-SDK_QUERY_LOGGER = "claude_agent_sdk._internal.query"
-
-
-@dataclass(eq=False)
-class _ExitWatch:
-    """Whether the end of one CLI process is the gateway's own doing: it is being closed or
-    killed on purpose, or the gateway is shutting down (a SIGTERM to the gateway's process
-    group or service reaches the CLI processes too)."""
-
-    engine: Engine
-    expected: bool = False
-
-    @property
-    def deliberate(self) -> bool:
-        return self.expected or self.engine.stopping
-
-
-#: the watch of the CLI process whose SDK tasks are running (set in its host task; the
-#: SDK's reader task inherits it)
-_EXIT_WATCH: contextvars.ContextVar[_ExitWatch | None] = contextvars.ContextVar(
-    "cli_exit_watch", default=None
-)
-
-
-class _ExpectedExitFilter(logging.Filter):
-    """Demotes the SDK's ERROR records to INFO for a process the gateway ended itself.
-
-    Matched on the logger (the filter sits on :data:`SDK_QUERY_LOGGER` only) and on the
-    engine's state for that process, never on the message text. A CLI that dies on its
-    own keeps its ERROR (and the engine adds a WARNING with the stderr tail).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            watch = _EXIT_WATCH.get()
-            if watch is not None and watch.deliberate:
-                record.levelno, record.levelname = logging.INFO, "INFO"
-                record.msg = f"{record.msg} (expected: the gateway stopped this process)"
-        return True
-
-
-_EXPECTED_EXIT_FILTER = _ExpectedExitFilter()
-
 
 @dataclass(eq=False)
 class _Listener:
@@ -182,71 +141,12 @@ class _Request:
 
 
 @dataclass(eq=False)
-class _Live:
-    """One CLI process. Its host task connected it and is the one that disconnects it
-    (the SDK requires both in one task), so conversations may use it from their own tasks
-    and a pre-started spare can be handed to any conversation."""
-
-    client: ClaudeSDKClient
-    pid: int | None
-    model: str | None
-    system_hash: str
-    profile: str  # the file-sink prefix its tools were built for ("" = no tools)
-    tools_hash: str  # the client tool set it offers ("" = none)
-    broker: CallBroker
-    stderr: deque[str]
-    close_event: asyncio.Event
-    host: asyncio.Task[None]
-    #: the conversation using it; read by its tools at call time
-    owner: dict[str, str] = field(default_factory=dict)
-    dead: bool = False
-    closed: bool = False
-    #: the CLI reports total_cost_usd cumulated over the life of the process
-    cost_seen: float = 0.0
-    exit_watch: _ExitWatch | None = None
-
-    @property
-    def spare_key(self) -> SpareKey:
-        return (self.model, self.system_hash, self.profile, self.tools_hash)
-
-    def alive(self) -> bool:
-        return _alive(self.pid)
-
-    def kill(self, *, deliberate: bool = True) -> None:
-        """SIGKILL its process tree; on purpose (``deliberate``), its end is then no error
-        in the log."""
-        if deliberate and self.exit_watch is not None:
-            self.exit_watch.expected = True
-        kill_tree_of(self.pid)
-
-    async def close(self, *, kill: bool) -> bool:
-        """Let its host task disconnect it; no process of its tree is left."""
-        if self.closed:
-            return False
-        self.closed = True
-        if self.exit_watch is not None:
-            self.exit_watch.expected = True
-        procs = process_tree(self.pid)
-        if kill:
-            kill_tree(procs)
-        self.close_event.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.host), timeout=15)
-        except BaseException as exc:  # cleanup must go on
-            log.debug("closing pid %s: %r", self.pid, exc)
-        leftovers = [p for p in procs if _running(p)]
-        if leftovers:
-            kill_tree(leftovers)
-        return True
-
-
-@dataclass(eq=False)
 class _Conversation:
     key: str
     pending: deque[_Request] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
-    live: _Live | None = None
+    live: CliSession | None = None
     current: _Request | None = None
     evict: bool = False
     last_used: float = field(default_factory=time.monotonic)
@@ -297,17 +197,19 @@ class Engine:
         store: Store,
         *,
         base_env: dict[str, str] | None = None,
+        client_factory: ClientFactory = ClaudeSDKClient,
     ) -> None:
         self.config = config
         self.store = store
         self.catalog = ModelCatalog(config.model_aliases, config.default_model)
         self._base_env = base_env
+        self._client_factory = client_factory
         self._env: dict[str, str] = {}
         self._conversations: dict[str, _Conversation] = {}
         self._turn_slots = asyncio.Semaphore(config.max_parallel_turns)
         self._alert_handlers: list[AlertHandler] = []
         self._file_sinks: dict[str, FileSink] = {}
-        self._pool: ProcessPool[_Live, _Conversation] = ProcessPool(
+        self._pool: ProcessPool[CliSession, _Conversation] = ProcessPool(
             max_live=config.max_live_sessions, spares=config.spare_processes,
             turn_slots=self._turn_slots, tenants=self._conversations.values, evict=self._evict,
         )
@@ -316,7 +218,7 @@ class Engine:
         self._stopping = False
         self._shutdown_expected = False
         self._prompt_files = PromptFiles(config.runtime_dir)
-        logging.getLogger(SDK_QUERY_LOGGER).addFilter(_EXPECTED_EXIT_FILTER)
+        logging.getLogger(SDK_QUERY_LOGGER).addFilter(EXPECTED_EXIT_FILTER)
         self.cli: CliInfo | None = None
         self.rate_limit: RateLimitStatus | None = None
 
@@ -747,7 +649,7 @@ class Engine:
             live = conv.live
             if live is not None and (live.dead or live.system_hash != system_hash
                                      or live.tools_hash != toolset.fingerprint
-                                     or not _alive(live.pid)):
+                                     or not alive(live.pid)):
                 await self._close_live(conv, kill=live.dead)
                 live = None
             started_now = live is None
@@ -803,7 +705,7 @@ class Engine:
         )
 
     async def _exchange(
-        self, conv: _Conversation, live: _Live, req: _Request, cwd: str
+        self, conv: _Conversation, live: CliSession, req: _Request, cwd: str
     ) -> _Outcome:
         """Send the prompt and relay the CLI's messages until the turn ends.
 
@@ -848,7 +750,7 @@ class Engine:
                                 await self.store.set_session_fields(
                                     conv.key, session_id=translator.session_id
                                 )
-                            if not _alive(live.pid):
+                            if not alive(live.pid):
                                 live.dead = True
                             if req.interrupted and event.kind is not ErrorKind.INTERRUPTED:
                                 event = TurnError(ErrorKind.INTERRUPTED,
@@ -877,15 +779,15 @@ class Engine:
                 log.info("CLI of %s ended during shutdown (%s)", conv.key, exc)
                 req.emit(TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down."))
                 return _Outcome.INTERRUPTED
-            if not received and not _alive(live.pid):
+            if not received and not alive(live.pid):
                 log.info("CLI of %s had exited before the turn (%s)", conv.key, exc)
                 return _Outcome.STALE
-            detail = _tail(live.stderr) or str(exc)
+            detail = stderr_text(live.stderr) or str(exc)
             if NO_CONVERSATION in detail:
                 return _Outcome.RESUME_FAILED
             error = TurnError(
                 ErrorKind.CRASHED,
-                f"Claude Code stopped unexpectedly: {_first_line(str(exc))}."
+                f"Claude Code stopped unexpectedly: {first_line(str(exc))}."
                 " The conversation is kept: send the next message to continue.",
             )
             log.warning("CLI of %s crashed: %s | stderr: %s", conv.key, exc, detail[-500:])
@@ -900,7 +802,7 @@ class Engine:
             return _Outcome.CRASHED
         return _Outcome.DONE
 
-    async def _suspend(self, conv: _Conversation, live: _Live, req: _Request) -> _Request:
+    async def _suspend(self, conv: _Conversation, live: CliSession, req: _Request) -> _Request:
         """Wait for the client's tool results; returns the request the turn continues in.
 
         The wait frees this turn's parallel-turn slot. If the client sends a new message
@@ -942,7 +844,7 @@ class Engine:
                 await asyncio.wait_for(conv.wake.wait(), timeout=remaining)
         return None
 
-    async def _interrupt_live(self, key: str, live: _Live) -> None:
+    async def _interrupt_live(self, key: str, live: CliSession) -> None:
         try:
             await asyncio.wait_for(live.client.interrupt(), timeout=self.config.interrupt_grace)
         except Exception as exc:
@@ -950,7 +852,7 @@ class Engine:
             live.dead = True
             live.kill()
 
-    async def _record(self, conv: _Conversation, result: TurnResult, live: _Live) -> None:
+    async def _record(self, conv: _Conversation, result: TurnResult, live: CliSession) -> None:
         u = result.usage
         await self.store.record_turn(
             conv.key,
@@ -994,7 +896,7 @@ class Engine:
     async def _open_live(
         self, conv: _Conversation, model: str | None, system: str, toolset: _ToolSet,
         resume: str | None,
-    ) -> _Live:
+    ) -> CliSession:
         """A process for ``conv``: a pre-started spare for a new session, else a new one."""
         profile = self._profile(conv.key)
         key: SpareKey = (model, _hash(system), profile, toolset.fingerprint)
@@ -1022,7 +924,7 @@ class Engine:
     async def _start_process(
         self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
         profile: str, *, for_conversation: _Conversation | None,
-    ) -> _Live:
+    ) -> CliSession:
         """Start and connect a CLI process; it takes one of the live-process slots."""
         return await self._pool.start(
             lambda: self._launch(model, system, toolset, resume, profile),
@@ -1032,7 +934,7 @@ class Engine:
     async def _launch(
         self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
         profile: str,
-    ) -> _Live:
+    ) -> CliSession:
         """Start and connect a CLI process in a slot already taken (given back on failure)."""
         assert self.cli is not None
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -1055,14 +957,15 @@ class Engine:
             asyncio.get_running_loop().create_future()
         )
         close_event = asyncio.Event()
-        watch = _ExitWatch(self)
-        host = asyncio.create_task(
-            self._host(options, (stderr, said), ready, close_event, prompt_file, watch)
-        )
+        watch = ExitWatch(lambda: self.stopping)
+        host = asyncio.create_task(host_cli(
+            options, self._client_factory, (stderr, said), ready, close_event, watch=watch,
+            unwanted=lambda: self._stopping, on_end=lambda: self._prompt_files.remove(prompt_file),
+        ))
         self._hosts.add(host)
         host.add_done_callback(self._hosts.discard)
         client, pid = await ready
-        return _Live(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
+        return CliSession(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
                      stderr, close_event, host, owner, exit_watch=watch)
 
     async def _write_prompt_file(self, text: str) -> Path | None:
@@ -1078,76 +981,6 @@ class Engine:
                 f"Claude Code could not be started: the system prompt file could not be"
                 f" written ({exc}).",
             ) from exc
-
-    async def _host(
-        self,
-        options: Any,
-        stderr: tuple[deque[str], asyncio.Event],
-        ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]],
-        close_event: asyncio.Event,
-        prompt_file: Path | None,
-        watch: _ExitWatch,
-    ) -> None:
-        """Connects one CLI process, waits until it is to be closed, disconnects it, and
-        removes its system prompt file."""
-        _EXIT_WATCH.set(watch)  # this task's context; the SDK's reader task inherits it
-        try:
-            await self._host_process(options, stderr, ready, close_event)
-        finally:
-            self._prompt_files.remove(prompt_file)
-
-    async def _host_process(
-        self,
-        options: Any,
-        stderr_tail: tuple[deque[str], asyncio.Event],
-        ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]],
-        close_event: asyncio.Event,
-    ) -> None:
-        stderr, said = stderr_tail
-        client = ClaudeSDKClient(options)
-        try:
-            await client.connect()
-        except BaseException as exc:
-            pid = client_pid(client)
-            if isinstance(exc, Exception) and pid is not None:
-                # it says why on stderr, read by the SDK in its own task: give that a moment
-                # before the process is killed and the pipe closed
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(said.wait(), timeout=1.0)
-            kill_tree_of(pid)
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(client.disconnect(), timeout=10)
-            if isinstance(exc, Exception):
-                # the reason is what the CLI printed, else what the SDK saw
-                reason = _tail(stderr) or str(exc) or type(exc).__name__
-                log.warning("Claude Code (%s) failed to start: %s | %s",
-                            options.cli_path, exc, reason[-1000:])
-            if not ready.done():
-                if isinstance(exc, CLINotFoundError):
-                    error = GatewayError(ErrorKind.CLI_MISSING, f"Claude Code CLI not found: {exc}")
-                elif isinstance(exc, ClaudeSDKError | OSError):
-                    error = GatewayError(
-                        ErrorKind.CRASHED, f"Claude Code failed to start: {_first_line(reason)}"
-                    )
-                else:
-                    error = GatewayError(ErrorKind.SHUTDOWN, "start of Claude Code cancelled")
-                ready.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if ready.done() or self._stopping:  # nobody waits for it any more
-            if not ready.done():
-                ready.set_exception(GatewayError(ErrorKind.SHUTDOWN, "shutting down"))
-            close_event.set()
-        else:
-            ready.set_result((client, client_pid(client)))
-        try:
-            await close_event.wait()
-        finally:
-            try:
-                await asyncio.wait_for(client.disconnect(), timeout=10)
-            except BaseException as exc:  # cleanup must go on
-                log.debug("disconnect: %r", exc)
 
     async def _close_live(self, conv: _Conversation, *, kill: bool) -> None:
         live = conv.live
@@ -1174,7 +1007,7 @@ class Engine:
             await asyncio.shield(worker)
 
 
-def _per_turn_cost(result: TurnResult, live: _Live) -> TurnResult:
+def _per_turn_cost(result: TurnResult, live: CliSession) -> TurnResult:
     total = result.cost_usd
     turn_cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
@@ -1222,27 +1055,3 @@ def _content(req: _Request) -> list[dict[str, Any]]:
 
 async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _tail(lines: deque[str]) -> str:
-    return " | ".join(line.strip() for line in lines if line.strip())
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else "no details"
