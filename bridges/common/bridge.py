@@ -50,6 +50,7 @@ from gateway.engine import (
     OutgoingFile,
     Prompt,
     RateLimitStatus,
+    SessionInfo,
     StreamMode,
     ToolCallsRequested,
     TurnError,
@@ -641,6 +642,12 @@ class ChatBridge:
         info = await self.engine.describe(chat.key)
         return self.settings.model if info is None or not info.model else None
 
+    def _model_name(self, info: SessionInfo | None) -> str | None:
+        """The model a conversation runs with: its own choice, else this platform's
+        default, else the gateway's (None: the CLI's own)."""
+        return (info.model if info else None) or self.settings.model or \
+            self.engine.default_model
+
     def _rate_limit(self) -> RateLimitStatus | None:
         return self.engine.status().rate_limit
 
@@ -709,8 +716,7 @@ class ChatBridge:
         names = ", ".join(self.engine.model_names())
         if not ctx.args:
             info = await self.engine.describe(ctx.chat.key)
-            current = (info.model if info else None) or self.settings.model or \
-                self.engine.default_model or "the CLI's default"
+            current = self._model_name(info) or "the CLI's default"
             await ctx.reply(f"Model: {current}\nChoose with /model <name>: {names}",
                             markdown=False)
             return
@@ -731,13 +737,12 @@ class ChatBridge:
         waiting = len(state.pending) if state else 0
         if info is None:
             lines = ["**Session:** none yet — your next message starts one."]
-            model = self.settings.model or self.engine.default_model or "CLI default"
+            model = self._model_name(None) or "CLI default"
         else:
             sid = f"`{info.session_id}`" if info.session_id else "not started"
             lines = [f"**Session:** {sid}, {info.turns} turn(s), last used"
                      f" {ago(info.last_used_at)}"]
-            model = info.model or self.settings.model or self.engine.default_model \
-                or "CLI default"
+            model = self._model_name(info) or "CLI default"
             u = info.usage
             lines.append(
                 f"**Tokens:** {u.prompt_tokens:,} in ({u.cache_read_tokens:,} from cache),"
