@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway.engine import Engine, TurnOptions, TurnResult
-from gateway.engine.engine import _hash
+from gateway.engine.conversation import text_hash
 from gateway.engine.tools import SEND_FILE
 from tests.conftest import EngineFactory, child_pids, collect, file_sink
 from tests.fake_anthropic import FakeAnthropic
@@ -44,7 +44,7 @@ async def test_spares_match_the_system_text(engine: Engine, fake_api: FakeAnthro
     assert engine.live_pids()["s:pirate"] != plain, "a spare without the text must not be used"
     assert "You are a pirate." in fake_api.requests()[-1]["system_text"]
     deadline = time.monotonic() + 20  # the refill replaces the plain spare by a pirate one
-    while not [s for s in engine._pool.spares if s.system_hash == _hash("You are a pirate.")]:
+    while not [s for s in engine._pool.spares if s.system_hash == text_hash("You are a pirate.")]:
         assert time.monotonic() < deadline, "no spare with the new system text"
         await asyncio.sleep(0.05)
     (pirate_spare,) = await spare_pids(engine)

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,11 +27,19 @@ from claude_agent_sdk import list_sessions as list_cli_sessions
 from gateway.engine.api import Alert, AlertHandler, EngineStatus, Preferences
 from gateway.engine.client_tools import (
     CallBroker,
-    ClientTool,
     ToolMode,
-    ToolResult,
     client_tools_server,
-    tools_fingerprint,
+)
+from gateway.engine.conversation import (
+    Conversation,
+    Outcome,
+    Request,
+    ToolSet,
+    one_message,
+    per_turn_cost,
+    text_hash,
+    user_content,
+    with_note,
 )
 from gateway.engine.events import (
     FINAL_EVENTS,
@@ -82,114 +87,6 @@ from gateway.store import Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-@dataclass(eq=False)
-class _Listener:
-    """One caller of :meth:`Engine.turn` whose prompt rides in a request (several callers
-    share one request when their prompts were coalesced)."""
-
-    prompt: Prompt
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    gone: bool = False
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt: Prompt
-    options: TurnOptions
-    model: str | None  # resolved --model value, None = keep the conversation's
-    #: who reads its events; the first is the caller that queued it
-    listeners: list[_Listener] = field(default_factory=list)
-    #: every listener went away
-    abandoned: bool = False
-    interrupted: bool = False
-    done: bool = False
-    #: its prompt is about to go to Claude (TurnStarted was emitted)
-    started: bool = False
-    #: set when the consumer goes away; a turn that has not started is then withdrawn
-    gone: asyncio.Event = field(default_factory=asyncio.Event)
-    #: set once the worker is finished with this request (its turn fully wound down)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def emit(self, event: Event) -> None:
-        if not self.done:
-            for listener in self.listeners:
-                listener.events.put_nowait(event)
-            if isinstance(event, FINAL_EVENTS):
-                self.done = True
-
-    def listen(self, prompt: Prompt) -> _Listener:
-        listener = _Listener(prompt)
-        self.listeners.append(listener)
-        self.prompt = _merge([li.prompt for li in self.listeners])
-        return listener
-
-    def can_take(self, options: TurnOptions, model: str | None, prompt: Prompt) -> bool:
-        """Whether a coalescing prompt may join this queued request (same choices)."""
-        return (self.options.coalesce and options == self.options and model == self.model
-                and not self.started and not self.abandoned and not self.done
-                and not prompt.tool_results and not self.prompt.tool_results)
-
-    def leave(self, listener: _Listener) -> bool:
-        """``listener`` went away; True if nobody is left. Before the turn starts, its
-        prompt is taken out of the turn."""
-        listener.gone = True
-        left = [li for li in self.listeners if not li.gone]
-        if left and not self.started:
-            self.listeners = left
-            self.prompt = _merge([li.prompt for li in left])
-        return not left
-
-
-@dataclass(eq=False)
-class _Conversation:
-    key: str
-    pending: deque[_Request] = field(default_factory=deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    live: CliSession | None = None
-    current: _Request | None = None
-    evict: bool = False
-    last_used: float = field(default_factory=time.monotonic)
-    #: a spare to start once the running turn ends (model, system, profile, tool set)
-    refill: tuple[str | None, str, str, _ToolSet] | None = None
-
-    def idle_with_process(self) -> bool:
-        return self.current is None and not self.pending and self.live is not None
-
-    def check_withdrawn(self) -> None:
-        """Raise if the conversation's current turn lost its client before it started."""
-        req = self.current
-        if req is not None and req.abandoned and not req.started:
-            raise GatewayError(ErrorKind.INTERRUPTED, "The turn was withdrawn: its client left.")
-
-
-@dataclass(frozen=True)
-class _ToolSet:
-    tools: tuple[ClientTool, ...] = ()
-    mode: ToolMode = ToolMode.AGENT
-
-    @property
-    def fingerprint(self) -> str:
-        return tools_fingerprint(self.tools, self.mode)
-
-
-class _Outcome(Enum):
-    """How one exchange with a CLI process ended (what :meth:`Engine._run_turn` decides on)."""
-
-    DONE = "done"
-    #: the process had died before it saw the turn: nothing was lost, go again
-    STALE = "stale"
-    #: ``--resume`` named a session whose transcript is gone: start a fresh one
-    RESUME_FAILED = "resume_failed"
-    TIMEOUT = "timeout"
-    CRASHED = "crashed"
-    INTERRUPTED = "interrupted"
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 class Engine:
     def __init__(
         self,
@@ -205,11 +102,11 @@ class Engine:
         self._base_env = base_env
         self._client_factory = client_factory
         self._env: dict[str, str] = {}
-        self._conversations: dict[str, _Conversation] = {}
+        self._conversations: dict[str, Conversation] = {}
         self._turn_slots = asyncio.Semaphore(config.max_parallel_turns)
         self._alert_handlers: list[AlertHandler] = []
         self._file_sinks: dict[str, FileSink] = {}
-        self._pool: ProcessPool[CliSession, _Conversation] = ProcessPool(
+        self._pool: ProcessPool[CliSession, Conversation] = ProcessPool(
             max_live=config.max_live_sessions, spares=config.spare_processes,
             turn_slots=self._turn_slots, tenants=self._conversations.values, evict=self._evict,
         )
@@ -240,7 +137,7 @@ class Engine:
         await self.store.open()
         log.info("Claude Code %s (%s, %s); workspace %s", version, source, path,
                  self.config.workspace)
-        self._schedule_refill(self.catalog.default, "", "", _ToolSet())
+        self._schedule_refill(self.catalog.default, "", "", ToolSet())
 
     @property
     def stopping(self) -> bool:
@@ -303,7 +200,7 @@ class Engine:
         return next((p for p in self._file_sinks if key.startswith(p)), "")
 
     def _tools(
-        self, profile: str, owner: dict[str, str], toolset: _ToolSet, broker: CallBroker
+        self, profile: str, owner: dict[str, str], toolset: ToolSet, broker: CallBroker
     ) -> dict[str, Any]:
         """Extra process options: the send_file tool for chat frontends, the client's tools."""
         extra: dict[str, Any] = {}
@@ -360,7 +257,7 @@ class Engine:
         if early is not None:
             yield early
             return
-        conv = self._conversations.setdefault(key, _Conversation(key))
+        conv = self._conversations.setdefault(key, Conversation(key))
         waiting = sum(len(r.listeners) for r in conv.pending)
         if waiting >= self.config.max_queued_per_conversation:
             yield TurnError(
@@ -382,7 +279,7 @@ class Engine:
                 {"ahead": ahead, "prompts": len(req.listeners)},
             )
         else:
-            req = _Request(prompt, options, model)
+            req = Request(prompt, options, model)
             listener = req.listen(prompt)
             conv.pending.append(req)
             ahead = len(conv.pending) - 1 + (conv.current is not None)
@@ -530,7 +427,7 @@ class Engine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _info(self, row: Any, conv: _Conversation | None) -> SessionInfo:
+    def _info(self, row: Any, conv: Conversation | None) -> SessionInfo:
         return SessionInfo(
             key=row.key,
             session_id=row.session_id,
@@ -549,12 +446,12 @@ class Engine:
             default_model=self.config.default_model,
         )
 
-    def _ensure_worker(self, conv: _Conversation) -> None:
+    def _ensure_worker(self, conv: Conversation) -> None:
         if conv.worker is None or conv.worker.done():
             conv.evict = False
             conv.worker = asyncio.create_task(self._work(conv), name=f"conversation {conv.key}")
 
-    async def _work(self, conv: _Conversation) -> None:
+    async def _work(self, conv: Conversation) -> None:
         try:
             while not self._stopping:
                 if conv.pending:
@@ -577,7 +474,7 @@ class Engine:
             if conv.pending and not self._stopping:
                 conv.worker = asyncio.create_task(self._work(conv))
 
-    async def _run(self, conv: _Conversation, req: _Request) -> None:
+    async def _run(self, conv: Conversation, req: Request) -> None:
         if not await self._acquire_turn_slot(req):
             req.ended.set()  # its client left while it waited: withdrawn, never started
             return
@@ -586,7 +483,7 @@ class Engine:
         finally:
             self._turn_slots.release()
 
-    async def _acquire_turn_slot(self, req: _Request) -> bool:
+    async def _acquire_turn_slot(self, req: Request) -> bool:
         """A parallel-turn slot for ``req``; False (holding none) if its client left first."""
         if req.abandoned:
             return False
@@ -612,7 +509,7 @@ class Engine:
         elif not acquire.cancelled() and acquire.exception() is None:
             self._turn_slots.release()
 
-    async def _run_holding_slot(self, conv: _Conversation, req: _Request) -> None:
+    async def _run_holding_slot(self, conv: Conversation, req: Request) -> None:
         conv.current = req
         try:
             await self._run_turn(conv, req)
@@ -634,13 +531,13 @@ class Engine:
                 conv.refill = None
             await self._pool.notify()
 
-    async def _run_turn(self, conv: _Conversation, req: _Request) -> None:
+    async def _run_turn(self, conv: Conversation, req: Request) -> None:
         cwd = str(self.config.workspace)
         row = await self.store.ensure_session(conv.key, cwd)
         model = req.model or row.model or self.catalog.default
         system = req.options.system or ""
-        system_hash = _hash(system)
-        toolset = _ToolSet(req.options.tools, req.options.tool_mode)
+        system_hash = text_hash(system)
+        toolset = ToolSet(req.options.tools, req.options.tool_mode)
         resume = row.session_id
         fresh_retry_allowed = True
         stale_retry_allowed = True
@@ -683,11 +580,11 @@ class Engine:
             req.started = True
             req.emit(TurnStarted(conv.key, resume, model, resumed=started_now and bool(resume)))
             outcome = await self._exchange(conv, live, req, cwd)
-            if outcome is _Outcome.STALE and stale_retry_allowed:
+            if outcome is Outcome.STALE and stale_retry_allowed:
                 # the process had died before it saw this turn: nothing was lost, go again
                 stale_retry_allowed = False
                 continue
-            if outcome is _Outcome.RESUME_FAILED and fresh_retry_allowed and resume:
+            if outcome is Outcome.RESUME_FAILED and fresh_retry_allowed and resume:
                 fresh_retry_allowed = False
                 req.emit(self._session_reset_notice(resume))
                 await self.store.set_session_fields(conv.key, session_id=None)
@@ -705,8 +602,8 @@ class Engine:
         )
 
     async def _exchange(
-        self, conv: _Conversation, live: CliSession, req: _Request, cwd: str
-    ) -> _Outcome:
+        self, conv: Conversation, live: CliSession, req: Request, cwd: str
+    ) -> Outcome:
         """Send the prompt and relay the CLI's messages until the turn ends.
 
         A turn that calls client tools is suspended inside the calls: this request ends with
@@ -717,7 +614,7 @@ class Engine:
         live.broker.reset()
         message = {
             "type": "user",
-            "message": {"role": "user", "content": _content(req)},
+            "message": {"role": "user", "content": user_content(req)},
             "parent_tool_use_id": None,
         }
         loop = asyncio.get_running_loop()
@@ -725,7 +622,7 @@ class Engine:
         received = False
         try:
             async with asyncio.timeout(timeout) as deadline:
-                await live.client.query(_one(message))
+                await live.client.query(one_message(message))
                 async for msg in live.client.receive_response():
                     received = True
                     deadline.reschedule(loop.time() + timeout)
@@ -741,11 +638,11 @@ class Engine:
                             deadline.reschedule(loop.time() + timeout)
                             continue
                         if isinstance(event, TurnResult):
-                            event = _per_turn_cost(event, live)
+                            event = per_turn_cost(event, live)
                             await self._record(conv, event, live)
                         elif isinstance(event, TurnError):
                             if translator.resume_failed:
-                                return _Outcome.RESUME_FAILED
+                                return Outcome.RESUME_FAILED
                             if translator.session_id:
                                 await self.store.set_session_fields(
                                     conv.key, session_id=translator.session_id
@@ -768,23 +665,23 @@ class Engine:
             )
             req.emit(error)
             await self._alert(conv, req, error)
-            return _Outcome.TIMEOUT
+            return Outcome.TIMEOUT
         except (ClaudeSDKError, OSError, ValueError) as exc:
             live.dead = True
             live.kill(deliberate=False)  # it failed on its own: its errors stay errors
             if req.interrupted:
                 req.emit(TurnError(ErrorKind.INTERRUPTED, "The turn was interrupted."))
-                return _Outcome.INTERRUPTED
+                return Outcome.INTERRUPTED
             if self.stopping:  # a signal to the whole gateway reached this process too
                 log.info("CLI of %s ended during shutdown (%s)", conv.key, exc)
                 req.emit(TurnError(ErrorKind.SHUTDOWN, "The gateway is shutting down."))
-                return _Outcome.INTERRUPTED
+                return Outcome.INTERRUPTED
             if not received and not alive(live.pid):
                 log.info("CLI of %s had exited before the turn (%s)", conv.key, exc)
-                return _Outcome.STALE
+                return Outcome.STALE
             detail = stderr_text(live.stderr) or str(exc)
             if NO_CONVERSATION in detail:
-                return _Outcome.RESUME_FAILED
+                return Outcome.RESUME_FAILED
             error = TurnError(
                 ErrorKind.CRASHED,
                 f"Claude Code stopped unexpectedly: {first_line(str(exc))}."
@@ -793,16 +690,16 @@ class Engine:
             log.warning("CLI of %s crashed: %s | stderr: %s", conv.key, exc, detail[-500:])
             req.emit(error)
             await self._alert(conv, req, error)
-            return _Outcome.CRASHED
+            return Outcome.CRASHED
         if not req.done:
             live.dead = True
             error = TurnError(ErrorKind.CRASHED, "Claude Code ended the turn without a result.")
             req.emit(error)
             await self._alert(conv, req, error)
-            return _Outcome.CRASHED
-        return _Outcome.DONE
+            return Outcome.CRASHED
+        return Outcome.DONE
 
-    async def _suspend(self, conv: _Conversation, live: CliSession, req: _Request) -> _Request:
+    async def _suspend(self, conv: Conversation, live: CliSession, req: Request) -> Request:
         """Wait for the client's tool results; returns the request the turn continues in.
 
         The wait frees this turn's parallel-turn slot. If the client sends a new message
@@ -819,14 +716,14 @@ class Engine:
             live.broker.fail_all("The client did not return a result for this tool call.")
             self._spawn(self._interrupt_live(conv.key, live))
             return req
-        unknown = live.broker.resolve(_with_note(nxt.prompt))
+        unknown = live.broker.resolve(with_note(nxt.prompt))
         if unknown:
             log.info("tool results for unknown calls in %s: %s", conv.key, unknown)
         nxt.started = True  # it carries on a turn that is already running
         conv.current = nxt
         return nxt
 
-    async def _next_tool_results(self, conv: _Conversation) -> _Request | None:
+    async def _next_tool_results(self, conv: Conversation) -> Request | None:
         deadline = time.monotonic() + self.config.client_tool_timeout
         while not self._stopping and not conv.evict:
             while conv.pending and conv.pending[0].abandoned:
@@ -852,7 +749,7 @@ class Engine:
             live.dead = True
             live.kill()
 
-    async def _record(self, conv: _Conversation, result: TurnResult, live: CliSession) -> None:
+    async def _record(self, conv: Conversation, result: TurnResult, live: CliSession) -> None:
         u = result.usage
         await self.store.record_turn(
             conv.key,
@@ -866,7 +763,7 @@ class Engine:
             cost_usd=result.cost_usd,
         )
 
-    async def _alert(self, conv: _Conversation, req: _Request, error: TurnError) -> None:
+    async def _alert(self, conv: Conversation, req: Request, error: TurnError) -> None:
         alert = Alert(conv.key, req.options.origin, error)
         for handler in self._alert_handlers:
             try:
@@ -874,7 +771,7 @@ class Engine:
             except Exception:
                 log.exception("alert handler failed")
 
-    async def _interrupt_request(self, conv: _Conversation, req: _Request) -> None:
+    async def _interrupt_request(self, conv: Conversation, req: Request) -> None:
         req.interrupted = True
         live = conv.live
         if live is None or conv.current is not req:
@@ -894,12 +791,12 @@ class Engine:
     # ------------------------------------------------------------------ processes
 
     async def _open_live(
-        self, conv: _Conversation, model: str | None, system: str, toolset: _ToolSet,
+        self, conv: Conversation, model: str | None, system: str, toolset: ToolSet,
         resume: str | None,
     ) -> CliSession:
         """A process for ``conv``: a pre-started spare for a new session, else a new one."""
         profile = self._profile(conv.key)
-        key: SpareKey = (model, _hash(system), profile, toolset.fingerprint)
+        key: SpareKey = (model, text_hash(system), profile, toolset.fingerprint)
         live = None
         if not resume:
             starting = self._pool.refilling(key)
@@ -922,8 +819,8 @@ class Engine:
         return live
 
     async def _start_process(
-        self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
-        profile: str, *, for_conversation: _Conversation | None,
+        self, model: str | None, system: str, toolset: ToolSet, resume: str | None,
+        profile: str, *, for_conversation: Conversation | None,
     ) -> CliSession:
         """Start and connect a CLI process; it takes one of the live-process slots."""
         return await self._pool.start(
@@ -932,7 +829,7 @@ class Engine:
         )
 
     async def _launch(
-        self, model: str | None, system: str, toolset: _ToolSet, resume: str | None,
+        self, model: str | None, system: str, toolset: ToolSet, resume: str | None,
         profile: str,
     ) -> CliSession:
         """Start and connect a CLI process in a slot already taken (given back on failure)."""
@@ -965,8 +862,8 @@ class Engine:
         self._hosts.add(host)
         host.add_done_callback(self._hosts.discard)
         client, pid = await ready
-        return CliSession(client, pid, model, _hash(system), profile, toolset.fingerprint, broker,
-                     stderr, close_event, host, owner, exit_watch=watch)
+        return CliSession(client, pid, model, text_hash(system), profile, toolset.fingerprint,
+                          broker, stderr, close_event, host, owner, exit_watch=watch)
 
     async def _write_prompt_file(self, text: str) -> Path | None:
         """The private file that carries the appended system text to a new process."""
@@ -982,7 +879,7 @@ class Engine:
                 f" written ({exc}).",
             ) from exc
 
-    async def _close_live(self, conv: _Conversation, *, kill: bool) -> None:
+    async def _close_live(self, conv: Conversation, *, kill: bool) -> None:
         live = conv.live
         if live is None:
             return
@@ -991,67 +888,17 @@ class Engine:
         log.info("closed Claude Code of %s (pid %s)", conv.key, live.pid)
 
     def _schedule_refill(
-        self, model: str | None, system: str, profile: str, toolset: _ToolSet
+        self, model: str | None, system: str, profile: str, toolset: ToolSet
     ) -> None:
         """Keep a pre-started process ready for the next new conversation of this kind."""
-        want: SpareKey = (model, _hash(system), profile, toolset.fingerprint)
+        want: SpareKey = (model, text_hash(system), profile, toolset.fingerprint)
         self._pool.schedule_refill(
             want, lambda: self._launch(model, system, toolset, None, profile)
         )
 
-    async def _evict(self, conv: _Conversation) -> None:
+    async def _evict(self, conv: Conversation) -> None:
         conv.evict = True
         conv.wake.set()
         worker = conv.worker
         if worker is not None and worker is not asyncio.current_task():
             await asyncio.shield(worker)
-
-
-def _per_turn_cost(result: TurnResult, live: CliSession) -> TurnResult:
-    total = result.cost_usd
-    turn_cost = total - live.cost_seen if total >= live.cost_seen else total
-    live.cost_seen = total
-    return replace(result, cost_usd=round(turn_cost, 6))
-
-
-def _merge(prompts: list[Prompt]) -> Prompt:
-    """Coalesced prompts as one: the texts in order, a blank line apart, then the images."""
-    if len(prompts) == 1:
-        return prompts[0]
-    return Prompt(
-        text="\n\n".join(p.text for p in prompts if p.text.strip()),
-        images=tuple(i for p in prompts for i in p.images),
-    )
-
-
-def _with_note(prompt: Prompt) -> tuple[ToolResult, ...]:
-    """Tool results for a suspended turn; text sent along with them rides on the last one
-    (a running turn can take no new user message)."""
-    results = prompt.tool_results
-    if not prompt.text.strip() or not results:
-        return results
-    last = results[-1]
-    note = f"{last.content}\n\n[The user added, with these results:]\n{prompt.text}"
-    return (*results[:-1], replace(last, content=note))
-
-
-def _content(req: _Request) -> list[dict[str, Any]]:
-    """The user message for a new turn: the prompt, plus what only text can carry."""
-    prompt, opts = req.prompt, req.options
-    blocks = prompt.content_blocks()
-    if prompt.tool_results:  # results of calls no suspended turn waits for (e.g. a restart)
-        lines = [f"[result of tool call {r.call_id}{' (error)' if r.is_error else ''}]\n"
-                 f"{r.content}" for r in prompt.tool_results]
-        blocks.append({"type": "text", "text": "\n\n".join(lines)})
-    if opts.tools and opts.tool_mode is not ToolMode.AGENT and opts.tool_choice != "auto":
-        names = ", ".join(t.name for t in opts.tools)
-        rule = {
-            "none": "do not call any of the client tools",
-            "required": f"you must call at least one of the client tools ({names})",
-        }.get(opts.tool_choice, f"you must call the client tool {opts.tool_choice}")
-        blocks.append({"type": "text", "text": f"(For this request, {rule}.)"})
-    return blocks
-
-
-async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    yield message
