@@ -162,41 +162,57 @@ def test_sigterm_to_the_process_group_is_quiet_too(
     """SIGTERM to the gateway's whole process group (Ctrl-C's group, a terminal closing,
     systemd's default KillMode): the CLI processes get it too and exit 143 at once. That is
     the gateway's own shutdown, so no ERROR is logged for it ("Fatal error in message
-    reader" of claude-agent-sdk was logged once per process), and every client is answered."""
-    gateway = GatewayProcess(tmp_path, gateway_env, new_session=True).start()
-    gateways.append(gateway)
+    reader" of claude-agent-sdk was logged once per process), and every client is answered.
+
+    Whether a CLI dies of the signal before the gateway's own shutdown closes it is a race;
+    the run is repeated (at most 3 times) until one shows the CLIs did die of it, and every
+    run must be quiet either way."""
     fake_api.script({"hang": True}, match="hang on")
     fake_api.script({"text": "a slow answer " * 30, "chunk_delay": 3.0}, match="stream on")
-    results: dict[str, tuple[int, dict[str, str], bytes]] = {}
+    for attempt in range(3):
+        root = tmp_path / f"run{attempt}"
+        root.mkdir()
+        gateway = GatewayProcess(root, gateway_env, new_session=True).start()
+        gateways.append(gateway)
+        asked = len(fake_api.requests())
+        results: dict[str, tuple[int, dict[str, str], bytes]] = {}
 
-    def client(text: str, name: str, stream: bool) -> None:
-        results[name] = gateway.chat(text, name, stream=stream,
-                                     headers={"X-Stream-Mode": "verbose"}, timeout=60)
+        def client(text: str, name: str, stream: bool,
+                   gateway: GatewayProcess = gateway,
+                   results: dict[str, tuple[int, dict[str, str], bytes]] = results,
+                   run: int = attempt) -> None:
+            results[name] = gateway.chat(text, f"{name}-{run}", stream=stream,
+                                         headers={"X-Stream-Mode": "verbose"}, timeout=60)
 
-    threads = [threading.Thread(target=client, args=("hang on", "waiting", False)),
-               threading.Thread(target=client, args=("stream on", "streaming", True))]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: {"hang on", "stream on"}
-               <= {r["last_user_text"] for r in fake_api.requests()}, "two turns running")
-    processes = gateway.descendants()
-    assert len(processes) >= 2
-    gateway.signal_group(signal.SIGTERM)
-    code = gateway.wait(timeout=SHUTDOWN_BOUND + 20)
-    for thread in threads:
-        thread.join(timeout=10)
-    assert code == 0, gateway.log()
-    wait_until(lambda: not alive(processes), "the CLI processes to end", within=5)
-    assert gateway.error_lines() == [], gateway.log()
-    assert "exit code 143" in gateway.log(), "the CLIs did get the signal (logged at INFO)"
-    assert results["waiting"][0] == 503, results["waiting"]
-    assert json.loads(results["waiting"][2])["error"]["code"] == "shutting_down"
-    status, _, raw = results["streaming"]
-    if status == 200:  # the stream had started: it ends with an in-stream error
-        events, done = sse_events(raw)
-        assert done and events[-1]["error"]["code"] == "shutting_down", raw[-300:]
-    else:
-        assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down", raw
+        threads = [threading.Thread(target=client, args=("hang on", "waiting", False)),
+                   threading.Thread(target=client, args=("stream on", "streaming", True))]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda asked=asked: {"hang on", "stream on"}
+                   <= {r["last_user_text"] for r in fake_api.requests()[asked:]},
+                   "two turns running")
+        processes = gateway.descendants()
+        assert len(processes) >= 2
+        gateway.signal_group(signal.SIGTERM)
+        code = gateway.wait(timeout=SHUTDOWN_BOUND + 20)
+        for thread in threads:
+            thread.join(timeout=10)
+        assert code == 0, gateway.log()
+        wait_until(lambda processes=processes: not alive(processes),
+                   "the CLI processes to end", within=5)
+        assert gateway.error_lines() == [], gateway.log()
+        assert results["waiting"][0] == 503, results["waiting"]
+        assert json.loads(results["waiting"][2])["error"]["code"] == "shutting_down"
+        status, _, raw = results["streaming"]
+        if status == 200:  # the stream had started: it ends with an in-stream error
+            events, done = sse_events(raw)
+            assert done and events[-1]["error"]["code"] == "shutting_down", raw[-300:]
+        else:
+            assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down", raw
+        if "exit code 143" in gateway.log():  # the CLIs did die of the signal (at INFO)
+            return
+    raise AssertionError("in 3 runs no CLI died of the group's SIGTERM before the gateway"
+                         " closed it, so the quiet path for that was never exercised")
 
 
 def test_sigkill_keeps_the_session_map_and_a_restart_continues(

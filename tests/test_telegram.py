@@ -368,7 +368,8 @@ async def test_sessions_lists_terminal_sessions_and_resume_continues_one(
     tg.user_text(OWNER, "where was the bug?")
     await answer(tg, OWNER, "echo: where was the bug?")
     assert "the bug is in parser.py" in str(fake_api.requests()[-1]["messages"])
-    tg.user_text(OWNER, "/resume nonsense")
+    await idle(bridge, OWNER)  # the answer shows before its turn has wound down; /resume
+    tg.user_text(OWNER, "/resume nonsense")  # during it would be "A turn is running here"
     await tg.wait_for(lambda: any("not a Claude Code session id" in t
                                   for t in texts(tg, OWNER)))
 
