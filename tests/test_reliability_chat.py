@@ -25,15 +25,29 @@ from tests.telegram_support import OWNER, STRANGER, answer
 pytestmark = pytest.mark.cli
 
 
-def _env(fake_api: FakeAnthropic, home: Path, token: str) -> dict[str, str]:
+def _telegram_gateway(root: Path, fake_api: FakeAnthropic, home: Path, tg: FakeTelegram,
+                      telegram: str = "") -> GatewayProcess:
+    """The real command with its Telegram bridge on ``tg`` (the owner allowed); ``telegram``:
+    more lines of the ``[telegram]`` section."""
     env = cli_env(fake_api.base_url, str(home))
     env.pop("CLAUDE_MAX_GATEWAY_CONFIG", None)
     for name in list(env):
         if name.startswith(("CMG_", "TELEGRAM_", "DISCORD_")):
             del env[name]
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["TELEGRAM_BOT_TOKEN"] = token
-    return env
+    env["TELEGRAM_BOT_TOKEN"] = tg.token
+    return GatewayProcess(
+        root, env,
+        extra=f"[telegram]\nbase_url = {json.dumps(tg.base_url)}\n"
+              f"allowed_users = [{OWNER}]\npoll_timeout = 5\n{telegram}",
+    )
+
+
+def _kill_all(gateway: GatewayProcess, home: Path) -> None:
+    """Cleanup: the gateway and every CLI process of this test's ``HOME``."""
+    gateway.kill()
+    for proc in cli_processes_of(str(home)):
+        proc.kill()
 
 
 def _in_inbox(db_path: Path, message_id: int) -> bool:
@@ -48,11 +62,7 @@ async def test_sigkill_during_a_telegram_turn_then_a_restart_answers_or_tells_th
     tmp_path: Path, fake_api: FakeAnthropic, cli_home: Path,
 ) -> None:
     async with FakeTelegram(latency=0.1, jitter=0.05) as tg:
-        gateway = GatewayProcess(
-            tmp_path, _env(fake_api, cli_home, tg.token),
-            extra=f"[telegram]\nbase_url = {json.dumps(tg.base_url)}\n"
-                  f"allowed_users = [{OWNER}]\npoll_timeout = 5\nstatus_delay = 0.5\n",
-        )
+        gateway = _telegram_gateway(tmp_path, fake_api, cli_home, tg, "status_delay = 0.5\n")
         try:
             await asyncio.to_thread(gateway.start)
             await tg.wait_for(lambda: tg.calls_of("getUpdates"), what="polling")
@@ -104,9 +114,7 @@ async def test_sigkill_during_a_telegram_turn_then_a_restart_answers_or_tells_th
             gateway.signal(signal.SIGTERM)
             assert await asyncio.to_thread(gateway.wait, 30) == 0
         finally:
-            gateway.kill()
-            for proc in cli_processes_of(str(cli_home)):
-                proc.kill()
+            _kill_all(gateway, cli_home)
 
 
 async def test_a_telegram_outage_at_start_up_leaves_the_gateway_serving_and_the_bot_comes_up(
@@ -116,11 +124,7 @@ async def test_a_telegram_outage_at_start_up_leaves_the_gateway_serving_and_the_
     degraded, and the bot starts by itself once the Bot API answers again."""
     async with FakeTelegram(latency=0.1, jitter=0.05) as tg:
         tg.down = True
-        gateway = GatewayProcess(
-            tmp_path, _env(fake_api, cli_home, tg.token),
-            extra=f"[telegram]\nbase_url = {json.dumps(tg.base_url)}\n"
-                  f"allowed_users = [{OWNER}]\npoll_timeout = 5\n",
-        )
+        gateway = _telegram_gateway(tmp_path, fake_api, cli_home, tg)
         try:
             await asyncio.to_thread(gateway.start)
             await tg.wait_for(lambda: "tries again" in gateway.log(), what="the warning")
@@ -143,6 +147,4 @@ async def test_a_telegram_outage_at_start_up_leaves_the_gateway_serving_and_the_
             gateway.signal(signal.SIGTERM)
             assert await asyncio.to_thread(gateway.wait, 30) == 0
         finally:
-            gateway.kill()
-            for proc in cli_processes_of(str(cli_home)):
-                proc.kill()
+            _kill_all(gateway, cli_home)
