@@ -2,7 +2,8 @@
 #   make run                  the gateway with what it needs to run (pip install -e .)
 #   make run EXTRAS=voice     ... plus voice messages (any extra of pyproject.toml, comma-separated)
 #   make test                 the whole test stack (.[test]: voice engines, torch, linters; as root also the
-#                             Debian packages of scripts/system-packages.sh) and the suite
+#                             Debian packages of scripts/system-packages.sh; the npm clients of
+#                             scripts/node-tools.sh) and the suite
 PYTHON ?= python3
 VENV   := .venv
 EXTRAS ?=
@@ -37,6 +38,7 @@ run: $(RUN_STAMP)
 ## make test: the whole test suite (what CI runs)
 test: $(TEST_STAMP)
 	@bash scripts/system-packages.sh
+	@bash scripts/node-tools.sh
 	$(VENV)/bin/ruff check gateway bridges tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

