@@ -124,7 +124,8 @@ def system_binary(name: str, package: str) -> str:
     return path
 
 
-NPM_PREFIX = Path(__file__).resolve().parent.parent / ".venv" / "npm"
+# scripts/node-tools.sh installs into the venv that runs the tests (.venv/npm)
+NPM_PREFIX = Path(sys.prefix) / "npm"
 
 
 def node_tool(name: str) -> tuple[str, dict[str, str]]:
