@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from claude_agent_sdk import SDKSessionInfo
 
+from gateway.engine.activity import ActivityEntry, ProcessReport, TranscriptEntry, TurnActivity
 from gateway.engine.events import (
     Event,
     Prompt,
@@ -153,6 +154,24 @@ class EngineAPI(TurnRunner, Protocol):
         ...
 
     def status(self) -> EngineStatus: ...
+
+    def activity(self) -> dict[str, TurnActivity]:
+        """The turns sent to Claude and not ended yet, by key: since when, which tool."""
+        ...
+
+    def recent_events(self, limit: int = 50) -> list[ActivityEntry]:
+        """The latest errors and notices of turns (rate limits, timeouts, crashes, stops),
+        newest first; kinds and one-line messages, never message bodies."""
+        ...
+
+    async def processes(self) -> ProcessReport:
+        """The live CLI processes (conversations' and spares) with their memory."""
+        ...
+
+    async def transcript(self, key: str, limit: int = 20) -> list[TranscriptEntry]:
+        """The last ``limit`` messages of the conversation's Claude Code session (text
+        shortened, tool calls named): what an owner sees who expands it on the status page."""
+        ...
 
     def register_file_sink(self, prefix: str, sink: FileSink) -> None: ...
 

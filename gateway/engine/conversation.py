@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -48,9 +48,13 @@ class Request:
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     #: set once the worker is finished with this request (its turn fully wound down)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: sees every event, listened to or not (the engine's activity log)
+    watch: Callable[[Event], None] | None = None
 
     def emit(self, event: Event) -> None:
         if not self.done:
+            if self.watch is not None:
+                self.watch(event)
             for listener in self.listeners:
                 listener.events.put_nowait(event)
             if isinstance(event, FINAL_EVENTS):

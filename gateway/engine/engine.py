@@ -21,9 +21,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, SDKSessionInfo
+from claude_agent_sdk import ClaudeSDKClient, ClaudeSDKError, SDKSessionInfo, get_session_messages
 from claude_agent_sdk import list_sessions as list_cli_sessions
 
+from gateway.engine.activity import (
+    ActivityEntry,
+    ActivityLog,
+    ProcessReport,
+    TranscriptEntry,
+    TurnActivity,
+    measure,
+    transcript_entry,
+)
 from gateway.engine.api import Alert, AlertHandler, EngineStatus, Preferences
 from gateway.engine.client_tools import (
     CallBroker,
@@ -118,6 +127,7 @@ class Engine:
         logging.getLogger(SDK_QUERY_LOGGER).addFilter(EXPECTED_EXIT_FILTER)
         self.cli: CliInfo | None = None
         self.rate_limit: RateLimitStatus | None = None
+        self._activity = ActivityLog()
 
     # ================================================================== lifecycle
 
@@ -279,7 +289,8 @@ class Engine:
                 {"ahead": ahead, "prompts": len(req.listeners)},
             )
         else:
-            req = Request(prompt, options, model)
+            req = Request(prompt, options, model,
+                          watch=self._activity.watcher(key, options.origin))
             listener = req.listen(prompt)
             conv.pending.append(req)
             ahead = len(conv.pending) - 1 + (conv.current is not None)
@@ -407,6 +418,31 @@ class Engine:
 
     def tables(self, group: Callable[[Store], T]) -> T:
         return group(self.store)
+
+    def activity(self) -> dict[str, TurnActivity]:
+        return self._activity.turns()
+
+    def recent_events(self, limit: int = 50) -> list[ActivityEntry]:
+        return self._activity.recent(limit)
+
+    async def processes(self) -> ProcessReport:
+        live: list[tuple[int | None, str | None, str | None]] = [
+            (c.live.pid, k, c.live.model) for k, c in self._conversations.items() if c.live
+        ]
+        live += [(s.pid, None, s.model) for s in self._pool.spares]
+        return await asyncio.to_thread(
+            measure, live, self.config.max_live_sessions, self.config.spare_processes
+        )
+
+    async def transcript(self, key: str, limit: int = 20) -> list[TranscriptEntry]:
+        row = await self.store.get_session(key)
+        if row is None or not row.session_id:
+            return []
+        messages = await asyncio.to_thread(
+            get_session_messages, row.session_id, directory=row.cwd
+        )
+        entries = [transcript_entry(m.type, m.message) for m in messages]
+        return [e for e in entries if e is not None][-max(0, limit):]
 
     def live_pids(self) -> dict[str, int | None]:
         return {k: c.live.pid for k, c in self._conversations.items() if c.live}
