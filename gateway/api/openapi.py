@@ -1,756 +1,296 @@
-"""The OpenAPI 3.1 document of the API, served at ``/openapi.json``.
+"""The OpenAPI 3.1 document of the API, served at ``/openapi.json``, generated from the
+routes themselves.
 
-The schemas are JSON Schema 2020-12 and describe what the handlers really send; the tests
-validate real responses against them.
+Every route is one :class:`Operation`: method, path, handler, the wire model of its
+request body, and its :class:`Reply` per status (a pydantic model per content type, the
+model of one event's ``data`` for ``text/event-stream``, and the headers it sends).
+:func:`add_operations` puts operations on an aiohttp application (the handler of one with a
+body is wrapped in :func:`gateway.api.guard.accepts`, so another Content-Type is 415) and
+:func:`openapi_document` renders them: each model once under ``#/components/schemas``
+(pydantic's ``model_json_schema``, request bodies in validation mode, replies in
+serialization mode), and on every operation the refusals of the request guard (403, 421,
+415 with a body), the auth middleware (401 unless public) and the body limit (413) in the
+shape of the operation's ``error`` model.
+
+A dialect module declares a tuple ``OPERATIONS`` and the app factory
+(:func:`gateway.api.routes.create_app`) lists it in ``routes.OPERATIONS``: nothing is
+served that the document does not describe, and nothing described that is not served.
+Model names are component names: give a dialect's models a prefix where a name could
+clash (two different ``Usage`` models get module-qualified names).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import functools
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from gateway import __version__
+from gateway.api.wire import Error
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: a pydantic model (emitted once as a component and referenced), or an inline JSON Schema
+Schema = type[BaseModel] | Mapping[str, Any]
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+STRING: Mapping[str, Any] = {"type": "string"}
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Param:
+    """A request parameter (header, path or query) or, in :attr:`Reply.headers`, a response
+    header (``where`` and ``required`` are then unused)."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: dict(STRING))
+    where: Literal["header", "path", "query"] = "header"
+    required: bool = False
 
 
-def _json(name: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+@dataclass(frozen=True)
+class Reply:
+    """One documented response status."""
+
+    description: str
+    #: media type -> schema of the body
+    content: Mapping[str, Schema] = field(default_factory=dict)
+    #: for ``text/event-stream``: the model of one event's ``data`` JSON
+    #: (emitted as ``x-event-schema``; the tests validate every event against it)
+    events: type[BaseModel] | None = None
+    headers: Sequence[Param] = ()
 
 
-_RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds to wait before retrying.",
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    }
-}
-_CONVERSATION = {
-    "X-Conversation-Id": {
-        "description": "The conversation this request used; send it back in the "
-        "X-Conversation-Id request header to pin the conversation.",
-        "schema": {"type": "string"},
-    }
-}
+def json_reply(description: str, model: Schema, headers: Sequence[Param] = ()) -> Reply:
+    return Reply(description, {JSON: model}, headers=headers)
 
 
-def _error(description: str, *, retry: bool = False, conversation: bool = False) -> dict[str, Any]:
-    response = _json("Error", description)
-    headers: dict[str, Any] = {}
-    if retry:
-        headers.update(_RETRY_AFTER)
-    if conversation:
-        headers.update(_CONVERSATION)
-    if headers:
-        response["headers"] = headers
-    return response
+def error_reply(
+    description: str, headers: Sequence[Param] = (), model: type[BaseModel] = Error
+) -> Reply:
+    return Reply(description, {JSON: model}, headers=headers)
 
 
-_AUTH_ERROR = _error("Missing or wrong gateway API key (only when GATEWAY_API_KEYS is set).")
-#: the refusals of gateway/api/guard.py, which every operation can answer
-_GUARD_ERRORS = {
-    "403": _error(
-        "A browser request from a web page whose origin is neither the gateway's own nor in "
-        "server.allowed_origins (code forbidden_origin)."
-    ),
-    "421": _error(
-        "The Host header names neither loopback, the bound address nor one of "
-        "server.allowed_hosts (code host_not_allowed; DNS rebinding)."
-    ),
-}
-_MEDIA_ERROR = _error(
-    "The body's Content-Type is not the one the endpoint takes (code unsupported_media_type)."
+RETRY_AFTER = Param(
+    "Retry-After", "Seconds to wait before retrying.", {"type": "string", "pattern": "^[0-9]+$"}
 )
 
 
-def _guarded(paths: dict[str, Any]) -> dict[str, Any]:
-    """``paths`` with the guard's refusals added to every operation (415 where a body is)."""
-    for operations in paths.values():
-        for operation in operations.values():
-            responses = operation["responses"]
-            responses.update(_GUARD_ERRORS)
-            if "requestBody" in operation:
-                responses["415"] = _MEDIA_ERROR
-    return paths
+@dataclass(frozen=True)
+class Operation:
+    """One route: what it takes, what it answers, and the handler that does it."""
+
+    method: Literal["GET", "POST", "DELETE"]
+    path: str  # the OpenAPI template, e.g. ``/v1/models/{model_id}``
+    handler: Handler
+    operation_id: str
+    summary: str
+    responses: Mapping[int, Reply]
+    #: request body: media type -> schema (at most one media type; others are 415)
+    body: Mapping[str, Schema] = field(default_factory=dict)
+    params: Sequence[Param] = ()
+    #: no API key needed (``security: []``), as for ``/health``
+    public: bool = False
+    #: the body of the guard's, the auth middleware's and the body limit's refusals here
+    error: type[BaseModel] = Error
+    #: aiohttp's pattern when it differs from ``path`` (e.g. ``/v1/models/{model_id:.+}``)
+    route: str = ""
+    description: str = ""
 
 
-_NULLABLE_STRING = {"type": ["string", "null"]}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "code"],
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "code": _NULLABLE_STRING,
-                    "param": _NULLABLE_STRING,
-                },
-            }
-        },
-    },
-    "Model": {
-        "type": "object",
-        "required": ["id", "object", "created", "owned_by"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "model"},
-            "created": {"type": "integer"},
-            "owned_by": {"type": "string"},
-        },
-    },
-    "ModelList": {
-        "type": "object",
-        "required": ["object", "data"],
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": _ref("Model")},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": [
-            "status",
-            "version",
-            "cli_path",
-            "cli_version",
-            "live_processes",
-            "sessions",
-            "running_turns",
-            "rate_limit",
-        ],
-        "properties": {
-            "status": {
-                "enum": ["ok", "degraded", "unavailable"],
-                "description": "degraded: up, but turns would fail (see problems).",
-            },
-            "version": {"type": "string"},
-            "problems": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Why the status is degraded, each with its fix.",
-            },
-            "cli_path": _NULLABLE_STRING,
-            "cli_version": _NULLABLE_STRING,
-            "live_processes": {"type": "integer", "minimum": 0},
-            "sessions": {"type": "integer", "minimum": 0},
-            "running_turns": {"type": "integer", "minimum": 0},
-            "rate_limit": {
-                "type": ["object", "null"],
-                "description": "The last rate-limit status the CLI reported.",
-            },
-        },
-    },
-    "HealthPublic": {
-        "type": "object",
-        "required": ["status", "version"],
-        "additionalProperties": False,
-        "properties": {
-            "status": {"$ref": "#/components/schemas/Health/properties/status"},
-            "version": {"type": "string"},
-        },
-    },
-    "Usage": {
-        "type": "object",
-        "required": ["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"],
-        "properties": {
-            "prompt_tokens": {"type": "integer", "minimum": 0},
-            "completion_tokens": {"type": "integer", "minimum": 0},
-            "total_tokens": {"type": "integer", "minimum": 0},
-            "prompt_tokens_details": {
-                "type": "object",
-                "required": ["cached_tokens"],
-                "properties": {"cached_tokens": {"type": "integer", "minimum": 0}},
-            },
-        },
-    },
-    "FinishReason": {"enum": ["stop", "length", "content_filter", "tool_calls"]},
-    "ToolCall": {
-        "type": "object",
-        "required": ["id", "type", "function"],
-        "properties": {
-            "id": {"type": "string"},
-            "type": {"const": "function"},
-            "function": {
-                "type": "object",
-                "required": ["name", "arguments"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "arguments": {"type": "string", "description": "JSON text."},
-                },
-            },
-        },
-    },
-    "ToolCallDelta": {
-        "type": "object",
-        "required": ["index"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0},
-            "id": {"type": "string"},
-            "type": {"const": "function"},
-            "function": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
-            },
-        },
-    },
-    "Tool": {
-        "type": "object",
-        "required": ["function"],
-        "properties": {
-            "type": {"const": "function"},
-            "function": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
-                    "description": {"type": "string"},
-                    "parameters": {"type": "object"},
-                },
-            },
-        },
-    },
-    "ChatCompletion": {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices", "usage"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "chat.completion"},
-            "created": {"type": "integer"},
-            "model": {"type": "string", "description": "The model id the request named."},
-            "choices": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["index", "message", "finish_reason"],
-                    "properties": {
-                        "index": {"const": 0},
-                        "message": {
-                            "type": "object",
-                            "required": ["role", "content"],
-                            "properties": {
-                                "role": {"const": "assistant"},
-                                "content": {"type": ["string", "null"]},
-                                "refusal": {"type": "null"},
-                                "tool_calls": {"type": "array", "items": _ref("ToolCall")},
-                            },
-                        },
-                        "finish_reason": _ref("FinishReason"),
-                        "logprobs": {"type": "null"},
-                    },
-                },
-            },
-            "usage": _ref("Usage"),
-        },
-    },
-    "ChatCompletionChunk": {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "chat.completion.chunk"},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "maxItems": 1,
-                "description": "Empty only in the final usage chunk.",
-                "items": {
-                    "type": "object",
-                    "required": ["index", "delta", "finish_reason"],
-                    "properties": {
-                        "index": {"const": 0},
-                        "delta": {
-                            "type": "object",
-                            "properties": {
-                                "role": {"const": "assistant"},
-                                "content": {"type": "string"},
-                                "tool_calls": {"type": "array", "items": _ref("ToolCallDelta")},
-                            },
-                            "additionalProperties": False,
-                        },
-                        "finish_reason": {"oneOf": [_ref("FinishReason"), {"type": "null"}]},
-                    },
-                },
-            },
-            "usage": _ref("Usage"),
-        },
-    },
-    "StreamEvent": {
-        "description": "The JSON of one `data:` line of the stream; the stream ends with "
-        "`data: [DONE]`.",
-        "oneOf": [_ref("ChatCompletionChunk"), _ref("Error")],
-    },
-    "ContentPart": {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {"enum": ["text", "image_url", "input_text", "output_text", "refusal"]},
-            "text": {"type": "string"},
-            "image_url": {
-                "type": "object",
-                "required": ["url"],
-                "properties": {
-                    "url": {"type": "string", "description": "A data:image/...;base64 URL."}
-                },
-            },
-        },
-    },
-    "ChatMessage": {
-        "type": "object",
-        "required": ["role"],
-        "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-            "content": {
-                "oneOf": [
-                    {"type": "string"},
-                    {"type": "array", "items": _ref("ContentPart")},
-                    {"type": "null"},
-                ]
-            },
-            "name": {"type": "string"},
-            "tool_calls": {"type": "array", "items": {"type": "object"}},
-            "tool_call_id": {"type": "string"},
-        },
-    },
-    "TranscriptionRequest": {
-        "type": "object",
-        "required": ["file"],
-        "description": "Other OpenAI fields (temperature, timestamp_granularities, ...) are "
-        "accepted and ignored.",
-        "properties": {
-            "file": {
-                "type": "string",
-                "format": "binary",
-                "description": "Audio in any format FFmpeg reads: OGG/Opus, MP3, M4A, WAV, "
-                "FLAC, WebM, ...",
-            },
-            "model": {
-                "type": "string",
-                "description": "Accepted for compatibility; the configured voice.model answers.",
-            },
-            "language": {"type": "string", "description": "ISO-639-1 code, e.g. en."},
-            "prompt": {"type": "string", "description": "Text to guide the model (names)."},
-            "response_format": {"enum": ["json", "text", "verbose_json", "srt", "vtt"]},
-        },
-    },
-    "Transcription": {
-        "type": "object",
-        "required": ["text"],
-        "properties": {
-            "text": {"type": "string"},
-            "usage": _ref("AudioUsage"),
-        },
-    },
-    "AudioUsage": {
-        "type": "object",
-        "required": ["type", "seconds"],
-        "properties": {
-            "type": {"const": "duration"},
-            "seconds": {"type": "integer", "minimum": 0},
-        },
-    },
-    "TranscriptionSegment": {
-        "type": "object",
-        "required": [
-            "id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-            "compression_ratio", "no_speech_prob",
-        ],
-        "properties": {
-            "id": {"type": "integer", "minimum": 0},
-            "seek": {"type": "integer"},
-            "start": {"type": "number"},
-            "end": {"type": "number"},
-            "text": {"type": "string"},
-            "tokens": {"type": "array", "items": {"type": "integer"}},
-            "temperature": {"type": "number"},
-            "avg_logprob": {"type": "number"},
-            "compression_ratio": {"type": "number"},
-            "no_speech_prob": {"type": "number"},
-        },
-    },
-    "TranscriptionVerbose": {
-        "type": "object",
-        "required": ["task", "language", "duration", "text", "segments"],
-        "properties": {
-            "task": {"const": "transcribe"},
-            "language": {"type": "string", "description": "e.g. english"},
-            "duration": {"type": "number", "minimum": 0},
-            "text": {"type": "string"},
-            "segments": {"type": "array", "items": _ref("TranscriptionSegment")},
-            "usage": _ref("AudioUsage"),
-        },
-    },
-    "SpeechRequest": {
-        "type": "object",
-        "required": ["input"],
-        "description": "instructions is accepted and ignored.",
-        "properties": {
-            "input": {"type": "string", "minLength": 1, "maxLength": 4096},
-            "model": {
-                "type": "string",
-                "description": "Accepted for compatibility; the configured voice speaks.",
-            },
-            "voice": {
-                "description": "Accepted for compatibility; the configured voice speaks.",
-            },
-            "response_format": {
-                "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"],
-                "default": "mp3",
-                "description": "opus is Ogg/Opus; pcm is raw 24 kHz 16-bit mono.",
-            },
-            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0},
-            "stream_format": {"const": "audio"},
-        },
-    },
-    "ChatCompletionRequest": {
-        "type": "object",
-        "required": ["model", "messages"],
-        "description": "Other OpenAI fields (temperature, max_completion_tokens, ...) are "
-        "accepted and ignored. tools/tool_choice are used in the client and hybrid tool modes "
-        "(server.tool_mode, X-Tool-Mode, tool_mode) and ignored in agent mode.",
-        "properties": {
-            "model": {"type": "string"},
-            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
-            "stream": {"type": ["boolean", "null"]},
-            "stream_options": {
-                "type": ["object", "null"],
-                "properties": {"include_usage": {"type": "boolean"}},
-            },
-            "stream_mode": {
-                "enum": ["smart", "final", "verbose"],
-                "description": "Gateway extension: how answer text streams.",
-            },
-            "prompt_cache_key": {
-                "type": "string",
-                "description": "Names the conversation unless X-Conversation-Id is sent.",
-            },
-            "user": {
-                "type": "string",
-                "description": "Names the conversation unless a header or prompt_cache_key does.",
-            },
-            "n": {"const": 1},
-            "tools": {"type": "array", "items": _ref("Tool")},
-            "tool_choice": {
-                "oneOf": [
-                    {"enum": ["auto", "none", "required"]},
-                    {
-                        "type": "object",
-                        "required": ["function"],
-                        "properties": {
-                            "type": {"const": "function"},
-                            "function": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {"name": {"type": "string"}},
-                            },
-                        },
-                    },
-                ],
-                "description": "Not enforced by the CLI: anything but auto becomes an "
-                "instruction to Claude.",
-            },
-            "parallel_tool_calls": {"type": "boolean"},
-            "tool_mode": {
-                "enum": ["agent", "client", "hybrid"],
-                "description": "Gateway extension: how the client's tools are used.",
-            },
-            "response_format": _ref("ResponseFormat"),
-        },
-    },
-    "ResponseFormat": {
-        "description": "json_object: the answer is a JSON object; json_schema: it validates "
-        "against json_schema.schema (strict true or false alike). Claude is told so for this "
-        "turn only; the answer is checked (a Markdown code fence is removed) and, if it fails, "
-        "asked for once more in the same conversation. A second failure is a 422 "
-        "invalid_json_output. The answer is the final step's text (stream mode final); a "
-        "stream sends it in one piece once it passed the check.",
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["type"],
-                "properties": {"type": {"enum": ["text", "json_object"]}},
-            },
-            {
-                "type": "object",
-                "required": ["type", "json_schema"],
-                "properties": {
-                    "type": {"const": "json_schema"},
-                    "json_schema": {
-                        "type": "object",
-                        "required": ["name", "schema"],
-                        "properties": {
-                            "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
-                            "description": {"type": "string"},
-                            "schema": {
-                                "type": "object",
-                                "description": "A JSON Schema; its $ref must point inside it.",
-                            },
-                            "strict": {"type": ["boolean", "null"]},
-                        },
-                    },
-                },
-            },
-        ],
-    },
-}
+OPERATIONS: web.AppKey[list[Operation]] = web.AppKey("openapi_operations", list)
+_DOCUMENT: web.AppKey[dict[str, bytes]] = web.AppKey("openapi_document", dict)
 
 
-def _health(description: str) -> dict[str, Any]:
-    schema = {"anyOf": [_ref("Health"), _ref("HealthPublic")]}
-    return {
-        "description": f"{description} Without a key while GATEWAY_API_KEYS is set: only "
-        "HealthPublic (status and version).",
-        "content": {"application/json": {"schema": schema}},
+def add_operations(app: web.Application, operations: Iterable[Operation]) -> None:
+    """Serve ``operations`` on ``app`` and list them in its ``/openapi.json``."""
+    from gateway.api.guard import accepts  # guard imports convert, which imports the wire
+
+    registered = app.setdefault(OPERATIONS, [])
+    for op in operations:
+        if len(op.body) > 1:
+            raise ValueError(f"{op.path}: one request media type per operation")
+        handler = op.handler
+        for media_type in op.body:
+            handler = accepts(media_type)(handler)
+        app.router.add_route(op.method, op.route or op.path, handler)
+        registered.append(op)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the document of the application's operations (built once)."""
+    cache = request.app.setdefault(_DOCUMENT, {})
+    if "body" not in cache:
+        operations: list[Operation] = request.app[OPERATIONS]
+        cache["body"] = json.dumps(build_document(operations)).encode()
+    return web.Response(body=cache["body"], content_type=JSON)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class _Generator(GenerateJsonSchema):
+    """pydantic's generator without a ``title`` on every property (noise in a document)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _refusals(op: Operation) -> dict[int, Reply]:
+    """What the middlewares in front of every handler can answer."""
+    refusals = {
+        403: error_reply(
+            "A browser request from a web page whose origin is neither the gateway's own nor "
+            "in server.allowed_origins (code forbidden_origin).", model=op.error),
+        421: error_reply(
+            "The Host header names neither loopback, the bound address nor one of "
+            "server.allowed_hosts (code host_not_allowed; DNS rebinding).", model=op.error),
     }
+    if not op.public:
+        refusals[401] = error_reply(
+            "Missing or wrong gateway API key (only when GATEWAY_API_KEYS is set).",
+            model=op.error)
+    if op.body:
+        refusals[413] = error_reply(
+            "The request body is larger than server.max_body_mb.", model=op.error)
+        refusals[415] = error_reply(
+            "The body's Content-Type is not the one the endpoint takes (code "
+            "unsupported_media_type).", model=op.error)
+    return refusals
 
 
-def _chat_path() -> dict[str, Any]:
-    header = {"in": "header", "required": False, "schema": {"type": "string"}}
-    return {
-        "post": {
-            "operationId": "createChatCompletion",
-            "summary": "Run one turn of a conversation through Claude Code.",
-            "parameters": [
-                {**header, "name": "X-Conversation-Id", "description": "Names the conversation."},
-                {**header, "name": "X-Session-Id", "description": "Same as X-Conversation-Id."},
-                {
-                    **header,
-                    "name": "X-Stream-Mode",
-                    "schema": {"enum": ["smart", "final", "verbose"]},
-                    "description": "How answer text streams (overrides the body's stream_mode).",
-                },
-                {
-                    **header,
-                    "name": "X-Tool-Mode",
-                    "schema": {"enum": ["agent", "client", "hybrid"]},
-                    "description": "How the client's tools are used (overrides tool_mode).",
-                },
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
-            },
-            "responses": {
-                "200": {
-                    "description": "A chat.completion, or with stream=true an SSE stream of "
-                    "StreamEvent objects ending with `data: [DONE]`.",
-                    "headers": _CONVERSATION,
-                    "content": {
-                        "application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {
-                            "schema": {"type": "string"},
-                            "x-event-schema": _ref("StreamEvent"),
-                        },
-                    },
-                },
-                "400": _error("Invalid request; the message names the field."),
-                "401": _AUTH_ERROR,
-                "409": _error(
-                    "The turn was interrupted (interrupt or reset of the conversation).",
-                    conversation=True,
-                ),
-                "413": _error("The request body is larger than server.max_body_mb."),
-                "422": _error(
-                    "The answer did not match response_format even after one retry "
-                    "(code invalid_json_output; the message names the problem).",
-                    conversation=True,
-                ),
-                "429": _error("Claude usage limit reached.", retry=True, conversation=True),
-                "502": _error(
-                    "The Claude Code CLI crashed, or the Anthropic API failed.", conversation=True
-                ),
-                "503": _error(
-                    "Overloaded, CLI unavailable or not logged in, shutting down, or the "
-                    "gateway is at max_concurrent_requests (code server_busy).",
-                    retry=True,
-                ),
-                "504": _error("The turn showed no activity for too long.", conversation=True),
-            },
-        }
-    }
+def _models(operations: Sequence[Operation]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    seen: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
+
+    def add(schema: Schema | None, mode: JsonSchemaMode) -> None:
+        if isinstance(schema, type):
+            seen[(schema, mode)] = None
+
+    for op in operations:
+        for schema in op.body.values():
+            add(schema, "validation")
+        for reply in {**_refusals(op), **op.responses}.values():
+            for schema in reply.content.values():
+                add(schema, "serialization")
+            add(reply.events, "serialization")
+    return list(seen)
 
 
-def _audio_paths() -> dict[str, Any]:
-    """``/v1/audio/transcriptions`` and ``/v1/audio/speech`` (gateway/api/audio.py)."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    text = {"schema": {"type": "string"}}
-    unavailable = _error(
-        "No speech engine is installed (code voice_unavailable; the message names the extra "
-        "to install), or the gateway is at max_concurrent_requests (code server_busy).",
-        retry=True,
+def _headers(params: Sequence[Param]) -> dict[str, Any]:
+    return {p.name: {"description": p.description, "schema": dict(p.schema)} for p in params}
+
+
+def build_document(operations: Sequence[Operation]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``operations`` (a new dict; callers may change it)."""
+    refs, top = models_json_schema(
+        _models(operations), ref_template=REF_TEMPLATE, schema_generator=_Generator
     )
-    return {
-        "/v1/audio/transcriptions": {
-            "post": {
-                "operationId": "createTranscription",
-                "summary": "Transcribe audio with the gateway's Whisper model.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {"schema": _ref("TranscriptionRequest")}
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "The transcript: JSON for json and verbose_json, "
-                        "plain text for text and srt, WebVTT for vtt. Audio without speech "
-                        "gives an empty text.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "anyOf": [
-                                        _ref("TranscriptionVerbose"),
-                                        _ref("Transcription"),
-                                    ]
-                                }
-                            },
-                            "text/plain": text,
-                            "text/vtt": text,
-                        },
-                    },
-                    "400": _error(
-                        "Invalid request (the message names the field), audio that cannot "
-                        "be decoded (audio_undecodable) or is longer than voice.max_seconds "
-                        "(audio_too_long)."
-                    ),
-                    "401": _AUTH_ERROR,
-                    "413": _error("The request body is larger than server.max_body_mb."),
-                    "503": unavailable,
-                },
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+
+    def schema_of(schema: Schema | None, mode: JsonSchemaMode) -> dict[str, Any]:
+        if isinstance(schema, type):
+            return dict(refs[(schema, mode)])
+        return copy.deepcopy(dict(schema or STRING))
+
+    def reply(r: Reply) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": r.description}
+        if r.headers:
+            out["headers"] = _headers(r.headers)
+        content = {mt: {"schema": schema_of(s, "serialization")} for mt, s in r.content.items()}
+        if r.events is not None:
+            content[EVENT_STREAM] = {
+                "schema": dict(STRING),
+                "x-event-schema": schema_of(r.events, "serialization"),
             }
-        },
-        "/v1/audio/speech": {
-            "post": {
-                "operationId": "createSpeech",
-                "summary": "Speak text with the gateway's voice (Piper, else espeak-ng).",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("SpeechRequest")}},
-                },
-                "responses": {
-                    "200": {
-                        "description": "The audio, in the requested format.",
-                        "headers": {
-                            "X-Voice-Engine": {
-                                "description": "The engine that spoke: piper or espeak.",
-                                "schema": {"enum": ["piper", "espeak"]},
-                            }
-                        },
-                        "content": {
-                            mime: binary
-                            for mime in (
-                                "audio/mpeg",
-                                "audio/opus",
-                                "audio/aac",
-                                "audio/flac",
-                                "audio/wav",
-                                "audio/pcm",
-                            )
-                        },
-                    },
-                    "400": _error("Invalid request; the message names the field."),
-                    "401": _AUTH_ERROR,
-                    "413": _error("The request body is larger than server.max_body_mb."),
-                    "500": _error("The speech engine failed on this text (synthesis_failed)."),
-                    "503": unavailable,
-                },
+        if content:
+            out["content"] = content
+        return out
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        operation: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+        if op.description:
+            operation["description"] = op.description
+        if op.public:
+            operation["security"] = []
+        if op.params:
+            operation["parameters"] = [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": p.required or p.where == "path",
+                    "description": p.description,
+                    "schema": dict(p.schema),
+                }
+                for p in op.params
+            ]
+        if op.body:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {mt: {"schema": schema_of(s, "validation")}
+                            for mt, s in op.body.items()},
             }
+        replies = {**_refusals(op), **op.responses}
+        operation["responses"] = {str(s): reply(replies[s]) for s in sorted(replies)}
+        paths.setdefault(op.path, {})[op.method.lower()] = operation
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Claude Max Gateway",
+            "version": __version__,
+            "description": "An OpenAI-compatible endpoint in front of the real Claude Code "
+            "CLI. Errors are OpenAI error JSON. When GATEWAY_API_KEYS is set, /v1/ needs "
+            "one of its keys ('Authorization: Bearer <key>' or 'X-Api-Key: <key>') and "
+            "/health without one shows only status and version. Browser requests from "
+            "other origins (403) and requests addressed to other hosts (421) are refused "
+            "first.",
         },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of the keys in the GATEWAY_API_KEYS environment "
+                    "variable; needed only when it is set.",
+                }
+            },
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": paths,
     }
+    return _with_legacy(document)
+
+
+def _with_legacy(document: dict[str, Any]) -> dict[str, Any]:
+    """Transition: the hand-written paths not yet declared as operations."""
+    from gateway.api.openapi_legacy import openapi_document as legacy
+
+    old = legacy()
+    for name, schema in old["components"]["schemas"].items():
+        document["components"]["schemas"].setdefault(name, schema)
+    for path, item in old["paths"].items():
+        document["paths"].setdefault(path, item)
+    return document
+
+
+@functools.cache
+def _default_document() -> dict[str, Any]:
+    from gateway.api.routes import OPERATIONS as ALL
+
+    return build_document(ALL)
 
 
 def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the document (callers may modify it)."""
-    return copy.deepcopy(
-        {
-            "openapi": "3.1.0",
-            "info": {
-                "title": "Claude Max Gateway",
-                "version": __version__,
-                "description": "An OpenAI-compatible endpoint in front of the real Claude Code "
-                "CLI. Errors are OpenAI error JSON. When GATEWAY_API_KEYS is set, /v1/ needs "
-                "one of its keys ('Authorization: Bearer <key>' or 'X-Api-Key: <key>') and "
-                "/health without one shows only status and version. Browser requests from "
-                "other origins (403) and requests addressed to other hosts (421) are refused "
-                "first.",
-            },
-            "components": {
-                "schemas": SCHEMAS,
-                "securitySchemes": {
-                    "bearer": {
-                        "type": "http",
-                        "scheme": "bearer",
-                        "description": "One of the keys in the GATEWAY_API_KEYS environment "
-                        "variable; needed only when it is set.",
-                    }
-                },
-            },
-            "security": [{}, {"bearer": []}],
-            "paths": _guarded({
-                "/health": {
-                    "get": {
-                        "operationId": "health",
-                        "security": [],
-                        "summary": "Gateway and CLI status.",
-                        "responses": {
-                            "200": _health("The CLI is available."),
-                            "503": _health("The CLI is not available."),
-                        },
-                    }
-                },
-                "/openapi.json": {
-                    "get": {
-                        "operationId": "openapi",
-                        "security": [],
-                        "summary": "This document.",
-                        "responses": {
-                            "200": {
-                                "description": "The OpenAPI document.",
-                                "content": {"application/json": {"schema": {"type": "object"}}},
-                            }
-                        },
-                    }
-                },
-                "/v1/models": {
-                    "get": {
-                        "operationId": "listModels",
-                        "summary": "Each model once: the family ids and the configured "
-                        "aliases (opus, sonnet and haiku are accepted too, not listed).",
-                        "responses": {
-                            "200": _json("ModelList", "The models."),
-                            "401": _AUTH_ERROR,
-                        },
-                    }
-                },
-                "/v1/models/{model_id}": {
-                    "get": {
-                        "operationId": "retrieveModel",
-                        "summary": "One model.",
-                        "parameters": [
-                            {
-                                "name": "model_id",
-                                "in": "path",
-                                "required": True,
-                                "schema": {"type": "string"},
-                            }
-                        ],
-                        "responses": {
-                            "200": _json("Model", "The model."),
-                            "401": _AUTH_ERROR,
-                            "404": _error("No such model."),
-                        },
-                    }
-                },
-                "/v1/chat/completions": _chat_path(),
-                **_audio_paths(),
-            }),
-        }
-    )
+    """The document of every route :func:`gateway.api.routes.create_app` serves (a fresh
+    copy; callers may modify it)."""
+    return copy.deepcopy(_default_document())

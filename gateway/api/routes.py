@@ -69,9 +69,18 @@ from gateway.api.http import (
     read_body,
     refuse_when_full,
 )
-from gateway.api.openapi import openapi_document
+from gateway.api.openapi import (
+    Operation,
+    Param,
+    Reply,
+    add_operations,
+    error_reply,
+    json_reply,
+    openapi_json,
+)
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import TurnPump, answer_text
+from gateway.api.wire import HealthReply, Model, ModelList
 from gateway.engine.api import EngineAPI, Preferences, TurnRunner
 from gateway.engine.client_tools import ToolMode
 from gateway.engine.events import (
@@ -202,10 +211,6 @@ async def get_model(request: web.Request) -> web.Response:
         except GatewayError as exc:
             raise ApiError(request_error(404, "model_not_found", exc.message)) from None
     return web.json_response(_model_object(model_id, int(request.app[STATE].started_at)))
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
 
 
 # --------------------------------------------------------------------------- chat completions
@@ -499,6 +504,39 @@ async def _stream(
 # --------------------------------------------------------------------------- app factory
 
 
+def _health_reply(description: str) -> Reply:
+    return json_reply(f"{description} Without a key while GATEWAY_API_KEYS is set: only "
+                      "HealthPublic (status and version).", HealthReply)
+
+
+#: every route the API serves, as documented in /openapi.json (gateway/api/openapi.py);
+#: a dialect adds its module's ``OPERATIONS`` here
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET", "/health", health, "health", "Gateway and CLI status.", public=True,
+        responses={200: _health_reply("The CLI is available."),
+                   503: _health_reply("The CLI is not available.")},
+    ),
+    Operation(
+        "GET", "/openapi.json", openapi_json, "openapi", "This document.", public=True,
+        responses={200: json_reply("The OpenAPI document.", {"type": "object"})},
+    ),
+    Operation(
+        "GET", "/v1/models", list_models, "listModels",
+        "Each model once: the family ids and the configured aliases (opus, sonnet and haiku "
+        "are accepted too, not listed).",
+        responses={200: json_reply("The models.", ModelList)},
+    ),
+    Operation(
+        "GET", "/v1/models/{model_id}", get_model, "retrieveModel", "One model.",
+        route="/v1/models/{model_id:.+}",
+        params=(Param("model_id", "A model id or alias.", where="path"),),
+        responses={200: json_reply("The model.", Model), 404: error_reply("No such model.")},
+    ),
+)
+
+
+
 async def _stop_pumps(app: web.Application) -> None:
     pumps = list(app[STATE].pumps)
     for pump in pumps:  # their handlers answer 503 shutting_down (or end their stream)
@@ -529,10 +567,7 @@ def create_app(
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ApiState()
-    app.router.add_get("/health", health)
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    add_operations(app, OPERATIONS)
     app.router.add_post("/v1/chat/completions", accepts(JSON)(chat_completions))
     setup_audio(app, voice)
     app.on_shutdown.append(_stop_pumps)
