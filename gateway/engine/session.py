@@ -227,6 +227,21 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
+#: What the CLI says when ``--resume`` names a session it has no transcript of. Measured
+#: (/work/shared/reference/claude-cli.md, "--resume"): a ``result`` of subtype
+#: ``error_during_execution`` with ``errors: ["No conversation found with session ID: …"]``,
+#: exit 1; the same text is on stderr when the process ends before a result. Neither the
+#: CLI nor claude-agent-sdk gives this case a code or a subtype of its own, so this text is
+#: the only signal; it is matched here and nowhere else.
+_NO_CONVERSATION = "No conversation found"
+
+
+def names_missing_session(text: str) -> bool:
+    """Whether CLI output (a result's error, stderr, a start failure) says the session to
+    resume does not exist."""
+    return _NO_CONVERSATION in text
+
+
 def stderr_text(lines: deque[str]) -> str:
     """The stderr tail on one line."""
     return " | ".join(line.strip() for line in lines if line.strip())

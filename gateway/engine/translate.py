@@ -62,11 +62,11 @@ from gateway.engine.events import (
     TurnResult,
     Usage,
 )
+from gateway.engine.session import names_missing_session
 from gateway.errors import TURN_INTERRUPTED, ErrorKind
 
 HOLDBACK_CHARS = 240
 STEP_SEPARATOR = "\n\n"
-NO_CONVERSATION = "No conversation found"
 
 
 @dataclass
@@ -327,7 +327,7 @@ class TurnTranslator:
         """The typed error for an ``is_error`` result; ``None`` if it is not really one."""
         errors = [str(e) for e in (msg.errors or [])]
         text = (msg.result or "").strip() or self._assistant_error_text or "; ".join(errors)
-        if any(NO_CONVERSATION in e for e in errors) or NO_CONVERSATION in text:
+        if any(names_missing_session(e) for e in errors) or names_missing_session(text):
             self.resume_failed = True
             return TurnError(ErrorKind.CRASHED, f"Claude Code could not resume: {text}")
         if msg.terminal_reason in ("aborted_streaming", "aborted_tools") or (
