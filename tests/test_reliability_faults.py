@@ -32,7 +32,7 @@ import openai
 import pytest
 
 from gateway.engine import EngineConfig
-from gateway.engine.engine import SDK_QUERY_LOGGER
+from gateway.engine.session import SDK_QUERY_LOGGER
 from tests import test_api_routes as api_routes
 from tests.conftest import EngineFactory, child_pids
 from tests.test_api_routes import (
@@ -130,7 +130,7 @@ async def test_cli_sigkilled_mid_turn_is_502_and_the_session_goes_on(
     # a crash the gateway did not cause stays loud: the SDK's ERROR and the engine's WARNING
     sdk_errors = [r for r in caplog.records
                   if r.name == SDK_QUERY_LOGGER and r.levelno == logging.ERROR]
-    crashes = [r for r in caplog.records if r.name == "gateway.engine.engine"
+    crashes = [r for r in caplog.records if r.name == "gateway.engine.runner"
                and r.levelno == logging.WARNING and "crashed" in r.getMessage()]
     assert len(sdk_errors) == len(dead) and len(crashes) == len(dead), caplog.text
 
