@@ -27,13 +27,10 @@ is an in-stream ``{"error": {...}}`` event; ``data: [DONE]`` always ends the str
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -42,22 +39,33 @@ from gateway import __version__
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
 from gateway.api.config import ApiConfig
-from gateway.api.conversation import Plan, plan_conversation
 from gateway.api.convert import (
     SSE_DONE,
     ChatRequest,
     ChunkFactory,
-    build_prompt,
     finish_reason,
     http_error,
     parse_chat_request,
-    parse_stream_mode,
     render_event,
     request_error,
     split_conversation,
     sse,
 )
-from gateway.api.functions import parse_tool_mode, tool_call_deltas
+from gateway.api.exchange import (
+    ENGINE,
+    STATE,
+    ApiState,
+    Exchange,
+    KeyCandidates,
+    TurnRequest,
+    header_id,
+    limited,
+    read_json,
+    run_exchange,
+    stream_mode,
+    tool_mode,
+)
+from gateway.api.functions import tool_call_deltas
 from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
 from gateway.api.http import (
     CONFIG,
@@ -66,8 +74,6 @@ from gateway.api.http import (
     error_middleware,
     error_response,
     key_ok,
-    read_body,
-    refuse_when_full,
 )
 from gateway.api.openapi import (
     Operation,
@@ -79,17 +85,13 @@ from gateway.api.openapi import (
     openapi_json,
 )
 from gateway.api.structured import StructuredTurns
-from gateway.api.turn import TurnPump, answer_text
+from gateway.api.turn import answer_text
 from gateway.api.wire import HealthReply, Model, ModelList
-from gateway.engine.api import EngineAPI, Preferences, TurnRunner
-from gateway.engine.client_tools import ToolMode
+from gateway.engine.api import EngineAPI
 from gateway.engine.events import (
-    Event,
-    Prompt,
     StreamMode,
     ToolCallsRequested,
     TurnError,
-    TurnOptions,
     TurnResult,
     Usage,
 )
@@ -98,36 +100,6 @@ from gateway.voice import VoiceService
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
-STREAM_MODE_HEADER = "X-Stream-Mode"
-TOOL_MODE_HEADER = "X-Tool-Mode"
-#: how often a waiting handler checks whether its client is still connected
-DISCONNECT_POLL_SECONDS = 0.25
-#: bodies larger than this are parsed in a worker thread
-THREAD_PARSE_BYTES = 512 * 1024
-
-
-@dataclass
-class ApiState:
-    """Per-application mutable state (no globals)."""
-
-    started_at: float = field(default_factory=time.time)
-    active_requests: int = 0
-    claimed: set[str] = field(default_factory=set)  # automatic keys with a turn in flight
-    pumps: set[TurnPump] = field(default_factory=set)
-
-    def claim(self, key: str) -> bool:
-        if key in self.claimed:
-            return False
-        self.claimed.add(key)
-        return True
-
-    def release(self, key: str) -> None:
-        self.claimed.discard(key)
-
-
-ENGINE: web.AppKey[EngineAPI] = web.AppKey("api_engine", EngineAPI)
-STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
 #: Extra sections of ``/health``: name -> a function returning JSON-able data. Set by
 #: ``gateway.app`` after :func:`create_app` (e.g. ``{"scheduler": scheduler.status}``).
 STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
@@ -136,10 +108,6 @@ STATUS_PROVIDERS: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey(
 #: Checks of ``/health``: each returns None, or why the gateway is degraded (then
 #: ``"status": "degraded"`` with the reasons in ``"problems"``). Set by ``gateway.app``.
 HEALTH_CHECKS: web.AppKey[list[Callable[[], str | None]]] = web.AppKey("health_checks", list)
-
-
-class _Disconnected(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------- simple routes
@@ -216,190 +184,44 @@ async def get_model(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- chat completions
 
 
-#: a JSON escape of a UTF-16 surrogate (a pair becomes one character; a lone one cannot be
-#: encoded as UTF-8, e.g. a JavaScript client that cut a string inside an emoji)
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _without_lone_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    return value
-
-
-def _decode_and_parse(raw: bytes) -> ChatRequest:
-    try:
-        body = json.loads(raw)
-        if _SURROGATE_ESCAPE.search(raw):
-            body = _without_lone_surrogates(body)  # U+FFFD, as a UTF-8 decoder would
-    except UnicodeDecodeError:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: is not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise GatewayError(
-            ErrorKind.INVALID_REQUEST,
-            f"body: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-        ) from None
-    except RecursionError:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: JSON nested too deeply") from None
-    except ValueError:  # Python's limit on the digits of an integer
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "body: a JSON number is too long") from None
-    return parse_chat_request(body)
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    config = request.app[CONFIG]
-    await refuse_when_full(request, state.active_requests, config.max_concurrent_requests,
-                           "requests")
-    state.active_requests += 1
-    try:
-        return await _chat_completions(request, state, config)
-    finally:
-        state.active_requests -= 1
-
-
-async def _chat_completions(
-    request: web.Request, state: ApiState, config: ApiConfig
-) -> web.StreamResponse:
-    engine = request.app[ENGINE]
-    raw = await read_body(request, config.max_body_bytes)
-    if len(raw) > THREAD_PARSE_BYTES:
-        chat = await asyncio.to_thread(_decode_and_parse, raw)
-    else:
-        chat = _decode_and_parse(raw)
-    del raw
-    header_mode = request.headers.get(STREAM_MODE_HEADER)
-    if header_mode:
-        mode = parse_stream_mode(header_mode, f"{STREAM_MODE_HEADER} header")
-    else:
-        mode = chat.stream_mode or config.stream_mode
+def _turn_request(request: web.Request, chat: ChatRequest) -> TurnRequest:
+    """A Chat Completions request in the neutral form the exchange runs."""
+    mode = stream_mode(request, chat.stream_mode)
     if chat.response_format is not None:
         mode = StreamMode.FINAL  # the JSON is checked before any of it is sent
-    try:
-        model = engine.resolve_model(chat.model)
-    except GatewayError as exc:
-        raise GatewayError(ErrorKind.UNKNOWN_MODEL, f"model: {exc.message}") from None
-    conversation = split_conversation(chat.messages)
-    header_id = next(
-        (request.headers[h] for h in CONVERSATION_HEADERS if request.headers.get(h)), None
+    response_format = chat.response_format
+    return TurnRequest(
+        conversation=split_conversation(chat.messages),
+        model=chat.model,
+        mode=mode,
+        keys=KeyCandidates(header_id(request), chat.prompt_cache_key, chat.user),
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+        tool_mode=tool_mode(request, chat.tool_mode),
+        runner=None if response_format is None else (
+            lambda engine: StructuredTurns(engine, response_format)),
     )
-    plan = await plan_conversation(
-        conversation,
-        header_id=header_id,
-        prompt_cache_key=chat.prompt_cache_key,
-        user=chat.user,
-        store=engine.preferences,
-        claim=state.claim,
-    )
-    header_tools = request.headers.get(TOOL_MODE_HEADER)
-    if header_tools:
-        tool_mode = parse_tool_mode(header_tools, f"{TOOL_MODE_HEADER} header")
-    else:
-        tool_mode = chat.tool_mode or config.tool_mode
-    functions = tool_mode is not ToolMode.AGENT
-    try:
-        prompt = build_prompt(conversation, seed=plan.seed, results=functions)
-        if prompt.is_empty():
-            raise GatewayError(
-                ErrorKind.INVALID_REQUEST,
-                f"messages[{conversation.new[-1].index}].content: is empty; there is nothing "
-                "to send after the last assistant message",
-            )
-        options = TurnOptions(
-            model=model, mode=mode, system=conversation.system, origin="api",
-            tools=chat.tools if functions else (), tool_mode=tool_mode,
-            tool_choice=chat.tool_choice if functions else "auto",
-        )
-    except BaseException:
-        if plan.claimed:
-            state.release(plan.key)
-        raise
-    log.info("chat %s rule=%s seed=%s stream=%s", plan.key, plan.rule, plan.seed, chat.stream)
-    source: TurnRunner = engine
-    if chat.response_format is not None:
-        source = StructuredTurns(engine, chat.response_format)
-    pump = _start_pump(state, source, engine.preferences, plan, prompt, options)
+
+
+@limited
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    chat = await read_json(request, parse_chat_request)
+    turn = _turn_request(request, chat)
     factory = ChunkFactory(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), chat.model)
-    headers = {"X-Conversation-Id": plan.conversation_id}
-    out = _SseWriter(request, factory, headers)
-    try:
+
+    async def respond(exchange: Exchange) -> web.StreamResponse:
         if chat.stream:
-            return await _stream(request, pump, out, chat, config)
-        return await _complete(request, pump, factory, headers)
-    except (_Disconnected, ConnectionError):
-        _client_gone(pump, config)
-        # Nobody will read this; aiohttp needs a response to finish the request.
-        return out.response if out.response is not None else web.Response(status=499)
-    except asyncio.CancelledError:
-        _client_gone(pump, config)
-        raise
+            return await _stream(exchange, _SseWriter(exchange, factory), chat)
+        return await _complete(exchange, factory)
+
+    return await run_exchange(request, turn, respond)
 
 
-def _client_gone(pump: TurnPump, config: ApiConfig) -> None:
-    if pump.task.done():
-        return
-    if config.on_disconnect == "interrupt":
-        log.info("client went away: interrupting %s", pump.plan.key)
-        pump.cancel()
-    elif not pump.started:  # nothing to finish: the engine withdraws the waiting turn
-        log.info("client went away before its turn started: withdrawing %s", pump.plan.key)
-        pump.cancel()
-    else:
-        log.info("client went away: %s finishes in the background", pump.plan.key)
-
-
-def _start_pump(
-    state: ApiState,
-    engine: TurnRunner,
-    preferences: Preferences,
-    plan: Plan,
-    prompt: Prompt,
-    options: TurnOptions,
-) -> TurnPump:
-    def done(pump: TurnPump) -> None:
-        state.pumps.discard(pump)
-        if plan.claimed:
-            state.release(plan.key)
-
-    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done)
-    state.pumps.add(pump)
-    return pump
-
-
-def _connected(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is not None and not transport.is_closing()
-
-
-async def _next_event(request: web.Request, pump: TurnPump, idle: float | None) -> Event | None:
-    """The next event, or None when ``idle`` seconds passed first. Raises on a disconnect."""
-    loop = asyncio.get_running_loop()
-    deadline = None if idle is None else loop.time() + idle
-    while True:
-        wait = DISCONNECT_POLL_SECONDS
-        if deadline is not None:
-            wait = min(wait, max(0.0, deadline - loop.time()))
-        try:
-            return await asyncio.wait_for(pump.get(), wait)
-        except TimeoutError:
-            pass
-        if not _connected(request):
-            raise _Disconnected()
-        if deadline is not None and loop.time() >= deadline:
-            return None
-
-
-async def _complete(
-    request: web.Request, pump: TurnPump, factory: ChunkFactory, headers: dict[str, str]
-) -> web.StreamResponse:
+async def _complete(exchange: Exchange, factory: ChunkFactory) -> web.StreamResponse:
     rendered: list[str] = []
+    headers = exchange.headers
     while True:
-        event = await _next_event(request, pump, None)
+        event = await exchange.next_event()
         if event is None:
             continue
         if isinstance(event, TurnResult):
@@ -412,64 +234,41 @@ async def _complete(
         if isinstance(event, ToolCallsRequested):
             body = factory.completion("".join(rendered), "tool_calls", Usage(), event.calls)
             return web.json_response(body, headers=headers)
-        piece = render_event(event, pump.mode)
+        piece = render_event(event, exchange.mode)
         if piece:
             rendered.append(piece)
 
 
 class _SseWriter:
-    def __init__(self, request: web.Request, factory: ChunkFactory, headers: dict[str, str]):
-        self.request = request
-        self.factory = factory
-        self.headers = headers
-        self.response: web.StreamResponse | None = None
+    """Chat Completions chunks as ``data:`` events; the first one carries the role."""
 
-    @property
-    def started(self) -> bool:
-        return self.response is not None
+    def __init__(self, exchange: Exchange, factory: ChunkFactory):
+        self.exchange = exchange
+        self.factory = factory
 
     async def start(self) -> None:
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                **self.headers,
-            },
-        )
-        await response.prepare(self.request)
-        self.response = response
-        await self.send(self.factory.role())
+        await self.exchange.start_stream()
+        await self.exchange.write(sse(self.factory.role()))
 
     async def send(self, data: dict[str, Any]) -> None:
-        if self.response is None:
+        if not self.exchange.started:
             await self.start()
-        assert self.response is not None
-        await self.response.write(sse(data))
+        await self.exchange.write(sse(data))
 
     async def done(self) -> web.StreamResponse:
-        if self.response is None:
+        if not self.exchange.started:
             await self.start()
-        assert self.response is not None
-        await self.response.write(SSE_DONE)
-        await self.response.write_eof()
-        return self.response
+        await self.exchange.write(SSE_DONE)
+        return await self.exchange.end_stream()
 
 
-async def _stream(
-    request: web.Request,
-    pump: TurnPump,
-    out: _SseWriter,
-    chat: ChatRequest,
-    config: ApiConfig,
-) -> web.StreamResponse:
+async def _stream(exchange: Exchange, out: _SseWriter, chat: ChatRequest) -> web.StreamResponse:
     factory = out.factory
     wrote_text = False
     while True:
-        event = await _next_event(request, pump, config.keepalive_seconds)
+        event = await exchange.next_event(exchange.config.keepalive_seconds)
         if event is None:  # nothing to say for keepalive_seconds: an empty delta
-            if out.started:
+            if exchange.started:
                 await out.send(factory.keepalive())
             else:
                 await out.start()
@@ -483,9 +282,9 @@ async def _stream(
             return await out.done()
         if isinstance(event, TurnError):
             error = http_error(event.kind, event.message, event.retry_after, event.status)
-            if not out.started:
-                return error_response(error, out.headers)
-            request[STREAM_ERROR] = error.code  # for the access log: the 200 was not all
+            if not exchange.started:
+                return error_response(error, exchange.headers)
+            exchange.request[STREAM_ERROR] = error.code  # for the access log: the 200 was not all
             await out.send(error.body())
             return await out.done()
         if isinstance(event, ToolCallsRequested):
@@ -495,7 +294,7 @@ async def _stream(
             if chat.include_usage:  # the turn goes on; its usage comes with its end
                 await out.send(factory.usage(Usage()))
             return await out.done()
-        piece = render_event(event, pump.mode)
+        piece = render_event(event, exchange.mode)
         if piece:
             await out.send(factory.text(piece))
             wrote_text = True
