@@ -112,6 +112,9 @@ class TurnRequest:
     runner: Callable[[TurnRunner], TurnRunner] | None = None
     #: the turn's origin label (notifications, logs)
     origin: str = "api"
+    #: what the client is shown of an answer (e.g. cut at a stop sequence); the
+    #: conversation is remembered by that, so the client's resent history continues it
+    reply_text: Callable[[str], str] | None = None
 
     @property
     def functions(self) -> bool:
@@ -359,7 +362,8 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
         raise
     log.info("turn %s rule=%s seed=%s", plan.key, plan.rule, plan.seed)
     runner: TurnRunner = engine if turn.runner is None else turn.runner(engine)
-    pump = start_pump(state, runner, engine.preferences, plan, prompt, options)
+    pump = start_pump(state, runner, engine.preferences, plan, prompt, options,
+                      shown=turn.reply_text)
     return Exchange(request, pump, request.app[CONFIG])
 
 
@@ -387,12 +391,14 @@ def start_pump(
     plan: Plan,
     prompt: Prompt,
     options: TurnOptions,
+    *,
+    shown: Callable[[str], str] | None = None,
 ) -> TurnPump:
     def done(pump: TurnPump) -> None:
         state.pumps.discard(pump)
         if plan.claimed:
             state.release(plan.key)
 
-    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done)
+    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done, shown=shown)
     state.pumps.add(pump)
     return pump

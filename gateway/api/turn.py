@@ -51,8 +51,11 @@ class TurnPump:
         options: TurnOptions,
         *,
         on_done: Callable[[TurnPump], None],
+        shown: Callable[[str], str] | None = None,
     ) -> None:
-        """``on_done`` is called when the final event is known and again when the task ends."""
+        """``on_done`` is called when the final event is known and again when the task ends.
+        ``shown`` maps the answer to what the client is shown of it (e.g. cut at a stop
+        sequence): the conversation is remembered by that."""
         self.plan = plan
         self.mode: StreamMode = options.mode
         self._engine = engine
@@ -60,6 +63,7 @@ class TurnPump:
         self._prompt = prompt
         self._options = options
         self._on_done = on_done
+        self._shown = shown
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._rendered: list[str] = []
         self._cancel_error: TurnError | None = None
@@ -89,11 +93,12 @@ class TurnPump:
                 if final:
                     continue  # nothing may follow the final event; drain quietly
                 if isinstance(event, TurnResult):
-                    await self._remember(answer_text("".join(self._rendered), event))
+                    await self._remember(self._show(answer_text("".join(self._rendered), event)))
                     final = True
                 elif isinstance(event, ToolCallsRequested):
                     calls = [(c.name, c.arguments) for c in event.calls]
-                    await self._remember(calls_fingerprint_text("".join(self._rendered), calls))
+                    text = self._show("".join(self._rendered))
+                    await self._remember(calls_fingerprint_text(text, calls))
                     final = True
                 elif isinstance(event, TurnError):
                     final = True
@@ -133,6 +138,9 @@ class TurnPump:
                     with contextlib.suppress(Exception):
                         await aclose()
             self._on_done(self)
+
+    def _show(self, text: str) -> str:
+        return text if self._shown is None else self._shown(text)
 
     async def _remember(self, reply: str) -> None:
         try:
