@@ -40,6 +40,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.api.config import ApiConfig
 from gateway.api.convert import HttpError, request_error
+from gateway.api.http import error_response
 from gateway.config import is_loopback_host, normalize_origin, split_host_port
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ _CORS_ORIGIN: web.RequestKey[str] = web.RequestKey("cors_origin", str)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def _refuse(status: int, code: str, message: str) -> web.Response:
+def _refuse(request: web.Request, status: int, code: str, message: str) -> web.Response:
     error: HttpError = request_error(status, code, message)
-    return web.json_response(error.body(), status=status)
+    return error_response(error, request=request)  # in the shape of the request's dialect
 
 
 def _check_host(request: web.Request, config: ApiConfig) -> web.Response | None:
@@ -89,6 +90,7 @@ def _check_host(request: web.Request, config: ApiConfig) -> web.Response | None:
     shown = raw[:100] if raw else "(none)"
     hint = f'add "{host}" to server.allowed_hosts' if host else "send a valid Host header"
     return _refuse(
+        request,
         421,
         "host_not_allowed",
         f"The request is addressed to Host {shown}, which is not this gateway: only loopback "
@@ -116,6 +118,7 @@ def _check_origin(
             log.warning("refused %s %s: Sec-Fetch-Site %s without Origin",
                         request.method, request.path, site)
             return None, _refuse(
+                request,
                 403,
                 "forbidden_origin",
                 f"A browser request from another site (Sec-Fetch-Site: {site}) is refused: a "
@@ -138,6 +141,7 @@ def _check_origin(
         else "Only pages with an http(s) origin can be allowed (server.allowed_origins)."
     )
     return None, _refuse(
+        request,
         403,
         "forbidden_origin",
         f"Requests from the web page at {origin[:100]} are refused: a page open in a browser "
@@ -208,6 +212,7 @@ def accepts(media_type: str) -> Callable[[Handler], Handler]:
                 return await handler(request)
             got = request.headers.get("Content-Type", "").strip()
             return _refuse(
+                request,
                 415,
                 "unsupported_media_type",
                 f"{request.path} takes a {media_type} body (send 'Content-Type: {media_type}'),"

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -36,9 +37,31 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(error: HttpError, headers: dict[str, str] | None = None) -> web.Response:
+#: the error body a request gets, when its dialect's clients expect another shape than
+#: OpenAI's (the Anthropic Messages API's ``{"type": "error", ...}``): each returns a body or
+#: None, the first body wins; registered by the dialect at app creation
+ErrorBody = Callable[[web.Request, HttpError], dict[str, Any] | None]
+ERROR_BODIES: web.AppKey[list[ErrorBody]] = web.AppKey("api_error_bodies", list)
+
+
+def error_response(
+    error: HttpError,
+    headers: dict[str, str] | None = None,
+    *,
+    request: web.Request | None = None,
+) -> web.Response:
+    """The JSON response of ``error``; with ``request``, in the shape its dialect expects
+    (:data:`ERROR_BODIES`), else OpenAI's."""
+    body: dict[str, Any] | None = None
+    if request is not None:
+        for shape in request.app.get(ERROR_BODIES, ()):
+            body = shape(request, error)
+            if body is not None:
+                break
     return web.json_response(
-        error.body(), status=error.status, headers={**error.headers(), **(headers or {})}
+        error.body() if body is None else body,
+        status=error.status,
+        headers={**error.headers(), **(headers or {})},
     )
 
 
@@ -60,9 +83,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.error, exc.headers)
+        return error_response(exc.error, exc.headers, request=request)
     except GatewayError as exc:
-        return error_response(http_error_from_exc(exc))
+        return error_response(http_error_from_exc(exc), request=request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -76,13 +99,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             message = exc.reason
         code = _STATUS_CODES.get(exc.status, "http_error")
-        return error_response(request_error(exc.status, code, message))
+        return error_response(request_error(exc.status, code, message), request=request)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(
-            request_error(500, "internal_error", "Internal gateway error; see the gateway log")
+            request_error(500, "internal_error", "Internal gateway error; see the gateway log"),
+            request=request,
         )
 
 
