@@ -73,6 +73,11 @@ def from_validation_error(exc: ValidationError, body: object) -> GatewayError:
         message = error["msg"]
         if error["type"] == "literal_error" and "expected" in error.get("ctx", {}):
             message = f"must be {error['ctx']['expected']} (got {error['input']!r})"
+        elif error["type"] == "union_tag_invalid":  # a discriminated union's unknown type
+            ctx = error["ctx"]
+            message = f"type {ctx['tag']!r} is not supported; use {ctx['expected_tags']}"
+        elif error["type"] == "union_tag_not_found":
+            message = "needs a string 'type'"
         if message not in messages:
             messages.append(message)
     return invalid(path, "; or ".join(messages))
