@@ -13,7 +13,10 @@ tokens unless asked), so what is measured is the cost of the CLI and of the code
 * gateway: this gateway as its own process (`python -m gateway.cli` with a temporary
            config), over HTTP with the official `openai` client. The HTTP clients send the
            whole history on every turn, as OpenClaw does, and no conversation key: the
-           gateway's automatic continuation finds the session.
+           gateway's automatic continuation finds the session;
+* responses: the same gateway (a second process) over the OpenAI Responses API
+           (`/v1/responses`, the `openai` client's `responses.create`, streamed,
+           `store: false`, the whole history every turn as OpenClaw sends it).
 
 Scenarios, interleaved (each turn of each system in a rotating order, after the machine's
 child processes have gone quiet):
@@ -75,18 +78,20 @@ from _common import (  # also puts the repository root on sys.path
     summary,
     tree_rss,
 )
+from openai.types.responses import ResponseTextDeltaEvent
 
 from tests.fake_anthropic import bundled_cli, cli_env
 
 NODE_PROXY = "claude-max-api-proxy@1.0.0"
 MODEL_HTTP = "claude-sonnet-4"  # what the HTTP clients ask for
 MODEL_CLI = "sonnet"  # what both proxies turn it into on the CLI's command line
-SYSTEMS = ("floor", "spawn", "node", "gateway")
+SYSTEMS = ("floor", "spawn", "node", "gateway", "responses")
 LABELS = {
     "floor": "floor: warm CLI, direct",
     "spawn": "claude -p --resume per turn",
     "node": "Node claude-max-api-proxy 1.0.0",
     "gateway": "this gateway (HTTP, openai)",
+    "responses": "this gateway (/v1/responses)",
 }
 SCENARIOS = {
     "first": "first turn of a new conversation",
@@ -274,7 +279,7 @@ class HttpSystem(System):
     async def follow(self, conv: HttpConv, text: str) -> Timing:
         messages = [*conv.messages, {"role": "user", "content": text}]
         reply, timing, conversation_id = await self._race_log(self._request(messages))
-        if self.name == "gateway":
+        if isinstance(self, Gateway):
             if conversation_id is None:
                 raise TurnFailed("no X-Conversation-Id header in the response")
             if conv.conversation_id is not None and conversation_id != conv.conversation_id:
@@ -362,6 +367,36 @@ class Gateway(HttpSystem):
     max_live = 0
 
 
+class ResponsesGateway(Gateway):
+    """The gateway driven over ``/v1/responses`` (a text delta event is the first token)."""
+
+    async def _request(self, messages: list[dict[str, str]]
+                       ) -> tuple[str, Timing, str | None]:
+        started = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        try:
+            raw = await self.client.responses.with_raw_response.create(
+                model=MODEL_HTTP, input=messages, stream=True, store=False,  # type: ignore[arg-type]
+            )
+            conversation_id = raw.headers.get("x-conversation-id")
+            stream = raw.parse()
+            if not isinstance(stream, openai.AsyncStream):
+                raise TurnFailed("the server answered a stream request without a stream")
+            async for event in stream:
+                if isinstance(event, ResponseTextDeltaEvent):
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    parts.append(event.delta)
+        except openai.APIError as exc:
+            raise TurnFailed(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        total = time.perf_counter() - started
+        reply = "".join(parts)
+        if not reply.strip():
+            raise TurnFailed("empty reply (the stream ended without text)")
+        return reply, Timing(ttft, total), conversation_id
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -443,23 +478,24 @@ async def start_node_proxy(tmp: Path, cli: str, env: dict[str, str]) -> HttpSyst
 
 
 async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
-                        parallel: int) -> Gateway:
+                        parallel: int, name: str = "gateway",
+                        kind: type[Gateway] = Gateway) -> Gateway:
     """This gateway in its own process, from a temporary config file."""
     port = free_port()
-    config = tmp / "gateway.toml"
-    log = tmp / "gateway.log"
+    config = tmp / f"{name}.toml"
+    log = tmp / f"{name}.log"
     config.write_text(
         "[server]\n"
         f"port = {port}\n"
         "max_concurrent_requests = 32\n"
         "[claude]\n"
         f"cli_path = {json.dumps(cli)}\n"
-        f"workspace = {json.dumps(str(tmp / 'gateway-work'))}\n"
+        f"workspace = {json.dumps(str(tmp / f'{name}-work'))}\n"
         f"max_live_sessions = {max_live}\n"
         f"max_parallel_turns = {parallel}\n"
         "spare_processes = 1\n"
         "[storage]\n"
-        f"data_dir = {json.dumps(str(tmp / 'gateway-data'))}\n"
+        f"data_dir = {json.dumps(str(tmp / f'{name}-data'))}\n"
         "[logging]\n"
         'level = "WARNING"\n'
     )
@@ -470,7 +506,7 @@ async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
     gw_env["PYTHONPATH"] = str(ROOT)
     proc = launch([sys.executable, "-m", "gateway.cli", "--config", str(config)], log, gw_env,
                   ROOT)
-    system = Gateway("gateway", f"http://127.0.0.1:{port}", proc, log)
+    system = kind(name, f"http://127.0.0.1:{port}", proc, log)
     system.max_live = max_live
     try:
         await wait_http(system.base_url + "/health", proc, log, "the gateway")
@@ -737,6 +773,12 @@ def targets(stats: dict[str, Any], memory: dict[str, Any], concurrency: int
         f"{over * 1000:+.1f} ms ({over / floor_f * 100:+.0f}%)",
         f"≤ {allowed * 1000:.1f} ms (10% or 15 ms)",
         None if math.isnan(over) else over <= allowed)
+    for dialect in ("responses",):  # the other API dialects, on the same warm sessions
+        over = fig(stats, "followup", dialect, "total", "median") - floor_f
+        if not math.isnan(over):
+            add(f"{LABELS[dialect]}: overhead over the floor (follow-up median)",
+                f"{over * 1000:+.1f} ms ({over / floor_f * 100:+.0f}%)",
+                f"≤ {allowed * 1000:.1f} ms (10% or 15 ms)", over <= allowed)
     first = fig(stats, "first", "gateway", "total", "median") / fig(
         stats, "first", "node", "total", "median")
     add("first turn total, gateway / Node proxy", f"{first:.3f}", "≤ 0.50",
@@ -835,14 +877,17 @@ async def main(args: argparse.Namespace) -> int:
                 elif name == "node":
                     node = await start_node_proxy(tmp, cli, envs[name])
                     systems.append(node)
-                elif name == "gateway":
+                elif name in ("gateway", "responses"):
                     # room for every new conversation of the first-turn and history
                     # scenarios (+ the warm-up) and the spare, so none of them evicts
                     max_live = max(args.first_turns + args.history_samples + 1,
                                    args.concurrency + 1) + 2
-                    gateway = await start_gateway(tmp, cli, envs[name], max_live,
-                                                  args.concurrency)
-                    systems.append(gateway)
+                    kind = Gateway if name == "gateway" else ResponsesGateway
+                    started_gateway = await start_gateway(tmp, cli, envs[name], max_live,
+                                                          args.concurrency, name, kind)
+                    systems.append(started_gateway)
+                    if name == "gateway":
+                        gateway = started_gateway
             await quiesce(limit=10)
             if gateway is not None:
                 memory["gateway_idle_rss_start"] = rss(gateway.server_pid())

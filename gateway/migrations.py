@@ -194,3 +194,24 @@ CREATE TABLE chat_outbox (
 );
 CREATE INDEX chat_outbox_pending ON chat_outbox (platform, state, id);
 """)
+
+
+@migration
+def m003_api_responses(db: sqlite3.Connection) -> None:
+    """The Responses API's stored responses (``store: true``): each names its conversation
+    and turn, so ``previous_response_id`` continues that CLI session, and ``body`` is the
+    response object for ``GET /v1/responses/{id}``; ``reply`` is the conversation's reply
+    fingerprint when it ended (a later turn changes the conversation's own)."""
+    _script(db, """
+CREATE TABLE api_responses (
+    id               TEXT PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    conversation_key TEXT NOT NULL,
+    conversation_id  TEXT NOT NULL,
+    turn             INTEGER NOT NULL,
+    reply            TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    created_at       REAL NOT NULL
+);
+CREATE INDEX api_responses_conversation ON api_responses (conversation_key, turn);
+""")

@@ -299,6 +299,10 @@ class _Tables:
         return await self.store._run(fn, *args)
 
 
+#: the base class of a frontend's own table group defined outside this module
+Tables = _Tables
+
+
 class ScheduleStore(_Tables):
     """The scheduler's tables."""
 

@@ -53,7 +53,7 @@ EMPTY_DELTA = {"role": "assistant", "content": ""}  # the role chunk and every k
 
 DOC = openapi_document()
 #: documented paths whose statuses are proven by their own tests (they need the voice models)
-ELSEWHERE = ("/v1/audio/",)
+ELSEWHERE = ("/v1/audio/", "/v1/responses")  # tested in their own modules
 #: the request guard's refusals, documented on every operation and each produced on every
 #: operation by tests/test_http_guard.py (which has its own coverage check)
 GUARD_STATUSES = ("403", "415", "421")

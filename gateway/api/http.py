@@ -8,6 +8,7 @@ none of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -134,6 +135,15 @@ def key_ok(request: web.Request) -> bool:
         for key in keys:  # no early exit: the time taken does not depend on which key
             good |= hmac.compare_digest(candidate, key.encode())
     return good
+
+
+def key_owner(request: web.Request) -> str:
+    """Who made a request, for what it may read back later (a stored response): a hash of
+    the gateway key it offered, or ``""`` when no keys are configured."""
+    offered = _offered_key(request)
+    if not request.app[CONFIG].api_keys or offered is None:
+        return ""
+    return hashlib.sha256(offered.encode()).hexdigest()[:32]
 
 
 @web.middleware

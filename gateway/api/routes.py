@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api import responses
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
 from gateway.api.config import ApiConfig
@@ -311,6 +312,7 @@ def _health_reply(description: str) -> Reply:
 #: every route the API serves, as documented in /openapi.json (gateway/api/openapi.py);
 #: a dialect adds its module's ``OPERATIONS`` here
 OPERATIONS: tuple[Operation, ...] = (
+    *responses.OPERATIONS,
     Operation(
         "GET", "/health", health, "health", "Gateway and CLI status.", public=True,
         responses={200: _health_reply("The CLI is available."),
