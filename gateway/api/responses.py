@@ -114,9 +114,6 @@ from gateway.engine.events import (
 
 log = logging.getLogger(__name__)
 
-#: the SSE comment written when a stream has been silent for ``server.keepalive_seconds``
-KEEPALIVE = b": keepalive\n\n"
-
 Record = Callable[[Exchange], Awaitable[None]]
 
 
@@ -282,6 +279,11 @@ class ResponseBuilder:
 
     def start(self) -> list[ResponsesWireEvent]:
         return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
+
+    def keepalive(self) -> list[ResponsesWireEvent]:
+        """After ``server.keepalive_seconds`` of silence: ``response.in_progress`` again (an
+        event, not an SSE comment, as idle timers such as OpenClaw's ignore comments)."""
+        return [self._snapshot("response.in_progress")]
 
     def text(self, piece: str) -> list[ResponsesWireEvent]:
         events: list[ResponsesWireEvent] = []
@@ -493,9 +495,9 @@ async def _stream(exchange: Exchange, builder: ResponseBuilder, record: Record,
 
     while True:
         event = await exchange.next_event(idle)
-        if event is None:  # silence for keepalive_seconds: start the stream, or a comment
+        if event is None:  # silence for keepalive_seconds: start the stream, or say so again
             if exchange.started:
-                await exchange.write(KEEPALIVE)
+                await send(builder.keepalive())
             else:
                 await begin()
             continue
