@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -295,19 +295,11 @@ class HttpSystem(System):
         ttft: float | None = None
         parts: list[str] = []
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(
-                model=MODEL_HTTP, messages=messages, stream=True,  # type: ignore[arg-type]
-            )
-            conversation_id = raw.headers.get("x-conversation-id")
-            stream = raw.parse()
-            if not isinstance(stream, openai.AsyncStream):
-                raise TurnFailed("the server answered a stream request without a stream")
-            async for chunk in stream:
-                for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        if ttft is None:
-                            ttft = time.perf_counter() - started
-                        parts.append(choice.delta.content)
+            conversation_id, pieces = await self._open(messages)
+            async for piece in pieces:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                parts.append(piece)
         except openai.APIError as exc:
             raise TurnFailed(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         total = time.perf_counter() - started
@@ -315,6 +307,24 @@ class HttpSystem(System):
         if not reply.strip():
             raise TurnFailed("empty reply (the stream ended without text)")
         return reply, Timing(ttft, total), conversation_id
+
+    async def _open(self, messages: list[dict[str, str]]
+                    ) -> tuple[str | None, AsyncIterator[str]]:
+        """Send the request: the X-Conversation-Id header and the answer's text pieces."""
+        raw = await self.client.chat.completions.with_raw_response.create(
+            model=MODEL_HTTP, messages=messages, stream=True,  # type: ignore[arg-type]
+        )
+        stream = raw.parse()
+        if not isinstance(stream, openai.AsyncStream):
+            raise TurnFailed("the server answered a stream request without a stream")
+
+        async def pieces() -> AsyncIterator[str]:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.delta and choice.delta.content:
+                        yield choice.delta.content
+
+        return raw.headers.get("x-conversation-id"), pieces()
 
     async def _race_log(self, request: Awaitable[T]) -> T:
         """Run the request; fail it as soon as the server logs E2BIG (the Node proxy keeps
@@ -370,31 +380,21 @@ class Gateway(HttpSystem):
 class ResponsesGateway(Gateway):
     """The gateway driven over ``/v1/responses`` (a text delta event is the first token)."""
 
-    async def _request(self, messages: list[dict[str, str]]
-                       ) -> tuple[str, Timing, str | None]:
-        started = time.perf_counter()
-        ttft: float | None = None
-        parts: list[str] = []
-        try:
-            raw = await self.client.responses.with_raw_response.create(
-                model=MODEL_HTTP, input=messages, stream=True, store=False,  # type: ignore[arg-type]
-            )
-            conversation_id = raw.headers.get("x-conversation-id")
-            stream = raw.parse()
-            if not isinstance(stream, openai.AsyncStream):
-                raise TurnFailed("the server answered a stream request without a stream")
+    async def _open(self, messages: list[dict[str, str]]
+                    ) -> tuple[str | None, AsyncIterator[str]]:
+        raw = await self.client.responses.with_raw_response.create(
+            model=MODEL_HTTP, input=messages, stream=True, store=False,  # type: ignore[arg-type]
+        )
+        stream = raw.parse()
+        if not isinstance(stream, openai.AsyncStream):
+            raise TurnFailed("the server answered a stream request without a stream")
+
+        async def pieces() -> AsyncIterator[str]:
             async for event in stream:
                 if isinstance(event, ResponseTextDeltaEvent):
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    parts.append(event.delta)
-        except openai.APIError as exc:
-            raise TurnFailed(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        total = time.perf_counter() - started
-        reply = "".join(parts)
-        if not reply.strip():
-            raise TurnFailed("empty reply (the stream ended without text)")
-        return reply, Timing(ttft, total), conversation_id
+                    yield event.delta
+
+        return raw.headers.get("x-conversation-id"), pieces()
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
