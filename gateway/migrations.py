@@ -215,3 +215,24 @@ CREATE TABLE api_responses (
 );
 CREATE INDEX api_responses_conversation ON api_responses (conversation_key, turn);
 """)
+
+
+@migration
+def m004_permissions(db: sqlite3.Connection) -> None:
+    """Each chat's permission mode (/mode) and its "always allow" rules (tool, or Bash
+    command prefix), kept across restarts and /new."""
+    _script(db, """
+CREATE TABLE permission_modes (
+    key        TEXT PRIMARY KEY,
+    mode       TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE permission_rules (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    key        TEXT NOT NULL,
+    tool       TEXT NOT NULL,
+    prefix     TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX permission_rules_unique ON permission_rules (key, tool, prefix);
+""")
