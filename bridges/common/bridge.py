@@ -69,6 +69,11 @@ CHAT_PREFIXES = ("telegram:", "discord:")
 
 #: Called after each turn of a chat that ended with a result (spoken replies use it).
 AfterTurn = Callable[[Chat, TurnResult], Awaitable[None]]
+#: Sees each message before it becomes a prompt; True if it took the message (a typed
+#: reason that denies a waiting approval request).
+Interceptor = Callable[[Chat, Prompt, Source], Awaitable[bool]]
+#: A line for /status (the chat's permission mode).
+StatusLine = Callable[[Chat], Awaitable[str | None]]
 
 
 class VoiceInput(Protocol):
@@ -130,6 +135,10 @@ class ChatBridge:
         self.commands = CommandRegistry()
         #: hooks run after every turn that ended with a result, in order
         self.after_turn: list[AfterTurn] = []
+        #: features that may take a message before it is sent to Claude, in order
+        self.interceptors: list[Interceptor] = []
+        #: features' lines in /status
+        self.status_lines: list[StatusLine] = []
         self._chats: dict[str, _ChatState] = {}
         self._refused: set[int] = set()
         self._stopping = False
@@ -271,6 +280,9 @@ class ChatBridge:
         ``source``: the platform message it came from, kept in the inbox."""
         if prompt.is_empty():
             return
+        for intercept in self.interceptors:
+            if await intercept(chat, prompt, source or Source()):
+                return
         state = self._state(chat)
         if state.intake is not None and not state.intake.done():
             self._after_intake(state, lambda: self.submit_now(chat, prompt, source))
@@ -751,10 +763,16 @@ class ChatBridge:
             lines.append(f"**Cost so far:** ${info.cost_usd:.4f} (API-equivalent)")
         running = state is not None and state.view is not None
         now = "working" if running else "idle"
+        if self.engine.pending_approvals(ctx.chat.key):
+            now = "waiting for your approval"
         if waiting:
             now += f", {waiting} message(s) waiting"
         lines[1:1] = [f"**Model:** {model}"]
         lines.append(f"**Now:** {now}")
+        for status_line in self.status_lines:
+            line = await status_line(ctx.chat)
+            if line:
+                lines.append(line)
         lines.append(f"**Usage limit:** {rl}")
         await ctx.reply("\n".join(lines))
 

@@ -116,6 +116,11 @@ def notice_text(notice: Notice) -> str | None:
         attempt, most = notice.data.get("attempt"), notice.data.get("max_retries")
         count = f" ({attempt}/{most})" if attempt and most else ""
         return f"Anthropic's API hiccupped; retrying{count}…"
+    if notice.kind == "approval":
+        return f"⏸ Waiting for your approval: {notice.data.get('summary') or notice.message}"
+    if notice.kind == "approval_settled":
+        allowed = notice.data.get("verdict") in ("allow", "always")
+        return f"{'✅ Allowed' if allowed else '🚫 Denied'}: {notice.data.get('summary', '')}"
     if notice.kind == "rate_limit":
         status = str(notice.data.get("status") or "")
         if status in ("", "allowed"):

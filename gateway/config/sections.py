@@ -217,6 +217,12 @@ class ClaudeSettings(_Section):
         gt=0,
         description="Seconds a turn waits for an API client's function results before it ends.",
     )
+    approval_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds an approval request (a chat in ask/edits mode) waits for a person"
+        " before it is denied.",
+    )
     hybrid_hidden_tools: list[str] = Field(
         default_factory=list,
         description='Built-in tools hidden in hybrid tool mode, e.g. ["WebFetch", "WebSearch"].',
@@ -457,6 +463,11 @@ class TelegramSettings(_Section):
     default_model: str = Field(
         default="", description="Model of new Telegram conversations; empty = claude.default_model."
     )
+    permission_mode: Literal["", "ask", "edits", "plan", "auto"] = Field(
+        default="",
+        description="Permission mode of Telegram chats until /mode changes it; empty ="
+        " claude.permission_mode. ask or edits is recommended for a phone-reachable bot.",
+    )
 
     @field_validator("allowed_users", "allowed_chats", mode="before")
     @classmethod
@@ -548,6 +559,11 @@ class DiscordSettings(_Section):
     )
     default_model: str = Field(
         default="", description="Model of new Discord conversations; empty = claude.default_model."
+    )
+    permission_mode: Literal["", "ask", "edits", "plan", "auto"] = Field(
+        default="",
+        description="Permission mode of Discord chats until /mode changes it; empty ="
+        " claude.permission_mode. ask or edits is recommended for a phone-reachable bot.",
     )
     connect_timeout: float = Field(
         default=30.0, gt=0, le=600,

@@ -1,6 +1,14 @@
 """The engine: one typed API through which every frontend reaches Claude Code."""
 
 from gateway.engine.api import Alert, AlertHandler, EngineAPI, EngineStatus, Preferences
+from gateway.engine.approvals import (
+    ApprovalRequest,
+    Approver,
+    Cause,
+    Decision,
+    Settled,
+    Verdict,
+)
 from gateway.engine.client_tools import ClientTool, ToolCall, ToolMode, ToolResult
 from gateway.engine.engine import Engine
 from gateway.engine.events import (
@@ -24,6 +32,7 @@ from gateway.engine.events import (
     TurnStarted,
     Usage,
 )
+from gateway.engine.permissions import PermissionMode, PermissionStore, Rule, RuleRow
 from gateway.engine.process import CliInfo, EngineConfig
 from gateway.engine.tools import FileSink, OutgoingFile
 
@@ -31,9 +40,13 @@ __all__ = [
     "FINAL_EVENTS",
     "Alert",
     "AlertHandler",
+    "ApprovalRequest",
+    "Approver",
+    "Cause",
     "CliInfo",
     "ClientTool",
     "Commentary",
+    "Decision",
     "Engine",
     "EngineAPI",
     "EngineConfig",
@@ -43,10 +56,15 @@ __all__ = [
     "ImagePart",
     "Notice",
     "OutgoingFile",
+    "PermissionMode",
+    "PermissionStore",
     "Preferences",
     "Prompt",
     "RateLimitStatus",
+    "Rule",
+    "RuleRow",
     "SessionInfo",
+    "Settled",
     "StepBoundary",
     "StreamMode",
     "TextDelta",
@@ -61,4 +79,5 @@ __all__ = [
     "TurnResult",
     "TurnStarted",
     "Usage",
+    "Verdict",
 ]

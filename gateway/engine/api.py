@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from claude_agent_sdk import SDKSessionInfo
 
 from gateway.engine.activity import ActivityEntry, ProcessReport, TranscriptEntry, TurnActivity
+from gateway.engine.approvals import ApprovalRequest, Approver, Decision, Settled
 from gateway.engine.events import (
     Event,
     Prompt,
@@ -26,6 +27,7 @@ from gateway.engine.events import (
     TurnError,
     TurnOptions,
 )
+from gateway.engine.permissions import PermissionMode
 from gateway.engine.tools import FileSink
 from gateway.store import Store
 
@@ -123,6 +125,24 @@ class EngineAPI(TurnRunner, Protocol):
     async def list_sessions(self) -> list[SessionInfo]: ...
 
     async def cli_sessions(self, limit: int = 20) -> list[SDKSessionInfo]: ...
+
+    # ---------------------------------------------------------------- permissions
+    async def permission_mode(self, key: str) -> PermissionMode: ...
+
+    async def set_permission_mode(
+        self, key: str, mode: PermissionMode | None
+    ) -> PermissionMode: ...
+
+    def register_permissions(
+        self, prefix: str, *, default: PermissionMode | None = None,
+        approver: Approver | None = None,
+    ) -> None: ...
+
+    def decide_approval(self, request_id: str, decision: Decision) -> Settled: ...
+
+    def pending_approvals(self, key: str | None = None) -> list[ApprovalRequest]:
+        """Approval requests waiting for a person (of ``key``, or all)."""
+        ...
 
     # ---------------------------------------------------------------- models
     def resolve_model(self, name: str | None) -> str | None: ...

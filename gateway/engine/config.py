@@ -47,6 +47,8 @@ class EngineConfig:
     spare_processes: int = _CLAUDE.spare_processes
     #: seconds a turn waits, suspended, for the client's results of its tool calls
     client_tool_timeout: float = _CLAUDE.client_tool_timeout
+    #: seconds a permission request waits for a person before it is denied
+    approval_timeout: float = _CLAUDE.approval_timeout
     #: built-in tools hidden in hybrid tool mode (e.g. ones the client's tools duplicate)
     hybrid_hidden_tools: tuple[str, ...] = ()
     #: private folder for files handed to CLI processes (system prompts); None = one in the

@@ -31,6 +31,7 @@ from gateway.engine.activity import (
     transcript_entry,
 )
 from gateway.engine.api import AlertHandler, EngineStatus, Preferences
+from gateway.engine.approvals import ApprovalRequest, Approver, Decision, Settled
 from gateway.engine.conversation import Conversation, ToolSet
 from gateway.engine.events import (
     Event,
@@ -43,6 +44,7 @@ from gateway.engine.events import (
 )
 from gateway.engine.launcher import Launcher, RunState
 from gateway.engine.models import ModelCatalog
+from gateway.engine.permissions import PermissionMode
 from gateway.engine.process import CliInfo, EngineConfig
 from gateway.engine.runner import SHUTTING_DOWN, ConversationRunner
 from gateway.engine.session import EXPECTED_EXIT_FILTER, SDK_QUERY_LOGGER, ClientFactory
@@ -76,6 +78,9 @@ class Engine:
         self._pool = self._runner.pool
         self._prompt_files = self._launcher.prompt_files
         self._activity = self._runner.activity
+        #: permission modes, always-allow rules and approval requests
+        self.gate = self._runner.gate
+        self._launcher.permissions = self._runner.can_use_tool
         logging.getLogger(SDK_QUERY_LOGGER).addFilter(EXPECTED_EXIT_FILTER)
 
     # ================================================================== lifecycle
@@ -139,6 +144,28 @@ class Engine:
         self._launcher.file_sinks[prefix] = sink
 
     # ================================================================== public API
+
+    def register_permissions(self, prefix: str, *, default: PermissionMode | None = None,
+                             approver: Approver | None = None) -> None:
+        """Conversations whose key starts with ``prefix`` run in ``default`` mode until they
+        choose one, and ``approver`` shows their approval requests to a person (None: a
+        request is denied at once, Claude is told that nobody can be asked)."""
+        self.gate.register(prefix, default=default, approver=approver)
+
+    async def permission_mode(self, key: str) -> PermissionMode:
+        return await self.gate.mode(key)
+
+    async def set_permission_mode(self, key: str, mode: PermissionMode | None) -> PermissionMode:
+        """Choose the conversation's mode (None: back to its default); its process keeps
+        its session and switches at the start of the next turn. Returns the mode now."""
+        return await self.gate.set_mode(key, mode)
+
+    def decide_approval(self, request_id: str, decision: Decision) -> Settled:
+        """A person's answer to an approval request; the first answer counts."""
+        return self.gate.decide(request_id, decision)
+
+    def pending_approvals(self, key: str | None = None) -> list[ApprovalRequest]:
+        return self.gate.pending(key)
 
     def resolve_model(self, name: str | None) -> str | None:
         return self.catalog.resolve(name)

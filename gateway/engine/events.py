@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.engine.client_tools import ClientTool, ToolCall, ToolMode, ToolResult
+from gateway.engine.permissions import PermissionMode
 from gateway.errors import ErrorKind, GatewayError
 
 
@@ -93,6 +94,9 @@ class TurnOptions:
     #: leaves before the turn starts takes its prompt out; the turn is interrupted only
     #: when every caller left. Never with tool results.
     coalesce: bool = False
+    #: a mode stricter than the conversation's for this turn (the HTTP API's
+    #: X-Permission-Mode); a laxer one is ignored. None: the conversation's mode
+    permission_mode: PermissionMode | None = None
 
 
 # --------------------------------------------------------------------------- output

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import ClaudeSDKClient
+from claude_agent_sdk import ClaudeSDKClient, PermissionResult, ToolPermissionContext
 
 from gateway.engine.client_tools import CallBroker, ToolMode, client_tools_server
 from gateway.engine.conversation import ToolSet, text_hash
@@ -41,6 +42,11 @@ from gateway.engine.tools import SEND_FILE, SERVER_NAME, FileSink, send_file_ser
 from gateway.errors import ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
+
+#: The permission callback every process gets: (the process's owner, tool, input, context)
+PermissionCallback = Callable[
+    [dict[str, str], str, dict[str, Any], ToolPermissionContext], Awaitable[PermissionResult]
+]
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Launcher:
         self.file_sinks: dict[str, FileSink] = {}
         self.prompt_files = PromptFiles(config.runtime_dir)
         self._hosts: set[asyncio.Task[None]] = set()
+        #: asked by each process before a tool runs (the runner's permission gate)
+        self.permissions: PermissionCallback | None = None
 
     async def find(self) -> CliInfo:
         """Find the CLI and check it runs."""
@@ -116,7 +124,8 @@ class Launcher:
             self.config, cli_path=self.cli.path, model=model,
             system_file=str(prompt_file) if prompt_file else None, resume=resume,
             env=self._env, stderr=on_stderr,
-            extra=self._tools(profile, owner, toolset, broker),
+            extra={**self._tools(profile, owner, toolset, broker),
+                   **self._permission_callback(owner)},
         )
         ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]] = (
             asyncio.get_running_loop().create_future()
@@ -132,7 +141,22 @@ class Launcher:
         host.add_done_callback(self._hosts.discard)
         client, pid = await ready
         return CliSession(client, pid, model, text_hash(system), profile, toolset.fingerprint,
-                          broker, stderr, close_event, host, owner, exit_watch=watch)
+                          broker, stderr, close_event, host, owner, exit_watch=watch,
+                          permission_mode=self.config.permission_mode)
+
+    def _permission_callback(self, owner: dict[str, str]) -> dict[str, Any]:
+        """The SDK's ``can_use_tool`` option of one process (the CLI then sends its
+        permission requests over the control protocol; in bypassPermissions it sends none)."""
+        permissions = self.permissions
+        if permissions is None:
+            return {}
+
+        async def can_use_tool(
+            tool: str, tool_input: dict[str, Any], context: ToolPermissionContext
+        ) -> PermissionResult:
+            return await permissions(owner, tool, tool_input, context)
+
+        return {"can_use_tool": can_use_tool}
 
     def _tools(
         self, profile: str, owner: dict[str, str], toolset: ToolSet, broker: CallBroker

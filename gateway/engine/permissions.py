@@ -171,7 +171,7 @@ def describe_tool(tool: str, tool_input: dict[str, Any], cwd: str | Path = "") -
     if tool in ("Glob", "Grep"):
         return f"Search files: {_short(str(i.get('pattern') or ''))}"
     if tool.startswith("mcp__"):
-        _, server, name = (tool.split("__", 2) + ["", ""])[:3]
+        _, server, name = [*tool.split("__", 2), "", ""][:3]
         return f"Use {name or tool} ({server})"
     shown = _short(json.dumps(i, ensure_ascii=False, sort_keys=True)) if i else ""
     return f"Use {tool}" + (f": {shown}" if shown else "")

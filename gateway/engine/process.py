@@ -134,10 +134,10 @@ def cli_environment(config: EngineConfig, base: Mapping[str, str] | None = None)
         if name in config.secret_env_vars or name in NESTED_SESSION_VARS:
             env[name] = ""
     env["BASH_MAX_TIMEOUT_MS"] = str(int(config.bash_max_timeout * 1000))
-    if config.permission_mode == "bypassPermissions" and hasattr(os, "geteuid"):
-        if os.geteuid() == 0:
-            # The CLI refuses bypassPermissions as root unless told it runs in a sandbox.
-            env["IS_SANDBOX"] = "1"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # The CLI refuses bypassPermissions as root unless told it runs in a sandbox; any
+        # chat may switch its process to it (/mode auto), whatever the configured mode.
+        env["IS_SANDBOX"] = "1"
     env.update(config.env)
     return env
 

@@ -21,10 +21,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from claude_agent_sdk import ClaudeSDKError
+from claude_agent_sdk import (
+    ClaudeSDKError,
+    PermissionResult,
+    PermissionResultDeny,
+    ToolPermissionContext,
+)
 
 from gateway.engine.activity import ActivityLog
 from gateway.engine.api import Alert, AlertHandler
+from gateway.engine.approvals import ActivityClock
 from gateway.engine.conversation import (
     Conversation,
     Outcome,
@@ -48,8 +54,10 @@ from gateway.engine.events import (
     TurnResult,
     TurnStarted,
 )
+from gateway.engine.gate import PermissionGate, TurnGate
 from gateway.engine.launcher import Launcher, RunState
 from gateway.engine.models import ModelCatalog
+from gateway.engine.permissions import PermissionMode
 from gateway.engine.pool import ProcessPool, SpareKey
 from gateway.engine.process import EngineConfig
 from gateway.engine.session import (
@@ -95,6 +103,12 @@ class ConversationRunner:
         #: what the status page shows: running turns, recent errors and notices
         self.activity = ActivityLog()
         self._background: set[asyncio.Task[Any]] = set()
+        #: permission modes, always-allow rules and approval requests (gateway/engine/gate.py)
+        self.gate = PermissionGate(
+            store, default=PermissionMode.from_cli(config.permission_mode),
+            timeout=config.approval_timeout, workspace=config.workspace,
+        )
+        self._turn_gates: dict[str, TurnGate] = {}
 
     # ================================================================== requests
 
@@ -159,6 +173,7 @@ class ConversationRunner:
         conv = self.conversations.get(key)
         if conv is None or conv.current is None:
             return False
+        self.gate.cancel(key)  # a request waiting for approval is denied
         await self.interrupt_request(conv, conv.current)
         return True
 
@@ -169,6 +184,7 @@ class ConversationRunner:
             return
         fail_pending(conv, TurnError(ErrorKind.INTERRUPTED, "The conversation was reset."))
         if conv.current is not None:
+            self.gate.cancel(key, "The conversation was reset.")
             await self.interrupt_request(conv, conv.current)
         await self.evict(conv)
         self.conversations.pop(key, None)
@@ -182,6 +198,7 @@ class ConversationRunner:
         self.pool.stopping = True
         convs = list(self.conversations.values())
         for conv in convs:
+            self.gate.cancel(conv.key, SHUTTING_DOWN)
             fail_pending(conv, TurnError(ErrorKind.SHUTDOWN, SHUTTING_DOWN))
             if conv.current is not None and conv.live is not None:
                 conv.current.interrupted = True
@@ -287,6 +304,8 @@ class ConversationRunner:
                 if not r.done:
                     r.emit(TurnError(ErrorKind.INTERRUPTED, TURN_INTERRUPTED))
             conv.current = None
+            self._turn_gates.pop(conv.key, None)
+            self.gate.cancel(conv.key, "The turn ended.")
             conv.last_used = time.monotonic()
             for r in served:
                 r.ended.set()
@@ -342,6 +361,16 @@ class ConversationRunner:
                     continue
                 live.model = model
                 req.emit(Notice("model_changed", f"model changed to {model}", {"model": model}))
+            mode = await self.gate.turn_mode(conv.key, req.options)
+            if live.permission_mode != mode.cli:
+                try:  # the same process and session, another mode
+                    await live.client.set_permission_mode(mode.cli)  # type: ignore[arg-type]
+                except ClaudeSDKError as exc:
+                    log.info("set_permission_mode on %s failed (%s); restarting", conv.key, exc)
+                    live.dead = True
+                    continue
+                live.permission_mode = mode.cli
+            self._turn_gates[conv.key] = TurnGate(mode, lambda n: (conv.current or req).emit(n))
             if req.interrupted or req.abandoned:
                 req.emit(TurnError(ErrorKind.INTERRUPTED, TURN_INTERRUPTED))
                 return
@@ -379,12 +408,16 @@ class ConversationRunner:
         loop = asyncio.get_running_loop()
         timeout = self.config.activity_timeout
         received = False
+        gate = self._turn_gates.get(conv.key)
         try:
             async with asyncio.timeout(timeout) as deadline:
+                clock = ActivityClock(timeout, deadline, loop.time)
+                if gate is not None:  # held while a person decides on a permission request
+                    gate.clock = clock
                 await live.client.query(one_message(message))
                 async for msg in live.client.receive_response():
                     received = True
-                    deadline.reschedule(loop.time() + timeout)
+                    clock.touch()
                     events = translator.feed(msg)
                     for call in translator.new_client_calls:
                         live.broker.announce(call.call_id, call.name, json.loads(call.arguments))
@@ -392,9 +425,9 @@ class ConversationRunner:
                     for event in events:
                         if isinstance(event, ToolCallsRequested):
                             req.emit(event)
-                            deadline.reschedule(None)  # the CLI waits for the client
+                            clock.pause()  # the CLI waits for the client
                             req = await self._suspend(conv, live, req)
-                            deadline.reschedule(loop.time() + timeout)
+                            clock.resume()
                             continue
                         if isinstance(event, TurnResult):
                             event = per_turn_cost(event, live)
@@ -458,6 +491,20 @@ class ConversationRunner:
         return Outcome.DONE
 
     # ================================================================== client tools
+
+    async def can_use_tool(
+        self, owner: dict[str, str], tool: str, tool_input: dict[str, Any],
+        context: ToolPermissionContext,
+    ) -> PermissionResult:
+        """A CLI process asks whether a tool may run: the gate decides, for the
+        conversation that uses the process at the time of the call."""
+        key = owner.get("key", "")
+        conv = self.conversations.get(key)
+        req = conv.current if conv is not None else None
+        if req is None:
+            return PermissionResultDeny(message="No turn is running in this conversation.")
+        return await self.gate.check(key, req.options.origin, self._turn_gates.get(key),
+                                     tool, tool_input, context)
 
     async def _suspend(self, conv: Conversation, live: CliSession, req: Request) -> Request:
         """Wait for the client's tool results; returns the request the turn continues in.

@@ -98,6 +98,8 @@ class CliSession:
     #: the CLI reports total_cost_usd cumulated over the life of the process
     cost_seen: float = 0.0
     exit_watch: ExitWatch | None = None
+    #: the CLI's permission mode now (set_permission_mode changes it between turns)
+    permission_mode: str = ""
 
     @property
     def spare_key(self) -> SpareKey:
