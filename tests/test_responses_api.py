@@ -138,6 +138,12 @@ async def test_previous_response_id_continues_the_same_cli_session(api: Api) -> 
                                       "previous_response_id": first.parse().id})
     assert status == 400 and "not the latest response" in body["error"]["message"]
 
+    # nor one whose conversation was reset since
+    await api.engine.reset(f"openai:{conversation}")
+    status, _, body = await api.post({"model": "sonnet", "input": "after the reset",
+                                      "previous_response_id": second.parse().id})
+    assert status == 400 and "was reset" in body["error"]["message"]
+
 
 async def test_store_false_is_not_kept_but_resent_history_continues(api: Api) -> None:
     api.fake.script({"text": "First answer."}, match="history one")

@@ -398,7 +398,13 @@ async def _planned_keys(request: web.Request, body: ResponsesRequest) -> KeyCand
             "never existed, was made with another API key, or is too old)",
         ))
     meta = await request.app[ENGINE].preferences.get_meta(row.conversation_key)
-    if meta.get(META_LAST_REPLY) != row.reply:
+    if META_LAST_REPLY not in meta:
+        raise invalid(
+            "previous_response_id",
+            f"the conversation of {row.id} was reset; resend the whole history without "
+            "previous_response_id to start a new one",
+        )
+    if meta[META_LAST_REPLY] != row.reply:
         raise invalid(
             "previous_response_id",
             f"{row.id} is not the latest response of its conversation; the gateway continues "
