@@ -15,6 +15,7 @@ from aiohttp import web
 from bridges.common.schedule_commands import setup_schedules
 from gateway.api import api_config_from_settings, create_app
 from gateway.api.routes import HEALTH_CHECKS, STATUS_PROVIDERS
+from gateway.api.status import SOURCES as STATUS_SOURCES
 from gateway.config import Settings
 from gateway.engine import Alert, Engine, EngineConfig
 from gateway.engine.process import cli_auth_status, cli_environment
@@ -76,6 +77,10 @@ class Gateway:
         self.scheduler = build_scheduler(self.engine, self.settings)
         app[STATUS_PROVIDERS] = {"scheduler": self.scheduler.status}
         app[HEALTH_CHECKS] = [self.login.problem, self._unreachable_problem]
+        sources = app[STATUS_SOURCES]  # the status page's view of the rest
+        sources.scheduler = self.scheduler
+        sources.login = lambda: self.login.status
+        sources.config_file = str(self.settings.config_file) if self.settings.config_file else None
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.server.host, self.settings.server.port)

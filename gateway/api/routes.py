@@ -37,6 +37,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api import responses
+from gateway.api import status as status_page
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
 from gateway.api.config import ApiConfig
@@ -85,6 +86,7 @@ from gateway.api.openapi import (
     json_reply,
     openapi_json,
 )
+from gateway.api.status import setup_status
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import answer_text
 from gateway.api.wire import HealthReply, Model, ModelList
@@ -313,6 +315,7 @@ def _health_reply(description: str) -> Reply:
 #: a dialect adds its module's ``OPERATIONS`` here
 OPERATIONS: tuple[Operation, ...] = (
     *responses.OPERATIONS,
+    *status_page.OPERATIONS,
     Operation(
         "GET", "/health", health, "health", "Gateway and CLI status.", public=True,
         responses={200: _health_reply("The CLI is available."),
@@ -371,5 +374,6 @@ def create_app(
     add_operations(app, OPERATIONS)
     app.router.add_post("/v1/chat/completions", accepts(JSON)(chat_completions))
     setup_audio(app, voice)
+    setup_status(app)
     app.on_shutdown.append(_stop_pumps)
     return app
