@@ -50,9 +50,9 @@ MAX_CONVERSATIONS = 50
 MAX_EVENTS = 30
 #: the most transcript messages a page may ask for
 MAX_TRANSCRIPT = 50
-#: how often the page polls /v1/status, in milliseconds (in the page's <body data-poll>)
-POLL_MS = 2000
-
+#: the usage endpoint the page reads when it is served (hours: three days of the chart)
+USAGE_PATH = "/v1/usage"
+USAGE_URL = USAGE_PATH + "?hours=72"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -190,6 +190,9 @@ class StatusReport(_Model):
     started_at: float
     uptime_s: float
     config_file: str | None
+    #: where the usage and limits are read (per hour, today, the limit windows), when
+    #: the gateway serves them
+    usage_url: str | None
     cli: CliStatus
     running_turns: int
     queued_turns: int
@@ -292,7 +295,9 @@ def _cli(engine: EngineAPI, sources: StatusSources) -> CliStatus:
     )
 
 
-async def build_status(engine: EngineAPI, sources: StatusSources) -> StatusReport:
+async def build_status(
+    engine: EngineAPI, sources: StatusSources, usage_url: str | None = None
+) -> StatusReport:
     now = time.time()
     status = engine.status()
     turns = engine.activity()
@@ -308,6 +313,7 @@ async def build_status(engine: EngineAPI, sources: StatusSources) -> StatusRepor
         started_at=sources.started_at,
         uptime_s=max(0.0, now - sources.started_at),
         config_file=sources.config_file,
+        usage_url=usage_url,
         cli=_cli(engine, sources),
         running_turns=status.running_turns,
         queued_turns=status.queued_turns,
@@ -354,7 +360,9 @@ def _not_found(code: str, message: str) -> ApiError:
 
 
 async def status_json(request: web.Request) -> web.Response:
-    report = await build_status(request.app[ENGINE], request.app[SOURCES])
+    served = any(r.canonical == USAGE_PATH for r in request.app.router.resources())
+    report = await build_status(request.app[ENGINE], request.app[SOURCES],
+                                USAGE_URL if served else None)
     return web.json_response(report.model_dump(mode="json"))
 
 

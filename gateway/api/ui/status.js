@@ -10,6 +10,10 @@
   let last = null; // the last status
   const expanded = new Map(); // conversation key -> its transcript element
   let timer = null;
+  const USAGE_MS = 30000; // usage changes slowly: read every 30 s (and after each turn ends)
+  let usage = null; // the last /v1/usage
+  let usageAt = 0;
+  let running = 0; // running turns at the last status
 
   // ------------------------------------------------------------------ helpers
 
@@ -211,14 +215,17 @@
   }
 
   function windowItem(w) {
+    // w: {window, status, utilization, resets_at (epoch), expired?}
     const used = w.utilization === null || w.utilization === undefined ? null : w.utilization;
     const pct = used === null ? null : Math.round(used * 100);
     const level = used === null ? "" : used >= 0.9 ? "bad" : used >= 0.75 ? "warn" : "";
-    return el("div", { class: "window" },
-      el("div", {}, el("span", { class: "name" }, (w.type || "limit").replace(/_/g, " ")), " · ",
-        el("span", { class: "badge " + (w.status === "allowed" ? "ok" : w.status === "rejected" ? "error" : "queued") }, w.status),
-        pct === null ? "" : " · " + pct + "% used", " · resets " + until(w.resets_at) +
-        (w.resets_at ? " (" + clock(w.resets_at) + ")" : "")),
+    const badge = w.status === "allowed" ? "ok" : w.status === "rejected" ? "error" : "queued";
+    return el("div", { class: "window", "data-window": w.window },
+      el("div", {}, el("span", { class: "name" }, (w.window || "limit").replace(/_/g, " ")), " ",
+        el("span", { class: "badge " + badge }, w.status.replace(/_/g, " ")),
+        pct === null ? "" : " · " + pct + "% used",
+        " · resets " + until(w.resets_at) + (w.resets_at ? " (" + clock(w.resets_at) + ")" : ""),
+        w.expired ? el("span", { class: "muted" }, " · reset since") : null),
       pct === null ? null : el("div", { class: "bar " + level }, barFill(pct)));
   }
 
@@ -228,33 +235,41 @@
     return span;
   }
 
-  function chart(hours) {
-    // hours: [{hour: epoch seconds, tokens, cost_usd}], oldest first
+  function allTokens(t) {
+    return t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_creation_tokens;
+  }
+
+  function chart(buckets) {
+    // buckets: [{start_epoch, turns, input_tokens, output_tokens, cache_*_tokens, cost_usd}],
+    // oldest first, one per hour
     const ns = "http://www.w3.org/2000/svg";
     const W = 360, H = 110, pad = 14;
     const svg = document.createElementNS(ns, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", "tokens per hour");
-    const max = Math.max(1, ...hours.map((h) => h.tokens));
-    const width = (W - 2) / Math.max(1, hours.length);
-    hours.forEach((h, i) => {
-      const height = (H - pad - 4) * h.tokens / max;
+    svg.setAttribute("aria-label", "tokens per hour, the last " + buckets.length + " hours");
+    const max = Math.max(1, ...buckets.map(allTokens));
+    const width = (W - 2) / Math.max(1, buckets.length);
+    buckets.forEach((b, i) => {
+      const x = 1 + i * width;
+      const value = allTokens(b);
+      const height = (H - pad - 4) * value / max;
       const rect = document.createElementNS(ns, "rect");
       rect.setAttribute("class", "col");
-      rect.setAttribute("x", (1 + i * width).toFixed(2));
+      rect.setAttribute("x", x.toFixed(2));
       rect.setAttribute("y", (H - pad - height).toFixed(2));
       rect.setAttribute("width", Math.max(0.5, width - 0.6).toFixed(2));
       rect.setAttribute("height", height.toFixed(2));
       const title = document.createElementNS(ns, "title");
-      title.textContent = clock(h.hour) + ": " + tokens(h.tokens) + " tokens, " + money(h.cost_usd);
+      title.textContent = clock(b.start_epoch) + ": " + b.turns + " turns, " + tokens(value) +
+        " tokens, " + money(b.cost_usd);
       rect.append(title);
       svg.append(rect);
-      if (new Date(h.hour * 1000).getHours() === 0) {
+      if (new Date(b.start_epoch * 1000).getHours() === 0) {
         const label = document.createElementNS(ns, "text");
-        label.setAttribute("x", (1 + i * width).toFixed(2));
+        label.setAttribute("x", x.toFixed(2));
         label.setAttribute("y", H - 2);
-        label.textContent = new Date(h.hour * 1000).toLocaleDateString([], { weekday: "short" });
+        label.textContent = new Date(b.start_epoch * 1000).toLocaleDateString([], { weekday: "short" });
         svg.append(label);
       }
     });
@@ -266,17 +281,30 @@
     return svg;
   }
 
+  async function loadUsage(path) {
+    usageAt = Date.now();
+    try {
+      const { status, data } = await api("GET", path);
+      usage = status === 200 ? data : null;
+    } catch (e) {
+      usage = null;
+    }
+    if (last) drawUsage(last);
+  }
+
   function drawUsage(s) {
-    const u = s.usage || null;
-    const windows = u && u.windows && u.windows.length ? u.windows : s.rate_limit ? [s.rate_limit] : [];
+    if (s.usage_url && Date.now() - usageAt > USAGE_MS) loadUsage(s.usage_url);
+    const u = usage;
+    const windows = u && u.windows.length ? u.windows.map((w) => ({ ...w, resets_at: w.resets_at_epoch }))
+      : s.rate_limit ? [{ ...s.rate_limit, window: s.rate_limit.type }] : [];
     $("usage-windows").replaceChildren(...windows.map(windowItem));
-    const today = u && u.today;
-    $("usage-today").textContent = today ? "Today: " + today.turns + " turn" + (today.turns === 1 ? "" : "s") + " · " +
-      tokens(today.input_tokens + (today.cache_read_tokens || 0) + (today.cache_creation_tokens || 0)) +
-      " in / " + tokens(today.output_tokens) + " out · " + money(today.cost_usd) : "";
-    const hours = u && u.hours && u.hours.length ? u.hours : null;
-    $("usage-chart").replaceChildren(...(hours ? [chart(hours)] : []));
-    show("usage", windows.length > 0 || !!today || !!hours);
+    const today = u && u.today ? u.today.totals : null;
+    $("usage-today").textContent = today ? "Today: " + today.turns + " turn" + (today.turns === 1 ? "" : "s") +
+      " · " + tokens(today.input_tokens + today.cache_read_tokens + today.cache_creation_tokens) + " in / " +
+      tokens(today.output_tokens) + " out · " + money(today.cost_usd) : "";
+    const buckets = u && u.hourly && u.hourly.buckets.length ? u.hourly.buckets : null;
+    $("usage-chart").replaceChildren(...(buckets ? [chart(buckets)] : []));
+    show("usage", windows.length > 0 || !!today || !!buckets);
   }
 
   function jobItem(j) {
@@ -318,6 +346,8 @@
 
   function draw(s) {
     offset = s.now - Date.now() / 1000;
+    if (s.running_turns < running) usageAt = 0; // a turn ended: its usage is in
+    running = s.running_turns;
     last = s;
     drawOverview(s);
     drawConversations(s);
