@@ -60,13 +60,11 @@ async def test_turn_and_warm_follow_up_share_one_process_and_history(
     assert "".join(e.text for e in first if isinstance(e, TextDelta)) == "echo: hello there"
     pid = engine.live_pids()["t:1"]
 
-    started = time.monotonic()
+    # how fast the warm follow-up is, is measured in bench/ (engine_followup), not here
     second = await collect(engine, "t:1", "and again")
-    warm = time.monotonic() - started
     assert result_of(second).text == "echo: and again"
     assert engine.live_pids()["t:1"] == pid, "the follow-up must reuse the warm process"
     assert result_of(second).session_id == result_of(first).session_id
-    assert warm < 0.5, f"a warm follow-up took {warm:.2f} s"
 
     last = fake_api.requests()[-1]
     texts = [m for m in last["messages"] if m["role"] == "assistant"]
