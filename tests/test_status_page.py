@@ -26,6 +26,10 @@ from gateway.api import ApiConfig, create_app
 from gateway.api.status import CSP, SOURCES
 from gateway.app import Gateway
 from gateway.config import load_settings
+from gateway.engine import Prompt, TurnError, TurnOptions
+from gateway.engine.approvals import ApprovalRequest, Cause, Decision
+from gateway.engine.permissions import PermissionMode
+from gateway.errors import ErrorKind
 from tests.conftest import system_binary
 from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
 
@@ -221,6 +225,52 @@ async def test_a_scheduled_job_is_shown_and_runs_from_the_page(
     await tab.page.click(f'{digest} button[data-run="digest"]')
     await tab.page.wait_for_selector(f"{digest} .meta:has-text('last ok')", timeout=20_000)
     assert len(fake_requests_for(fake, "daily digest")) == before + 1
+    assert tab.errors == []
+
+
+class HoldingApprover:
+    """A frontend that shows approval requests to nobody: they wait until the turn stops."""
+
+    def __init__(self) -> None:
+        self.settled_with: list[Decision] = []
+
+    async def present(self, request: ApprovalRequest) -> None:
+        return None
+
+    async def settled(self, request: ApprovalRequest, decision: Decision) -> None:
+        self.settled_with.append(decision)
+
+
+async def test_a_turn_waiting_for_approval_shows_what_it_asks_and_can_be_stopped(
+    gateway: Gateway, fake: FakeAnthropic, tab: Page
+) -> None:
+    approver = HoldingApprover()
+    gateway.engine.register_permissions("approve:", default=PermissionMode.ASK,
+                                        approver=approver)
+    fake.script({"tool_use": {"name": "Bash", "input": {"command": "touch approved-file",
+                                                         "description": "Make a file"}}},
+                match="ask me first")
+    await tab.page.goto(url_of(gateway) + "/")
+
+    async def run() -> list[Any]:
+        return [e async for e in gateway.engine.turn(
+            "approve:phone", Prompt(text="ask me first"), TurnOptions(origin="test"))]
+
+    turn = asyncio.create_task(run())
+    row = 'li[data-conversation="approve:phone"]'
+    try:
+        await tab.page.wait_for_selector(f'{row}[data-state="waiting_approval"]',
+                                         timeout=20_000)
+        shown = await tab.page.inner_text(row)
+        assert "waiting for approval" in shown and "Bash: Run: touch approved-file" in shown, shown
+        await tab.page.click(f'{row} button[data-stop="approve:phone"]')
+        events = await asyncio.wait_for(turn, 15)
+    finally:
+        turn.cancel()
+    assert isinstance(events[-1], TurnError) and events[-1].kind is ErrorKind.INTERRUPTED
+    assert [d.cause for d in approver.settled_with] == [Cause.STOPPED]
+    await tab.page.wait_for_selector(f'{row}[data-state="idle"]')
+    assert not (gateway.engine.workspace / "approved-file").exists()
     assert tab.errors == []
 
 

@@ -39,6 +39,7 @@ from gateway.api.http import ApiError
 from gateway.api.openapi import JSON, STRING, Operation, Param, Reply, error_reply, json_reply
 from gateway.engine.activity import TurnActivity
 from gateway.engine.api import EngineAPI
+from gateway.engine.approvals import ApprovalRequest
 from gateway.engine.events import SessionInfo
 from gateway.scheduler import JobError, JobView, Scheduler
 
@@ -112,12 +113,22 @@ class Tokens(_Model):
     cache_creation: int
 
 
+class WaitingApproval(_Model):
+    id: str
+    tool: str
+    summary: str
+    since: float
+    timeout_s: float
+
+
 class ConversationStatus(_Model):
     key: str
     frontend: str  # the part of the key before the first ":" (openai, telegram, cron, …)
     project: str  # Claude Code's working directory
     model: str | None
-    state: Literal["idle", "starting", "running", "queued"]
+    state: Literal["idle", "starting", "running", "waiting_approval", "queued"]
+    #: the tool call waiting for a person's yes or no (state waiting_approval)
+    approval: WaitingApproval | None
     turn_started_at: float | None
     tool: str | None
     tool_summary: str | None
@@ -236,7 +247,14 @@ class Transcript(_Model):
 # --------------------------------------------------------------------------- building
 
 
-def _state(info: SessionInfo | None, turn: TurnActivity | None) -> str:
+State = Literal["idle", "starting", "running", "waiting_approval", "queued"]
+
+
+def _state(
+    info: SessionInfo | None, turn: TurnActivity | None, approval: ApprovalRequest | None
+) -> State:
+    if approval is not None:
+        return "waiting_approval"
     if turn is not None:
         return "running"
     if info is not None and info.busy:
@@ -246,14 +264,19 @@ def _state(info: SessionInfo | None, turn: TurnActivity | None) -> str:
     return "idle"
 
 
-def _conversation(info: SessionInfo, turn: TurnActivity | None) -> ConversationStatus:
+def _conversation(
+    info: SessionInfo, turn: TurnActivity | None, approval: ApprovalRequest | None = None
+) -> ConversationStatus:
     u = info.usage
     return ConversationStatus(
         key=info.key,
         frontend=info.key.split(":", 1)[0],
         project=info.cwd,
         model=info.effective_model,
-        state=_state(info, turn),  # type: ignore[arg-type]
+        state=_state(info, turn, approval),
+        approval=None if approval is None else WaitingApproval(
+            id=approval.id, tool=approval.tool, summary=approval.summary,
+            since=approval.created_at, timeout_s=approval.timeout),
         turn_started_at=turn.started_at if turn else None,
         tool=turn.tool if turn else None,
         tool_summary=turn.tool_summary if turn else None,
@@ -302,7 +325,9 @@ async def build_status(
     status = engine.status()
     turns = engine.activity()
     infos = {info.key: info for info in await engine.list_sessions()}
-    rows = [_conversation(info, turns.get(key)) for key, info in infos.items()]
+    newest_first = sorted(engine.pending_approvals(), key=lambda a: -a.created_at)
+    waiting = {a.key: a for a in newest_first}  # a conversation's oldest request wins
+    rows = [_conversation(info, turns.get(key), waiting.get(key)) for key, info in infos.items()]
     rows.sort(key=lambda c: (c.state == "idle", -c.last_activity))
     report = await engine.processes()
     rl = status.rate_limit

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: how many errors and notices are remembered (the oldest go first)
 RECENT_EVENTS = 100
 #: Notice kinds worth showing the owner later (queued/coalesced/model_changed are not)
-NOTABLE_NOTICES = frozenset({"retrying", "rate_limit", "session_reset"})
+NOTABLE_NOTICES = frozenset({"retrying", "rate_limit", "session_reset", "approval_denied"})
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@
   }
 
   function conversationItem(c) {
-    const stop = (c.state === "running" || c.state === "starting")
+    const stop = (c.state === "running" || c.state === "starting" || c.state === "waiting_approval")
       ? el("button", { class: "stop", "data-stop": c.key,
         onclick: (ev) => act(ev.currentTarget, "/v1/status/stop", { conversation: c.key }, "Stop") }, "Stop")
       : null;
@@ -167,7 +167,7 @@
     const messages = el("button", { "data-messages": c.key,
       onclick: (ev) => toggleTranscript(c.key, li, ev.currentTarget) },
     expanded.has(c.key) ? "Hide" : "Messages");
-    const state = el("span", { class: "badge " + c.state }, c.state);
+    const state = el("span", { class: "badge " + c.state }, c.state.replace("_", " for "));
     li.append(el("div", { class: "head" },
       el("span", { class: "name" }, c.key), el("span", { class: "badge" }, c.frontend), state,
       el("span", { class: "actions" }, stop, messages)));
@@ -178,6 +178,11 @@
         el("span", { class: "elapsed", "data-since": started }, duration(now() - started)),
         c.tool ? el("span", { class: "muted" }, " (turn ",
           el("span", { class: "elapsed", "data-since": c.turn_started_at }, duration(now() - c.turn_started_at)), ")") : null));
+    }
+    if (c.approval) {
+      li.append(el("div", { class: "tool" }, "? " + c.approval.tool + ": " + c.approval.summary + " · waiting ",
+        el("span", { class: "elapsed", "data-since": c.approval.since }, duration(now() - c.approval.since)),
+        el("span", { class: "muted" }, " (denied after " + duration(c.approval.timeout_s) + ")")));
     }
     if (c.queued) li.append(el("div", { class: "meta" }, c.queued + " waiting"));
     const t = c.tokens;
