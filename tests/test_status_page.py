@@ -31,7 +31,13 @@ from gateway.engine.approvals import ApprovalRequest, Cause, Decision
 from gateway.engine.permissions import PermissionMode
 from gateway.errors import ErrorKind
 from tests.conftest import system_binary
-from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
+from tests.fake_anthropic import (
+    RATELIMIT_GATEWAY_TOKEN,
+    FakeAnthropic,
+    bundled_cli,
+    cli_env,
+    sample_ratelimit_headers,
+)
 
 pytestmark = [pytest.mark.cli, pytest.mark.asyncio(loop_scope="module")]
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -66,7 +72,10 @@ async def gateway(
     root = tmp_path_factory.mktemp("status_gateway")
     home = root / "home"
     home.mkdir()
-    env = cli_env(fake.base_url, str(home), inherit=False)
+    # an "LLM gateway" token: the CLI then reports the fake's rate-limit headers
+    env = cli_env(fake.base_url, str(home), inherit=False,
+                  ANTHROPIC_AUTH_TOKEN=RATELIMIT_GATEWAY_TOKEN)
+    fake.set_ratelimit_headers(sample_ratelimit_headers(utilization=0.91))
     env_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in env.items() if k != "PATH")
     config = root / "config.toml"
     config.write_text(f"""
@@ -284,6 +293,9 @@ async def test_the_page_fits_a_phone_without_horizontal_scrolling(
         await page.page.goto(url_of(gateway) + "/")
         await page.page.wait_for_selector("#events:not([hidden])")
         await page.page.wait_for_selector(f'li[data-conversation="{DEMO}"]')
+        # the limit window the CLI reported, with its reset time
+        window = await page.page.inner_text('#usage [data-window="five_hour"]')
+        assert "91% used" in window and "resets in 2 h" in window, window
         widths = await page.page.evaluate(
             "[document.documentElement.scrollWidth, document.documentElement.clientWidth,"
             " document.body.scrollWidth]")
