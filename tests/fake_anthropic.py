@@ -29,9 +29,10 @@ Routes
 
 Choosing the reply
 ------------------
-"Last user text" is the last text block not starting with ``<system-reminder>`` in the last
-message whose role is ``user`` (``role: "system"`` entries are skipped; content may be a string or
-blocks). It is ``""`` when that message only carries ``tool_result`` blocks.
+"Last user text" is the last text block not starting with ``<system-reminder>`` (or what
+follows the leading reminders of one that does) in the last message whose role is ``user``
+(``role: "system"`` entries are skipped; content may be a string or blocks). It is ``""``
+when that message only carries ``tool_result`` blocks.
 
 1. Scripts (:meth:`FakeAnthropic.script`), FIFO: the first queued step whose ``match`` is None or a
    substring of the *conversation's latest user text* (the last user text, or for a tool_result
@@ -111,6 +112,7 @@ import itertools
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import threading
@@ -260,13 +262,24 @@ def _block_text(content: Any) -> str:
     return "\n".join(parts)
 
 
+_LEADING_REMINDERS = re.compile(r"^(?:\s*<system-reminder>.*?</system-reminder>)+\s*", re.DOTALL)
+
+
 def _user_texts(message: dict[str, Any]) -> list[str]:
-    return [
-        str(b.get("text", ""))
-        for b in _blocks(message.get("content"))
-        if b.get("type") == "text"
-        and not str(b.get("text", "")).lstrip().startswith(SYSTEM_REMINDER)
-    ]
+    """The user's texts: a block that starts with ``<system-reminder>`` counts with its
+    leading reminders removed (a client's Claude Code sends them in one block with the
+    prompt through the gateway), and not at all when nothing else is in it."""
+    texts = []
+    for b in _blocks(message.get("content")):
+        if b.get("type") != "text":
+            continue
+        text = str(b.get("text", ""))
+        if text.lstrip().startswith(SYSTEM_REMINDER):
+            text = _LEADING_REMINDERS.sub("", text, count=1)
+            if not text or text.lstrip().startswith(SYSTEM_REMINDER):
+                continue
+        texts.append(text)
+    return texts
 
 
 def _images(blocks: list[dict[str, Any]]) -> list[tuple[str, int]]:

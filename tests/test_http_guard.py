@@ -81,12 +81,18 @@ def browser(
 
 
 def documented(method: str, path: str, status: int, body: bytes) -> dict[str, Any]:
-    """The OpenAI error of a refusal, checked against the OpenAPI document and recorded."""
+    """The error of a refusal (OpenAI's, Anthropic's on its paths), checked against the
+    OpenAPI document and recorded."""
     check_openapi(method, path, status, json.loads(body))
     template = "/v1/models/{model_id}" if path.startswith("/v1/models/") else path
     SEEN.add((template, method.lower(), str(status)))
-    error: dict[str, Any] = json.loads(body)["error"]
-    assert error["message"] and error["type"] == "invalid_request_error", error
+    answer = json.loads(body)
+    error: dict[str, Any] = answer["error"]
+    if path.startswith("/v1/messages"):  # Anthropic's shape for Anthropic's clients
+        assert answer["type"] == "error" and error["message"], answer
+        assert error["type"] in ("permission_error", "invalid_request_error"), answer
+    else:
+        assert error["message"] and error["type"] == "invalid_request_error", error
     return error
 
 

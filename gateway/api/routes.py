@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.api import responses
+from gateway.api import messages, responses
 from gateway.api import status as status_page
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
@@ -71,12 +71,15 @@ from gateway.api.functions import tool_call_deltas
 from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
 from gateway.api.http import (
     CONFIG,
+    ERROR_BODIES,
     ApiError,
+    ErrorBody,
     auth_middleware,
     error_middleware,
     error_response,
     key_ok,
 )
+from gateway.api.messages_wire import ErrorReply, ModelListReply, ModelReply
 from gateway.api.openapi import (
     Operation,
     Param,
@@ -89,7 +92,7 @@ from gateway.api.openapi import (
 from gateway.api.status import setup_status
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import answer_text
-from gateway.api.wire import HealthReply, Model, ModelList
+from gateway.api.wire import HealthReply
 from gateway.engine.api import EngineAPI
 from gateway.engine.events import (
     StreamMode,
@@ -169,6 +172,8 @@ def _model_object(model_id: str, created: int) -> dict[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     created = int(request.app[STATE].started_at)
+    if messages.wants_anthropic(request):
+        return messages.model_list(request)
     names = request.app[ENGINE].listed_models()  # each model once; the short names are aliases
     return web.json_response({"object": "list", "data": [_model_object(n, created) for n in names]})
 
@@ -181,6 +186,8 @@ async def get_model(request: web.Request) -> web.Response:
             engine.resolve_model(model_id)
         except GatewayError as exc:
             raise ApiError(request_error(404, "model_not_found", exc.message)) from None
+    if messages.wants_anthropic(request):
+        return messages.model_object(request, model_id)
     return web.json_response(_model_object(model_id, int(request.app[STATE].started_at)))
 
 
@@ -311,6 +318,11 @@ def _health_reply(description: str) -> Reply:
                       "HealthPublic (status and version).", HealthReply)
 
 
+_ANTHROPIC_MODELS = Param(
+    "anthropic-version", "Present (any value): the Anthropic API's shape (type model, "
+    "display_name, created_at; data, has_more, first_id, last_id; limit, after_id, before_id)."
+)
+
 #: every route the API serves, as documented in /openapi.json (gateway/api/openapi.py);
 #: a dialect adds its module's ``OPERATIONS`` here
 OPERATIONS: tuple[Operation, ...] = (
@@ -329,14 +341,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/v1/models", list_models, "listModels",
         "Each model once: the family ids and the configured aliases (opus, sonnet and haiku "
         "are accepted too, not listed).",
-        responses={200: json_reply("The models.", ModelList)},
+        params=(_ANTHROPIC_MODELS,),
+        responses={200: json_reply("The models.", ModelListReply)},
+        error=ErrorReply,
     ),
     Operation(
         "GET", "/v1/models/{model_id}", get_model, "retrieveModel", "One model.",
         route="/v1/models/{model_id:.+}",
-        params=(Param("model_id", "A model id or alias.", where="path"),),
-        responses={200: json_reply("The model.", Model), 404: error_reply("No such model.")},
+        params=(Param("model_id", "A model id or alias.", where="path"), _ANTHROPIC_MODELS),
+        responses={200: json_reply("The model.", ModelReply),
+                   404: error_reply("No such model.", model=ErrorReply)},
+        error=ErrorReply,
     ),
+    *messages.OPERATIONS,
 )
 
 
@@ -371,6 +388,8 @@ def create_app(
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ApiState()
+    error_bodies: list[ErrorBody] = [messages.error_body]  # Anthropic's for its clients
+    app[ERROR_BODIES] = error_bodies
     add_operations(app, OPERATIONS)
     app.router.add_post("/v1/chat/completions", accepts(JSON)(chat_completions))
     setup_audio(app, voice)
