@@ -484,6 +484,7 @@ async def test_claude_code_as_a_client(gw: Served) -> None:
     first = await _claude(gw, home, "say hello to the gateway")
     assert first["is_error"] is False and first["result"] == "Hello, Claude Code."
     assert len(gw.requests_with("say hello to the gateway")) == 1
+    pids = gw.engine.live_pids()
     gw.fake.script({"text": "Second answer."})
     second = await _claude(gw, home, "--resume", first["session_id"], "and a second question")
     assert second["is_error"] is False and second["result"] == "Second answer."
@@ -491,9 +492,13 @@ async def test_claude_code_as_a_client(gw: Served) -> None:
     assert "say hello to the gateway" in json.dumps(later["messages"])
     assert "conversation_history" not in json.dumps(later["messages"]), (
         "the gateway continued its session, no transcript")
+    # Claude Code's metadata.user_id (JSON with its session id) named the conversation
     sessions = [s for s in await gw.engine.list_sessions()
-                if "say hello" not in s.key and s.turns == 2 and s.key.startswith("openai:u:")]
+                if s.key.startswith("openai:u:#") and s.turns == 2]
     assert len(sessions) == 1, "both CLI turns rode one gateway conversation"
+    key = sessions[0].key
+    assert pids.get(key) is not None and gw.engine.live_pids().get(key) == pids[key], (
+        "the second turn ran in the warm process of the first")
     assert time.monotonic() - started < 60
     assert os.environ.get("ANTHROPIC_BASE_URL") != gw.url  # the test's own env is untouched
 
@@ -556,7 +561,7 @@ async def test_failure_statuses(gw: Served) -> None:
     _error_of(status, data, "timeout_error")
 
 
-def test_every_documented_status_was_seen(request: pytest.FixtureRequest) -> None:
+async def test_every_documented_status_was_seen(request: pytest.FixtureRequest) -> None:
     """Runs last: each documented (path, method, status) of this dialect met a real
     response (the guard's statuses are tests/test_http_guard.py's)."""
     skip_unless_whole_module(request, __name__)
