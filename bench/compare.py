@@ -16,7 +16,10 @@ tokens unless asked), so what is measured is the cost of the CLI and of the code
            gateway's automatic continuation finds the session;
 * responses: the same gateway (a second process) over the OpenAI Responses API
            (`/v1/responses`, the `openai` client's `responses.create`, streamed,
-           `store: false`, the whole history every turn as OpenClaw sends it).
+           `store: false`, the whole history every turn as OpenClaw sends it);
+* messages: the same gateway (a third process) over the Anthropic Messages API
+           (`/v1/messages`, the `anthropic` client's `messages.create`, streamed, the
+           whole history every turn, no conversation key).
 
 Scenarios, interleaved (each turn of each system in a rotating order, after the machine's
 child processes have gone quiet):
@@ -57,6 +60,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anthropic
 import httpx
 import openai
 import psutil
@@ -85,13 +89,14 @@ from tests.fake_anthropic import bundled_cli, cli_env
 NODE_PROXY = "claude-max-api-proxy@1.0.0"
 MODEL_HTTP = "claude-sonnet-4"  # what the HTTP clients ask for
 MODEL_CLI = "sonnet"  # what both proxies turn it into on the CLI's command line
-SYSTEMS = ("floor", "spawn", "node", "gateway", "responses")
+SYSTEMS = ("floor", "spawn", "node", "gateway", "responses", "messages")
 LABELS = {
     "floor": "floor: warm CLI, direct",
     "spawn": "claude -p --resume per turn",
     "node": "Node claude-max-api-proxy 1.0.0",
     "gateway": "this gateway (HTTP, openai)",
     "responses": "this gateway (/v1/responses)",
+    "messages": "this gateway (/v1/messages)",
 }
 SCENARIOS = {
     "first": "first turn of a new conversation",
@@ -395,6 +400,42 @@ class ResponsesGateway(Gateway):
                     yield event.delta
 
         return raw.headers.get("x-conversation-id"), pieces()
+
+
+class MessagesGateway(Gateway):
+    """The gateway driven over ``/v1/messages`` with the official ``anthropic`` client
+    (a ``text_delta`` is the first token)."""
+
+    def __init__(self, name: str, base_url: str, proc: subprocess.Popen[bytes],
+                 log_path: Path) -> None:
+        super().__init__(name, base_url, proc, log_path)
+        self.anthropic = anthropic.AsyncAnthropic(base_url=base_url, api_key="not-needed",
+                                                  max_retries=0, timeout=TURN_TIMEOUT)
+
+    async def _open(self, messages: list[dict[str, str]]
+                    ) -> tuple[str | None, AsyncIterator[str]]:
+        try:
+            raw = await self.anthropic.messages.with_raw_response.create(
+                model=MODEL_HTTP, max_tokens=1024, messages=messages,  # type: ignore[arg-type]
+                stream=True,
+            )
+        except anthropic.APIError as exc:
+            raise TurnFailed(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        stream = await raw.parse()
+        if not isinstance(stream, anthropic.AsyncStream):
+            raise TurnFailed("the server answered a stream request without a stream")
+
+        async def pieces() -> AsyncIterator[str]:
+            async for event in stream:
+                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    yield event.delta.text
+
+        return raw.headers.get("x-conversation-id"), pieces()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.anthropic.close()
+        await super().stop()
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -773,7 +814,7 @@ def targets(stats: dict[str, Any], memory: dict[str, Any], concurrency: int
         f"{over * 1000:+.1f} ms ({over / floor_f * 100:+.0f}%)",
         f"≤ {allowed * 1000:.1f} ms (10% or 15 ms)",
         None if math.isnan(over) else over <= allowed)
-    for dialect in ("responses",):  # the other API dialects, on the same warm sessions
+    for dialect in ("responses", "messages"):  # the other dialects, on the same warm sessions
         over = fig(stats, "followup", dialect, "total", "median") - floor_f
         if not math.isnan(over):
             add(f"{LABELS[dialect]}: overhead over the floor (follow-up median)",
@@ -877,12 +918,13 @@ async def main(args: argparse.Namespace) -> int:
                 elif name == "node":
                     node = await start_node_proxy(tmp, cli, envs[name])
                     systems.append(node)
-                elif name in ("gateway", "responses"):
+                elif name in ("gateway", "responses", "messages"):
                     # room for every new conversation of the first-turn and history
                     # scenarios (+ the warm-up) and the spare, so none of them evicts
                     max_live = max(args.first_turns + args.history_samples + 1,
                                    args.concurrency + 1) + 2
-                    kind = Gateway if name == "gateway" else ResponsesGateway
+                    kind = {"gateway": Gateway, "responses": ResponsesGateway,
+                            "messages": MessagesGateway}[name]
                     started_gateway = await start_gateway(tmp, cli, envs[name], max_live,
                                                           args.concurrency, name, kind)
                     systems.append(started_gateway)
