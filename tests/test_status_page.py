@@ -433,3 +433,31 @@ async def test_with_keys_set_the_page_asks_for_one_and_keeps_it_in_the_session(
     finally:
         await context.close()
         await runner.cleanup()
+
+
+async def test_the_status_actions_answer_bad_input_clearly(gateway: Gateway) -> None:
+    url = url_of(gateway)
+    cases = [
+        ("POST", "/v1/status/stop", {}, 400, "conversation: "),
+        ("POST", "/v1/status/stop", {"conversation": 5}, 400, "conversation: "),
+        ("POST", "/v1/status/stop", {"conversation": "nope:1"}, 404, "no conversation 'nope:1'"),
+        ("POST", "/v1/status/run", {"job": "nope"}, 404, "no scheduled job 'nope'"),
+        ("POST", "/v1/status/run", {"job": "to-telegram"}, 409, "needs the Telegram bot"),
+        ("POST", "/v1/status/run", {"job": "digest", "extra": 1}, 400, "extra"),
+        ("GET", "/v1/status/transcript", None, 400, "conversation: is required"),
+        ("GET", f"/v1/status/transcript?conversation={DEMO}&limit=0", None, 400, "limit: "),
+        ("GET", "/v1/status/transcript?conversation=nope:1", None, 404, "no conversation"),
+        ("GET", "/ui/secret.txt", None, 404, "Unknown path"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for method, path, body, status, text in cases:
+            async with http.request(method, url + path, json=body) as response:
+                got = await response.json()
+            assert response.status == status, (path, body, got)
+            assert text in got["error"]["message"], (path, body, got)
+        # an idle conversation: nothing to stop, said so
+        await gateway.engine.set_model("status:idle", None)
+        async with http.post(url + "/v1/status/stop",
+                             json={"conversation": "status:idle"}) as response:
+            assert response.status == 200
+            assert await response.json() == {"conversation": "status:idle", "stopped": False}
