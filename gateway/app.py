@@ -103,6 +103,7 @@ class Gateway:
             core = bridge.core
             self.engine.register_file_sink(core.key_prefix, core.deliver_file)
             self.engine.add_alert_handler(core.on_alert)
+            self.engine.add_usage_warning_handler(core.on_usage_warning)
             self.bridges.append(bridge)
             if self.scheduler is not None:
                 setup_schedules(core, self.scheduler)

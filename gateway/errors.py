@@ -24,6 +24,8 @@ class ErrorKind(StrEnum):
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     API_ERROR = "api_error"
+    #: the turn's API-equivalent cost reached claude.max_turn_cost_usd
+    BUDGET_EXCEEDED = "budget_exceeded"
     # the CLI process
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"

@@ -236,3 +236,47 @@ CREATE TABLE permission_rules (
 );
 CREATE UNIQUE INDEX permission_rules_unique ON permission_rules (key, tool, prefix);
 """)
+
+
+@migration
+def m005_usage(db: sqlite3.Connection) -> None:
+    """The usage ledger (gateway/engine/usage.py): every turn's tokens and cost as the CLI
+    reported them, every rate-limit report per window, and the usage warnings already sent
+    (once per window, reset and level)."""
+    _script(db, """
+CREATE TABLE usage_turns (
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+    at                    REAL NOT NULL,
+    key                   TEXT NOT NULL,
+    origin                TEXT NOT NULL DEFAULT '',
+    project               TEXT NOT NULL DEFAULT '',
+    model                 TEXT NOT NULL DEFAULT '',
+    session_id            TEXT,
+    input_tokens          INTEGER NOT NULL DEFAULT 0,
+    output_tokens         INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd              REAL NOT NULL DEFAULT 0,
+    cli_total_usd         REAL,
+    ok                    INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX usage_turns_at ON usage_turns (at);
+CREATE INDEX usage_turns_session ON usage_turns (session_id, id);
+CREATE TABLE rate_limit_reports (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          REAL NOT NULL,
+    window_type TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    utilization REAL,
+    resets_at   REAL,
+    raw         TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX rate_limit_reports_window ON rate_limit_reports (window_type, id);
+CREATE TABLE usage_warnings (
+    window_type TEXT NOT NULL,
+    resets_at   REAL NOT NULL,
+    level       TEXT NOT NULL,
+    sent_at     REAL NOT NULL,
+    PRIMARY KEY (window_type, resets_at, level)
+);
+""")

@@ -28,9 +28,17 @@ send_file_dirs = ["~/out"]
 client_tool_timeout = 30
 hybrid_hidden_tools = ["WebFetch"]
 env = { HTTPS_PROXY = "http://proxy:3128" }
+max_turn_cost_usd = 0.5
 
 [models]
 aliases = { fast = "haiku" }
+
+[usage]
+timezone = "Europe/Berlin"
+warn_at = [0.9, 0.5]
+
+[scheduler]
+max_daily_cost_usd = 2.0
 """
 
 
@@ -70,6 +78,10 @@ def test_engine_config_takes_every_claude_setting(tmp_path: Path) -> None:
         spare_processes=0,
         client_tool_timeout=30,
         hybrid_hidden_tools=("WebFetch",),
+        max_turn_cost_usd=0.5,
+        usage_timezone="Europe/Berlin",
+        usage_warn_at=(0.5, 0.9),
+        scheduled_daily_cost_cap_usd=2.0,
     )
     # every [claude] key the engine has a field for is one this test sets to a non-default
     shared = {f.name for f in dataclasses.fields(EngineConfig)} & set(ClaudeSettings.model_fields)

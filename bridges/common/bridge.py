@@ -42,6 +42,7 @@ from bridges.common.inbox import (
 from bridges.common.outbox import Outbox
 from bridges.common.platform import Chat, Platform, User
 from bridges.common.text import ago, error_text, rate_limit_text, size
+from bridges.common.usage import usage_line, usage_text, warning_text
 from bridges.common.view import TurnView, ViewSettings
 from gateway.engine import (
     Alert,
@@ -57,6 +58,7 @@ from gateway.engine import (
     TurnOptions,
     TurnResult,
     TurnStarted,
+    UsageWarning,
 )
 from gateway.errors import ErrorKind, GatewayError
 from gateway.store import ChatStore
@@ -521,6 +523,15 @@ class ChatBridge:
             markdown=False,
         )
 
+    async def on_usage_warning(self, warning: UsageWarning) -> None:
+        """A usage-limit window reached a threshold, or a request was refused for the limit:
+        the notification chat is told (the engine sends each warning once)."""
+        if not self.settings.notify_key:
+            return
+        target = self.platform.chat_for_key(self.settings.notify_key)
+        if target is not None:
+            await self.say(target, warning_text(warning), markdown=False)
+
     # ================================================================== turns
 
     def _state(self, chat: Chat) -> _ChatState:
@@ -672,6 +683,8 @@ class ChatBridge:
             Command("retry", "Send again the last message that got no answer", self._cmd_retry),
             Command("model", "Show or change the model", self._cmd_model, "[name]"),
             Command("status", "Session, model, tokens, cost and usage limits", self._cmd_status),
+            Command("usage", "Usage limits, and what today and this week used",
+                    self._cmd_usage),
             Command("sessions", "Recent Claude Code sessions of the workspace",
                     self._cmd_sessions),
             Command("resume", "Continue one of those sessions here", self._cmd_resume,
@@ -774,7 +787,11 @@ class ChatBridge:
             if line:
                 lines.append(line)
         lines.append(f"**Usage limit:** {rl}")
+        lines.append(f"**Usage:** {usage_line(await self.engine.usage(hours=1))}")
         await ctx.reply("\n".join(lines))
+
+    async def _cmd_usage(self, ctx: CommandContext) -> None:
+        await ctx.reply(usage_text(await self.engine.usage(hours=1)))
 
     async def _cmd_sessions(self, ctx: CommandContext) -> None:
         sessions = await self.engine.cli_sessions(limit=10)

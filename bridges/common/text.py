@@ -96,6 +96,8 @@ def error_text(
         return f"🌊 Anthropic is overloaded right now. Try again{wait}."
     if kind is ErrorKind.API_ERROR:
         return f"⚠️ Anthropic's API failed: {_first_line(detail)}"
+    if kind is ErrorKind.BUDGET_EXCEEDED:
+        return f"💸 {detail} What it did so far is kept; send a message to go on."
     if kind is ErrorKind.BUSY:
         return f"⏳ {detail}"
     if kind is ErrorKind.SHUTDOWN:

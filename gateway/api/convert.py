@@ -647,6 +647,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str, str, int | None]] = {
     ErrorKind.TIMEOUT: (504, "server_error", "timeout", None),
     ErrorKind.INTERRUPTED: (409, "server_error", "interrupted", None),
     ErrorKind.CONFIG: (500, "server_error", "configuration_error", None),
+    ErrorKind.BUDGET_EXCEEDED: (402, "insufficient_quota", "turn_budget_exceeded", None),
     # 4xx: not the gateway's fault, and clients (openai, OpenClaw) do not retry it on their own
     ErrorKind.INVALID_OUTPUT: (422, "invalid_response_error", "invalid_json_output", None),
 }

@@ -65,6 +65,7 @@ from gateway.config.sections import (
     ServerSettings,
     StorageSettings,
     TelegramSettings,
+    UsageSettings,
     VoiceSettings,
 )
 from gateway.config.settings import Settings
@@ -97,6 +98,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "TelegramSettings",
+    "UsageSettings",
     "VoiceSettings",
     "config_dir",
     "default_config_path",

@@ -230,6 +230,12 @@ class ClaudeSettings(_Section):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the CLI processes."
     )
+    max_turn_cost_usd: float = Field(
+        default=0.0,
+        ge=0,
+        description="A turn stops when its API-equivalent cost (as the CLI estimates it)"
+        " passes this many USD (the CLI's --max-budget-usd); 0 = no limit.",
+    )
 
     @field_validator("cli_path")
     @classmethod
@@ -361,6 +367,45 @@ class LoggingSettings(_Section):
     @property
     def file_path(self) -> Path | None:
         return Path(self.file) if self.file else None
+
+
+class UsageSettings(_Section):
+    """``[usage]``: how ``/usage`` and ``GET /v1/usage`` show usage, and when to warn."""
+
+    timezone: str = Field(
+        default="",
+        description="The owner's time zone (IANA) for reset times, today and this week;"
+        " empty = the machine's.",
+    )
+    warn_at: list[float] = Field(
+        default_factory=lambda: [0.8, 0.95],
+        description="Fractions of a usage-limit window at which the notification chat is"
+        " told (once per window and reset); [] = only when a request is refused.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from gateway.scheduler.cron import CronError, parse_timezone
+
+        try:
+            parse_timezone(value)
+        except CronError as exc:
+            raise PydanticCustomError("cmg_timezone", "{text}", {"text": str(exc)}) from None
+        return value.strip()
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        for item in value:
+            if not 0 < item <= 1:
+                raise PydanticCustomError(
+                    "cmg_fraction",
+                    "{value} is not a fraction of the window: use numbers above 0 and at most"
+                    " 1, e.g. [0.8, 0.95]",
+                    {"value": json.dumps(item)},
+                )
+        return sorted(set(value))
 
 
 class NotifySettings(_Section):
@@ -820,6 +865,12 @@ class SchedulerSettings(_Section):
     )
     timezone: str = Field(
         default="", description="Time zone of jobs that name none (IANA); empty = the machine's."
+    )
+    max_daily_cost_usd: float = Field(
+        default=0.0,
+        ge=0,
+        description="Once scheduled turns have cost this many USD today (API-equivalent, in"
+        " usage.timezone), further runs are skipped with the reason recorded; 0 = no cap.",
     )
 
     @field_validator("timezone")

@@ -44,6 +44,7 @@ from gateway.config.sections import (
     ServerSettings,
     StorageSettings,
     TelegramSettings,
+    UsageSettings,
     VoiceSettings,
     _flatten,
     _unique_schedule_names,
@@ -142,6 +143,9 @@ class Settings(BaseSettings):
     )
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Defaults of scheduled prompts."
+    )
+    usage: UsageSettings = Field(
+        default_factory=UsageSettings, description="Usage figures, limits and their warnings."
     )
     schedules: Annotated[
         tuple[ScheduleSettings, ...], AfterValidator(_unique_schedule_names)

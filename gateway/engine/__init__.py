@@ -1,6 +1,19 @@
 """The engine: one typed API through which every frontend reaches Claude Code."""
 
-from gateway.engine.api import Alert, AlertHandler, EngineAPI, EngineStatus, Preferences
+from gateway.engine.api import (
+    Alert,
+    AlertHandler,
+    EngineAPI,
+    EngineStatus,
+    LimitWindow,
+    Preferences,
+    UsageBucket,
+    UsagePeriod,
+    UsageReport,
+    UsageTotals,
+    UsageWarning,
+    UsageWarningHandler,
+)
 from gateway.engine.approvals import (
     ApprovalRequest,
     Approver,
@@ -54,6 +67,7 @@ __all__ = [
     "Event",
     "FileSink",
     "ImagePart",
+    "LimitWindow",
     "Notice",
     "OutgoingFile",
     "PermissionMode",
@@ -80,4 +94,10 @@ __all__ = [
     "TurnStarted",
     "Usage",
     "Verdict",
+    "UsageBucket",
+    "UsagePeriod",
+    "UsageReport",
+    "UsageTotals",
+    "UsageWarning",
+    "UsageWarningHandler",
 ]

@@ -10,10 +10,12 @@ one implementation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 from claude_agent_sdk import SDKSessionInfo
 
@@ -85,6 +87,148 @@ class EngineStatus:
                 "seen_at": rl.seen_at,
             },
         }
+
+
+# --------------------------------------------------------------------------- usage and limits
+# What the CLI reported: tokens and API-equivalent cost per turn, and the subscription's
+# rate-limit windows. ``/usage``, ``GET /v1/usage`` and the status page show a UsageReport.
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """Turns and what they used; ``cost_usd`` is the CLI's API-equivalent estimate."""
+
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "turns": self.turns,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_creation_tokens": self.cache_creation_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+@dataclass(frozen=True)
+class LimitWindow:
+    """The latest report of one rate-limit window (``five_hour``, ``seven_day``, ...)."""
+
+    window: str
+    status: str  # allowed | allowed_warning | rejected
+    utilization: float | None  # fraction 0..1
+    resets_at: float | None  # epoch seconds
+    seen_at: float
+    #: the reset time has passed since the report: its figures are stale
+    expired: bool = False
+
+
+@dataclass(frozen=True)
+class UsagePeriod:
+    """Totals since ``start`` (today: local midnight; week: Monday 00:00 local)."""
+
+    start: float
+    totals: UsageTotals
+    by_frontend: Mapping[str, UsageTotals] = field(default_factory=dict)
+    by_project: Mapping[str, UsageTotals] = field(default_factory=dict)
+    by_model: Mapping[str, UsageTotals] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageBucket:
+    """One local hour starting at ``start``."""
+
+    start: float
+    totals: UsageTotals
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Everything ``/usage`` shows; :meth:`to_json` is the stable ``GET /v1/usage`` body."""
+
+    now: float
+    timezone: str  # IANA name of the owner's zone (usage.timezone)
+    windows: tuple[LimitWindow, ...]
+    today: UsagePeriod
+    week: UsagePeriod
+    hours: int
+    hourly: tuple[UsageBucket, ...]  # oldest first, empty hours included
+    max_turn_cost_usd: float | None = None
+    scheduled_daily_cost_cap_usd: float | None = None
+
+    @property
+    def scheduled_cost_today_usd(self) -> float:
+        cron = self.today.by_frontend.get("cron")
+        return cron.cost_usd if cron is not None else 0.0
+
+    def local(self, epoch: float) -> datetime:
+        """``epoch`` in the owner's zone."""
+        return datetime.fromtimestamp(epoch, ZoneInfo(self.timezone))
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(epoch: float | None) -> str | None:
+            return None if epoch is None else self.local(epoch).isoformat(timespec="seconds")
+
+        def period(p: UsagePeriod) -> dict[str, Any]:
+            return {
+                "start": iso(p.start),
+                "totals": p.totals.to_json(),
+                **{name: {k: v.to_json() for k, v in sorted(group.items())}
+                   for name, group in (("by_frontend", p.by_frontend),
+                                       ("by_project", p.by_project),
+                                       ("by_model", p.by_model))},
+            }
+
+        return {
+            "object": "usage",
+            "generated_at": iso(self.now),
+            "timezone": self.timezone,
+            "windows": [
+                {"window": w.window, "status": w.status, "utilization": w.utilization,
+                 "resets_at": iso(w.resets_at), "resets_at_epoch": w.resets_at,
+                 "seen_at": iso(w.seen_at), "expired": w.expired}
+                for w in self.windows
+            ],
+            "today": period(self.today),
+            "week": period(self.week),
+            "hourly": {
+                "hours": self.hours,
+                "buckets": [{"start": iso(b.start), "start_epoch": b.start, **b.totals.to_json()}
+                            for b in self.hourly],
+            },
+            "budgets": {
+                "max_turn_cost_usd": self.max_turn_cost_usd,
+                "scheduled_daily_cost_cap_usd": self.scheduled_daily_cost_cap_usd,
+                "scheduled_cost_today_usd": round(self.scheduled_cost_today_usd, 6),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class UsageWarning:
+    """A window reached a warning threshold, or a request was refused for the limit. Sent
+    once per window, reset and level (the engine remembers what it sent)."""
+
+    window: str
+    status: str
+    utilization: float | None
+    #: the threshold reached; None when a request was refused
+    threshold: float | None
+    resets_at: float | None
+    timezone: str
+
+    @property
+    def refused(self) -> bool:
+        return self.threshold is None
+
+
+UsageWarningHandler = Callable[[UsageWarning], Awaitable[None]]
 
 
 class Preferences(Protocol):
@@ -196,3 +340,13 @@ class EngineAPI(TurnRunner, Protocol):
     def register_file_sink(self, prefix: str, sink: FileSink) -> None: ...
 
     def add_alert_handler(self, handler: AlertHandler) -> None: ...
+
+    # ---------------------------------------------------------------- usage and limits
+    async def usage(self, hours: int = 48) -> UsageReport:
+        """Rate-limit windows, totals today / this week and ``hours`` hourly buckets."""
+        ...
+
+    def add_usage_warning_handler(self, handler: UsageWarningHandler) -> None:
+        """Called once per window and reset when a threshold is reached or a request is
+        refused for the limit (the bridges tell the notification chat)."""
+        ...

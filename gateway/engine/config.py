@@ -14,10 +14,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ClaudeSettings, Settings, is_secret_env_var, secret_env_var_names
+from gateway.config import (
+    ClaudeSettings,
+    Settings,
+    UsageSettings,
+    is_secret_env_var,
+    secret_env_var_names,
+)
 
-#: ``[claude]`` with nothing set: the declared defaults.
+#: ``[claude]`` and ``[usage]`` with nothing set: the declared defaults.
 _CLAUDE = ClaudeSettings.model_construct()
+_USAGE = UsageSettings.model_construct()
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,15 @@ class EngineConfig:
     #: private folder for files handed to CLI processes (system prompts); None = one in the
     #: system's temp folder (see :class:`gateway.engine.process.PromptFiles`)
     runtime_dir: Path | None = None
+    #: a turn stops when its API-equivalent cost passes this (the CLI's --max-budget-usd);
+    #: 0 = no limit
+    max_turn_cost_usd: float = _CLAUDE.max_turn_cost_usd
+    #: the owner's zone for usage reports ("" = the machine's), and the fractions of a
+    #: usage-limit window at which the owner is warned
+    usage_timezone: str = _USAGE.timezone
+    usage_warn_at: tuple[float, ...] = tuple(_USAGE.warn_at)
+    #: scheduler.max_daily_cost_usd, shown in usage reports (the scheduler enforces it)
+    scheduled_daily_cost_cap_usd: float = 0.0
 
     @classmethod
     def from_settings(
@@ -76,6 +92,9 @@ class EngineConfig:
             "model_aliases": dict(settings.models.aliases),
             "env": {**cli_env_from_file(settings, environ), **claude.env},
             "secret_env_vars": secret_env_var_names(environ),
+            "usage_timezone": settings.usage.timezone,
+            "usage_warn_at": tuple(settings.usage.warn_at),
+            "scheduled_daily_cost_cap_usd": settings.scheduler.max_daily_cost_usd,
         })
 
 

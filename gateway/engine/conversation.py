@@ -134,10 +134,14 @@ def text_hash(text: str) -> str:
 
 
 def per_turn_cost(result: TurnResult, live: CliSession) -> TurnResult:
-    total = result.cost_usd
-    turn_cost = total - live.cost_seen if total >= live.cost_seen else total
+    return replace(result, cost_usd=turn_cost(result.cost_usd, live))
+
+
+def turn_cost(total: float, live: CliSession) -> float:
+    """This turn's cost from the CLI's running total of the process (``total_cost_usd``)."""
+    cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
-    return replace(result, cost_usd=round(turn_cost, 6))
+    return round(cost, 6)
 
 
 def merge_prompts(prompts: list[Prompt]) -> Prompt:

@@ -30,7 +30,13 @@ from gateway.engine.activity import (
     measure,
     transcript_entry,
 )
-from gateway.engine.api import AlertHandler, EngineStatus, Preferences
+from gateway.engine.api import (
+    AlertHandler,
+    EngineStatus,
+    Preferences,
+    UsageReport,
+    UsageWarningHandler,
+)
 from gateway.engine.approvals import ApprovalRequest, Approver, Decision, Settled
 from gateway.engine.conversation import Conversation, ToolSet
 from gateway.engine.events import (
@@ -49,6 +55,7 @@ from gateway.engine.process import CliInfo, EngineConfig
 from gateway.engine.runner import SHUTTING_DOWN, ConversationRunner
 from gateway.engine.session import EXPECTED_EXIT_FILTER, SDK_QUERY_LOGGER, ClientFactory
 from gateway.engine.tools import FileSink
+from gateway.engine.usage import UsageLedger
 from gateway.errors import ErrorKind, GatewayError
 from gateway.store import Store
 
@@ -71,8 +78,14 @@ class Engine:
         self._state = RunState()
         self._launcher = Launcher(config, self._state, base_env=base_env,
                                   client_factory=client_factory)
+        #: every turn's usage and every rate-limit report, and the warnings about them
+        self.ledger = UsageLedger(
+            store, timezone=config.usage_timezone, thresholds=config.usage_warn_at,
+            max_turn_cost_usd=config.max_turn_cost_usd or None,
+            scheduled_daily_cost_cap_usd=config.scheduled_daily_cost_cap_usd or None,
+        )
         self._runner = ConversationRunner(config, store, self.catalog, self._launcher,
-                                          self._state)
+                                          self._state, self.ledger)
         #: (for tests and status) the runner's conversations and the process pool
         self._conversations = self._runner.conversations
         self._pool = self._runner.pool
@@ -134,6 +147,14 @@ class Engine:
     def add_alert_handler(self, handler: AlertHandler) -> None:
         """Called on turns that end by timeout or crash (bridges, TELEGRAM_NOTIFY_ID)."""
         self._runner.alert_handlers.append(handler)
+
+    def add_usage_warning_handler(self, handler: UsageWarningHandler) -> None:
+        """Called once per usage-limit window and reset when a warning threshold is reached
+        or a request is refused for the limit (the notification chat)."""
+        self.ledger.add_handler(handler)
+
+    async def usage(self, hours: int = 48) -> UsageReport:
+        return await self.ledger.report(hours)
 
     def register_file_sink(self, prefix: str, sink: FileSink) -> None:
         """Conversations whose key starts with ``prefix`` get the ``send_file`` tool.

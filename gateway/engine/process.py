@@ -187,6 +187,8 @@ def build_options(
         max_buffer_size=MAX_LINE_BYTES,
         stderr=stderr,
         extra_args=extra_args,
+        # counted by the CLI per process, not per turn: see Engine._spent_budget
+        max_budget_usd=config.max_turn_cost_usd or None,
         **dict(extra or {}),
     )
 

@@ -39,6 +39,7 @@ from gateway.engine.conversation import (
     one_message,
     per_turn_cost,
     text_hash,
+    turn_cost,
     user_content,
     with_note,
 )
@@ -68,6 +69,7 @@ from gateway.engine.session import (
     stderr_text,
 )
 from gateway.engine.translate import TurnTranslator
+from gateway.engine.usage import TurnUsage, UsageLedger
 from gateway.errors import TURN_INTERRUPTED, ErrorKind, GatewayError
 from gateway.store import Store
 
@@ -86,12 +88,14 @@ class ConversationRunner:
         catalog: ModelCatalog,
         launcher: Launcher,
         state: RunState,
+        ledger: UsageLedger,
     ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
         self.launcher = launcher
         self._state = state
+        self.ledger = ledger
         self.conversations: dict[str, Conversation] = {}
         self.turn_slots = asyncio.Semaphore(config.max_parallel_turns)
         self.pool: ProcessPool[CliSession, Conversation] = ProcessPool(
@@ -337,7 +341,8 @@ class ConversationRunner:
 
         while True:
             live = conv.live
-            if live is not None and (live.dead or live.system_hash != system_hash
+            if live is not None and (live.dead or self._spent_budget(live)
+                                     or live.system_hash != system_hash
                                      or live.tools_hash != toolset.fingerprint
                                      or not alive(live.pid)):
                 await self.close_live(conv, kill=live.dead)
@@ -431,8 +436,9 @@ class ConversationRunner:
                             continue
                         if isinstance(event, TurnResult):
                             event = per_turn_cost(event, live)
-                            await self._record(conv, event, live)
+                            await self._record(conv, event, live, req)
                         elif isinstance(event, TurnError):
+                            await self._record_failed(conv, event, live, req, translator)
                             if translator.resume_failed:
                                 return Outcome.RESUME_FAILED
                             if translator.session_id:
@@ -444,8 +450,9 @@ class ConversationRunner:
                             if req.interrupted and event.kind is not ErrorKind.INTERRUPTED:
                                 event = TurnError(ErrorKind.INTERRUPTED, TURN_INTERRUPTED)
                         req.emit(event)
-                    if translator.rate_limit is not None:
+                    if translator.rate_limit not in (None, self.rate_limit):
                         self.rate_limit = translator.rate_limit
+                        self.spawn(self.ledger.saw_rate_limit(translator.rate_limit))
         except TimeoutError:
             live.dead = True
             live.kill()
@@ -575,7 +582,40 @@ class ConversationRunner:
             live.dead = True
             live.kill()
 
-    async def _record(self, conv: Conversation, result: TurnResult, live: CliSession) -> None:
+    def _spent_budget(self, live: CliSession) -> bool:
+        """The CLI counts claude.max_turn_cost_usd per process (measured with 2.1.332: the
+        third turn of one process stopped at a $0.25 budget): a process that has spent
+        anything is replaced (resuming the conversation) so each turn gets the whole budget."""
+        return bool(self.config.max_turn_cost_usd) and live.cost_seen > live.cost_start
+
+    def _project(self, conv: Conversation) -> str:
+        """The project a conversation's usage counts for: the workspace, for now."""
+        return str(self.config.workspace)
+
+    async def _record_failed(self, conv: Conversation, error: TurnError, live: CliSession,
+                             req: Request, translator: TurnTranslator) -> None:
+        """A failed turn still spent what the CLI counted; a refusal for the usage limit
+        warns the owner."""
+        if error.kind is ErrorKind.RATE_LIMITED:
+            self.spawn(self.ledger.refused(translator.rate_limit or self.rate_limit,
+                                           error.retry_after))
+        total, usage = translator.result_total_cost, translator.result_usage
+        if total is None or usage is None:
+            return
+        cost = turn_cost(total, live)
+        if cost <= 0 and usage.prompt_tokens == 0:
+            return
+        await self.ledger.turn(TurnUsage(
+            conv.key, req.options.origin, self._project(conv),
+            translator.model or live.model or "", translator.session_id, usage, cost, total,
+            ok=False))
+
+    async def _record(self, conv: Conversation, result: TurnResult, live: CliSession,
+                      req: Request) -> None:
+        await self.ledger.turn(TurnUsage(
+            conv.key, req.options.origin, self._project(conv),
+            result.model or live.model or "", result.session_id, result.usage,
+            result.cost_usd, live.cost_seen))
         u = result.usage
         await self.store.record_turn(
             conv.key,
@@ -625,6 +665,8 @@ class ConversationRunner:
             # 389 -> 194 ms median; 700 -> 216 ms with a 200 KB prompt).
             conv.refill = (model, system, profile, toolset)
         live.owner["key"] = conv.key
+        if resume:  # the CLI's running cost total goes on from what its transcript saved
+            live.cost_seen = live.cost_start = await self.ledger.baseline(resume)
         conv.live = live
         log.info("Claude Code for %s: pid %s, resume %s", conv.key, live.pid, resume)
         return live

@@ -97,6 +97,8 @@ class CliSession:
     closed: bool = False
     #: the CLI reports total_cost_usd cumulated over the life of the process
     cost_seen: float = 0.0
+    #: where that total started (a resumed session's saved total)
+    cost_start: float = 0.0
     exit_watch: ExitWatch | None = None
     #: the CLI's permission mode now (set_permission_mode changes it between turns)
     permission_mode: str = ""

@@ -87,6 +87,10 @@ class TurnTranslator:
     #: set when the CLI reports that the session to resume does not exist
     resume_failed: bool = False
     finished: bool = False
+    #: the result's usage and running cost total, failed results included (a turn stopped
+    #: by its budget or an error still spent what it spent)
+    result_usage: Usage | None = None
+    result_total_cost: float | None = None
 
     _answer: list[str] = field(default_factory=list)
     _step: int = 0
@@ -293,6 +297,8 @@ class TurnTranslator:
         self.finished = True
         self.session_id = msg.session_id or self.session_id
         out = self._settle_block(step_ended=True)
+        self.result_usage = usage_from_cli(msg.usage)
+        self.result_total_cost = float(msg.total_cost_usd or 0.0)
         if msg.is_error:
             err = self.classify_error(msg)
             if err is not None:
@@ -361,6 +367,12 @@ class TurnTranslator:
             return TurnError(
                 ErrorKind.OVERLOADED, f"Anthropic is overloaded: {text}",
                 retry_after=self.retry_after(), status=status,
+            )
+        if msg.subtype == "error_max_budget_usd":
+            return TurnError(
+                ErrorKind.BUDGET_EXCEEDED,
+                "This turn was stopped: its API-equivalent cost reached claude.max_turn_cost_usd"
+                f" ({'; '.join(errors) or text}).",
             )
         if msg.subtype == "error_max_turns":
             return TurnError(ErrorKind.API_ERROR, "Claude Code stopped: maximum turns reached.")
