@@ -100,14 +100,15 @@ def test_scheduler_config_and_jobs_take_every_setting(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
         '[scheduler]\nenabled = false\nmodel = "sonnet"\njitter = 5\nmisfire_grace = 10\n'
-        'timezone = "Europe/Paris"\n\n[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
+        'timezone = "Europe/Paris"\nmax_daily_cost_usd = 1.5\n\n[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
         'prompt = "News"\ntarget = "log"\ntimezone = "UTC"\nmodel = "opus"\n'
         'session = "continue"\njitter = 3\nenabled = false\n'
         '\n[[schedules]]\nname = "plain"\ncron = "0 9 * * *"\nprompt = "Hi"\ntarget = "log"\n'
     )
     settings = load_settings(path, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")
     assert SchedulerConfig.from_settings(settings.scheduler) == SchedulerConfig(
-        enabled=False, model="sonnet", jitter=5, misfire_grace=10, timezone="Europe/Paris"
+        enabled=False, model="sonnet", jitter=5, misfire_grace=10, timezone="Europe/Paris",
+        max_daily_cost_usd=1.5,
     )
     assert config_jobs(settings.schedules) == [
         JobSpec(name="morning", cron="0 8 * * 1-5", prompt="News", target="log",

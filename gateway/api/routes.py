@@ -92,6 +92,7 @@ from gateway.api.openapi import (
 from gateway.api.status import setup_status
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import answer_text
+from gateway.api.usage import OPERATIONS as USAGE_OPERATIONS
 from gateway.api.wire import HealthReply
 from gateway.engine.api import EngineAPI
 from gateway.engine.events import (
@@ -354,6 +355,7 @@ OPERATIONS: tuple[Operation, ...] = (
         error=ErrorReply,
     ),
     *messages.OPERATIONS,
+    *USAGE_OPERATIONS,
 )
 
 

@@ -31,6 +31,8 @@ class SchedulerConfig:
     misfire_grace: float = _SCHEDULER.misfire_grace
     #: zone of jobs that name none; empty = this machine's
     timezone: str = _SCHEDULER.timezone
+    #: runs are skipped once scheduled turns cost this many USD today (0 = no cap)
+    max_daily_cost_usd: float = _SCHEDULER.max_daily_cost_usd
     #: accept a leading seconds field in cron expressions (the tests' fast triggers only)
     allow_seconds: bool = False
 
@@ -39,6 +41,7 @@ class SchedulerConfig:
         return cls(
             enabled=options.enabled, model=options.model, jitter=options.jitter,
             misfire_grace=options.misfire_grace, timezone=options.timezone,
+            max_daily_cost_usd=options.max_daily_cost_usd,
         )
 
 

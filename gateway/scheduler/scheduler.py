@@ -440,6 +440,11 @@ class Scheduler:
             if jitter and delay > 0:
                 await asyncio.sleep(random.uniform(0, delay))
             started = time.monotonic()
+            over = await self._over_budget()
+            if over is not None:
+                status, error = "skipped", over
+                log.warning("schedule %r: skipped: %s", spec.name, over)
+                return
             final = await self._turn(spec)
             cost = final.cost_usd if isinstance(final, TurnResult) else None
             delivery = Delivery(
@@ -476,6 +481,19 @@ class Scheduler:
                 ))
             if self._runs.get(spec.name) is asyncio.current_task():
                 self._runs.pop(spec.name, None)
+
+    async def _over_budget(self) -> str | None:
+        """Why no scheduled turn may run now (today's cap is spent), or None."""
+        cap = self.config.max_daily_cost_usd
+        if not cap:
+            return None
+        report = await self.engine.usage(hours=1)
+        spent = report.scheduled_cost_today_usd
+        if spent < cap:
+            return None
+        return (f"scheduled turns have cost ${spent:.4f} today (API-equivalent), which reached"
+                f" scheduler.max_daily_cost_usd (${cap:.2f}); runs go on after midnight"
+                f" ({report.timezone})")
 
     async def _turn(self, spec: JobSpec) -> TurnResult | TurnError:
         if spec.session is SessionMode.FRESH:
