@@ -56,6 +56,7 @@ async def make_bridge(
                                 notify_chat_id=notify, voice=voice)
         engine.register_file_sink(bridge.core.key_prefix, bridge.core.deliver_file)
         engine.add_alert_handler(bridge.core.on_alert)
+        engine.add_usage_warning_handler(bridge.core.on_usage_warning)
         await bridge.start()
         bridges.append(bridge)
         return bridge

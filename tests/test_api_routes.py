@@ -53,8 +53,8 @@ EMPTY_DELTA = {"role": "assistant", "content": ""}  # the role chunk and every k
 
 DOC = openapi_document()
 #: documented paths whose statuses are proven by their own tests (the voice models; the
-#: Responses and Anthropic Messages dialects in their own modules)
-ELSEWHERE = ("/v1/audio/", "/v1/responses", "/v1/messages")
+#: Responses and Anthropic Messages dialects, usage in their own modules)
+ELSEWHERE = ("/v1/audio/", "/v1/responses", "/v1/messages", "/v1/usage")
 #: the request guard's refusals, documented on every operation and each produced on every
 #: operation by tests/test_http_guard.py (which has its own coverage check)
 GUARD_STATUSES = ("403", "415", "421")
