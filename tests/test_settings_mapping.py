@@ -29,6 +29,7 @@ client_tool_timeout = 30
 hybrid_hidden_tools = ["WebFetch"]
 env = { HTTPS_PROXY = "http://proxy:3128" }
 max_turn_cost_usd = 0.5
+approval_timeout = 45
 
 [models]
 aliases = { fast = "haiku" }
@@ -79,6 +80,7 @@ def test_engine_config_takes_every_claude_setting(tmp_path: Path) -> None:
         client_tool_timeout=30,
         hybrid_hidden_tools=("WebFetch",),
         max_turn_cost_usd=0.5,
+        approval_timeout=45,
         usage_timezone="Europe/Berlin",
         usage_warn_at=(0.5, 0.9),
         scheduled_daily_cost_cap_usd=2.0,
@@ -100,7 +102,8 @@ def test_scheduler_config_and_jobs_take_every_setting(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
         '[scheduler]\nenabled = false\nmodel = "sonnet"\njitter = 5\nmisfire_grace = 10\n'
-        'timezone = "Europe/Paris"\nmax_daily_cost_usd = 1.5\n\n[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
+        'timezone = "Europe/Paris"\nmax_daily_cost_usd = 1.5\n\n'
+        '[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
         'prompt = "News"\ntarget = "log"\ntimezone = "UTC"\nmodel = "opus"\n'
         'session = "continue"\njitter = 3\nenabled = false\n'
         '\n[[schedules]]\nname = "plain"\ncron = "0 9 * * *"\nprompt = "Hi"\ntarget = "log"\n'

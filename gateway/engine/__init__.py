@@ -93,11 +93,11 @@ __all__ = [
     "TurnResult",
     "TurnStarted",
     "Usage",
-    "Verdict",
     "UsageBucket",
     "UsagePeriod",
     "UsageReport",
     "UsageTotals",
     "UsageWarning",
     "UsageWarningHandler",
+    "Verdict",
 ]
