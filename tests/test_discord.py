@@ -12,6 +12,7 @@ from typing import Any
 import discord
 import pytest
 
+from bridges.common.usage import money
 from bridges.discord import DiscordBridge
 from bridges.discord.render import discord_length
 from gateway.config import DiscordSettings, VoiceSettings
@@ -300,6 +301,17 @@ async def test_slash_model_status_and_new(
     assert status[0].via_interaction
     for part in (info.session_id, "**Model:** opus", "**Tokens:**", "**Usage limit:**"):
         assert part in status[0].content
+    assert f"**Usage:** today 1 turn, {money(info.cost_usd)} — /usage" in status[0].content
+    # /usage adds up to what the session table recorded of the same turn
+    await fake.slash(dm, fake.owner, "usage")
+    usage = await fake.wait_for(
+        lambda: [m for m in fake.bot_messages(dm.id) if "Usage limits" in m.content])
+    u = info.usage
+    for part in (f"1 turn, {money(info.cost_usd)} API-equivalent",
+                 f"tokens: {u.prompt_tokens:,} in ({u.cache_read_tokens:,} read from cache,"
+                 f" {u.cache_creation_tokens:,} written to cache), {u.output_tokens:,} out",
+                 f"by frontend: discord 1 turn, {money(info.cost_usd)}", "no report yet"):
+        assert part in usage[0].content, (part, usage[0].content)
     await fake.message(dm, fake.owner, "/new")  # typed commands work too
     await fake.wait_for(lambda: any(t.startswith("🆕") for t in fake.texts(dm.id)))
     after = await bridge.engine.describe(f"discord:{dm.id}")

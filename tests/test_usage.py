@@ -20,6 +20,7 @@ from bridges.common.usage import money, usage_text, warning_text
 from gateway.api import create_app
 from gateway.api.config import ApiConfig
 from gateway.api.usage import UsageReply
+from gateway.config import ConfigError, load_settings
 from gateway.engine import Engine, EngineConfig, RateLimitStatus, TurnError, TurnResult, Usage
 from gateway.engine.usage import TurnUsage, UsageLedger, windows_of
 from gateway.errors import ErrorKind
@@ -304,3 +305,17 @@ async def test_scheduled_runs_past_the_daily_cap_are_skipped_with_the_reason(
     assert run.error is not None and "$0.6000 today" in run.error
     assert "scheduler.max_daily_cost_usd ($0.50)" in run.error and BERLIN in run.error
     assert not [r for r in fake_api.requests() if "News please" in r["last_user_text"]]
+
+
+def test_bad_usage_settings_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[usage]\ntimezone = "Mars/Olympus"\nwarn_at = [0.8, 1.5]\n'
+                    "[claude]\nmax_turn_cost_usd = -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={"HOME": str(tmp_path)})
+    lines = str(caught.value).splitlines()
+    assert f"{path}: usage.timezone: unknown time zone 'Mars/Olympus': use an IANA name such" \
+           ' as "Europe/Berlin", "America/New_York" or "UTC"' in lines
+    assert f"{path}: usage.warn_at: 1.5 is not a fraction of the window: use numbers above 0" \
+           " and at most 1, e.g. [0.8, 0.95]" in lines
+    assert any(line.startswith(f"{path}: claude.max_turn_cost_usd:") for line in lines), lines

@@ -369,6 +369,17 @@ class LoggingSettings(_Section):
         return Path(self.file) if self.file else None
 
 
+def known_zone(value: str) -> str:
+    """An IANA zone name ("" = the machine's zone), checked; an unknown one is an error."""
+    from gateway.scheduler.cron import CronError, parse_timezone
+
+    try:
+        parse_timezone(value)
+    except CronError as exc:
+        raise PydanticCustomError("cmg_timezone", "{text}", {"text": str(exc)}) from None
+    return value.strip()
+
+
 class UsageSettings(_Section):
     """``[usage]``: how ``/usage`` and ``GET /v1/usage`` show usage, and when to warn."""
 
@@ -386,13 +397,7 @@ class UsageSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from gateway.scheduler.cron import CronError, parse_timezone
-
-        try:
-            parse_timezone(value)
-        except CronError as exc:
-            raise PydanticCustomError("cmg_timezone", "{text}", {"text": str(exc)}) from None
-        return value.strip()
+        return known_zone(value)
 
     @field_validator("warn_at")
     @classmethod
@@ -876,13 +881,7 @@ class SchedulerSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from gateway.scheduler.cron import CronError, parse_timezone
-
-        try:
-            parse_timezone(value)
-        except CronError as exc:
-            raise PydanticCustomError("cmg_timezone", "{text}", {"text": str(exc)}) from None
-        return value.strip()
+        return known_zone(value)
 
 
 class ScheduleSettings(_Section):
