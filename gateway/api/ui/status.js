@@ -201,8 +201,14 @@
     $("conv-count").textContent = s.conversations_total > shown ? "(" + shown + " of " + s.conversations_total + ")" : "(" + shown + ")";
     show("conv-empty", shown === 0);
     for (const key of [...expanded.keys()]) {
-      if (!s.conversations.some((c) => c.key === key)) expanded.delete(key);
-      else loadTranscript(key, expanded.get(key));
+      const c = s.conversations.find((item) => item.key === key);
+      if (!c) { expanded.delete(key); continue; }
+      const box = expanded.get(key);
+      const seen = c.last_activity + ":" + c.turns + ":" + c.state;
+      if (box.dataset.seen !== seen) { // read the transcript again only when it can have changed
+        box.dataset.seen = seen;
+        loadTranscript(key, box);
+      }
     }
     show("conversations", true);
   }
