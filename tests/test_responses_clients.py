@@ -1,6 +1,7 @@
 """Real npm clients against the real gateway (real CLI, fake Anthropic API): Codex CLI with
-a custom ``wire_api = "responses"`` provider, and OpenClaw with an ``openai-responses``
-provider. In each, two turns continue ONE CLI session of the gateway.
+a custom ``wire_api = "responses"`` provider, and OpenClaw with an ``openai-responses`` and
+an ``anthropic-messages`` provider. In each, two turns continue ONE CLI session of the
+gateway.
 
 One gateway and one ``openclaw gateway run`` process serve the module (OpenClaw takes
 seconds to start); the clients run as subprocesses of the event loop that serves the
@@ -146,6 +147,8 @@ async def openclaw(api: Api, tmp_path_factory: pytest.TempPathFactory,
         "models": {"providers": {
             "responses": {"baseUrl": f"{api.url}/v1", "apiKey": KEY,
                           "api": "openai-responses", "models": models},
+            "messages": {"baseUrl": api.url, "apiKey": KEY,
+                         "api": "anthropic-messages", "models": models},
         }},
         "agents": {"defaults": {"model": {"primary": f"responses/{MODEL}"}}},
     }
@@ -192,3 +195,12 @@ async def test_openclaw_openai_responses_two_turns_in_one_session(
     assert "openclaw responses two" in second
     continued_in_one_session(api, "openclaw responses one", "openclaw responses two")
 
+
+async def test_openclaw_anthropic_messages_two_turns_in_one_session(
+    api: Api, openclaw: OpenClaw
+) -> None:
+    first = await openclaw.turn("messages", "oc-messages", "openclaw messages one")
+    assert "openclaw messages one" in first
+    second = await openclaw.turn("messages", "oc-messages", "openclaw messages two")
+    assert "openclaw messages two" in second
+    continued_in_one_session(api, "openclaw messages one", "openclaw messages two")
