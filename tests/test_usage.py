@@ -255,6 +255,25 @@ async def test_usage_in_telegram_and_over_http_adds_up_to_what_the_cli_reported(
     told = [t for t in texts(tg, OWNER) if t.startswith("⚠️")]
     assert len(told) == 2 and told[1].startswith("⚠️ Claude 5-hour window: 97% used")
 
+    # refused for the limit: the chat sees its error, the notification chat one warning
+    refused = {**ratelimit_headers(1.0, resets_at),
+               "anthropic-ratelimit-unified-status": "rejected",
+               "anthropic-ratelimit-unified-5h-status": "rejected"}
+    fake_api.set_ratelimit_headers(refused)
+    for number, attempt in enumerate(("FAIL_429 once", "FAIL_429 twice"), 1):
+        tg.user_text(OWNER, attempt)
+
+        def refusals(wanted: int = number) -> bool:
+            shown = [t for t in texts(tg, OWNER) if t.startswith("🚦 Your Claude plan's")]
+            return len(shown) == wanted
+
+        await tg.wait_for(refusals, what=f"refusal {number}")
+        await idle(bridge, OWNER)
+    await asyncio.sleep(0.3)
+    limit = [t for t in texts(tg, OWNER) if t.startswith("🚦 Claude usage limit reached")]
+    assert len(limit) == 1 and limit[0].startswith(
+        "🚦 Claude usage limit reached (5-hour): requests are refused; it resets "), limit
+
 
 @pytest.mark.cli
 async def test_a_turn_stops_at_its_budget_and_each_turn_gets_the_whole_budget(
@@ -288,7 +307,7 @@ async def test_a_turn_stops_at_its_budget_and_each_turn_gets_the_whole_budget(
 async def test_scheduled_runs_past_the_daily_cap_are_skipped_with_the_reason(
     make_engine: EngineFactory, fake_api: FakeAnthropic,
 ) -> None:
-    engine: Engine = await make_engine(usage_timezone=BERLIN)
+    engine: Engine = await make_engine(usage_timezone=BERLIN, spare_processes=0)
     await engine.ledger.tables.add_turn(TurnUsage(
         "cron:earlier", "cron", "/ws", "claude-haiku-4-5", None, Usage(10, 10), 0.6, None))
     scheduler = Scheduler(engine, SchedulerConfig(max_daily_cost_usd=0.5, jitter=0),

@@ -8,6 +8,7 @@ Errors are always OpenAI error JSON, ``{"error": {"message", "type", "code", "pa
 * 403 ``forbidden_origin``, 421 ``host_not_allowed`` and 415 ``unsupported_media_type`` from
   :mod:`gateway.api.guard`, before any of the rest (browser pages and DNS rebinding);
 * 404 unknown path or model id, 405 wrong method, 413 body over ``max_body_bytes``;
+* 402 ``turn_budget_exceeded``: the turn's cost reached ``claude.max_turn_cost_usd``;
 * 409 ``interrupted``: the turn was stopped by ``interrupt``/``reset`` of its conversation;
 * 422 ``invalid_json_output``: the answer did not match ``response_format``, also after one
   retry in the same session (:mod:`gateway.api.structured`);
