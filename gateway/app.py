@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bridges.common.schedule_commands import setup_schedules
 from gateway.api import api_config_from_settings, create_app
+from gateway.api.conversation import KEY_PREFIX as API_KEY_PREFIX
 from gateway.api.routes import HEALTH_CHECKS, STATUS_PROVIDERS
 from gateway.api.status import SOURCES as STATUS_SOURCES
 from gateway.config import Settings
@@ -105,6 +106,8 @@ class Gateway:
             self.engine.add_alert_handler(core.on_alert)
             self.engine.add_usage_warning_handler(core.on_usage_warning)
             self.bridges.append(bridge)
+            if core.settings.notify_key:  # the HTTP API's approval requests go to that chat
+                self.engine.register_permissions(API_KEY_PREFIX, approver=bridge.approvals)
             if self.scheduler is not None:
                 setup_schedules(core, self.scheduler)
             try:

@@ -9,6 +9,9 @@ of it, in the same style (Discord-shaped JSON fed to the client's state):
   attachments carrying a content type, voice-message flags and replies;
 * slash commands: an ``INTERACTION_CREATE`` payload parsed by discord.py, and the
   interaction callback / follow-up webhook endpoints (Discord's side, answered here);
+* message components: the buttons a message was sent or edited with (``Sent.components``),
+  and a press on one (:meth:`FakeDiscord.press`: an ``INTERACTION_CREATE`` of type 3), whose
+  answer is kept in :attr:`FakeDiscord.responses`;
 * a record of everything the bot did (sends, edits, deletes, typing), and one-shot failures
   (``fail_next``) to show that a Discord error delays a message without losing it;
 * ``PUT /applications/{id}/commands`` (command sync), recorded;
@@ -72,6 +75,11 @@ class Sent:
     via_interaction: bool = False
     ephemeral: bool = False
     flags: int = 0  # as the message stands now (an edit that sends flags replaces them)
+    #: its action rows as Discord keeps them (an edit with ``components`` replaces them)
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+    def buttons(self) -> list[dict[str, Any]]:
+        return [c for row in self.components for c in row.get("components", [])]
 
 
 @dataclass
@@ -120,6 +128,8 @@ class FakeDiscord:
         self._failures: dict[str, list[Exception]] = {}
         self._dms: dict[int, discord.DMChannel] = {}
         self._interaction_channels: dict[str, int] = {}
+        #: the interaction response of each token (a button press's ephemeral answer)
+        self.responses: dict[str, dict[str, Any]] = {}
         self.latency = 0.0
         self.jitter = 0.0
         self.flood_rate = 0.0
@@ -256,6 +266,36 @@ class FakeDiscord:
         self.state.parse_interaction_create(data)  # type: ignore[arg-type]
         return token
 
+    async def press(self, channel: discord.abc.Messageable, author: discord.abc.User,
+                    message: Sent, custom_id: str) -> str:
+        """``author`` presses the button ``custom_id`` under the bot's ``message``; returns
+        the interaction's token (its answer: ``responses[token]``)."""
+        token = f"token-{make_id()}"
+        guild = getattr(channel, "guild", None)
+        raw_message = facts.make_message_dict(channel, self.bot, message.id,  # type: ignore[arg-type]
+                                              content=message.content)
+        raw_message["components"] = message.components
+        data: dict[str, Any] = {
+            "id": make_id(), "application_id": self.bot.id, "type": 3, "token": token,
+            "version": 1, "channel_id": channel.id, "message": raw_message,  # type: ignore[attr-defined]
+            "channel": (facts.dict_from_channel(channel) if guild is not None  # type: ignore[arg-type]
+                        else {"id": channel.id, "type": 1}),  # type: ignore[attr-defined]
+            "locale": "en-US", "app_permissions": "0", "entitlements": [],
+            "authorizing_integration_owners": {}, "attachment_size_limit": 10 << 20,
+            "data": {"custom_id": custom_id, "component_type": 2},
+        }
+        if guild is not None:
+            member = guild.get_member(author.id)
+            assert member is not None
+            data["guild_id"] = guild.id
+            data["member"] = {**facts.dict_from_member(member),
+                              "user": facts.dict_from_user(author), "permissions": "0"}
+        else:
+            data["user"] = facts.dict_from_user(author)  # type: ignore[arg-type]
+        self._interaction_channels[token] = channel.id  # type: ignore[attr-defined]
+        self.state.parse_interaction_create(data)  # type: ignore[arg-type]
+        return token
+
     # ------------------------------------------------------------------ what the bot did
 
     def bot_messages(self, channel_id: int, *, deleted: bool = False) -> list[Sent]:
@@ -318,6 +358,8 @@ class FakeDiscord:
                 record.history.append(record.content)
             if record is not None and "flags" in payload:
                 record.flags = int(payload["flags"] or 0)
+            if record is not None and "components" in payload:
+                record.components = list(payload["components"] or [])
             fake.actions.append(Action("edit", channel.id, time.monotonic(), dict(payload)))
 
         async def on_delete(channel: Any, message: discord.Message, reason: Any = None) -> None:
@@ -354,7 +396,8 @@ class FakeDiscord:
             files = [(f.filename, _file_bytes(f)) for f in params.files or []]
             flags = int(payload.get("flags") or 0)
             fake.sent[int(data["id"])] = Sent(int(data["id"]), channel_id, content, [content],
-                                              files, silent=bool(flags & (1 << 12)), flags=flags)
+                                              files, silent=bool(flags & (1 << 12)), flags=flags,
+                                              components=list(payload.get("components") or []))
             durations = [a.get("duration_secs") for a in payload.get("attachments") or []]
             fake.actions.append(Action("send", channel_id, time.monotonic(),
                                        {"id": int(data["id"]), "flags": flags,
@@ -413,6 +456,7 @@ class FakeDiscord:
             payload = params.payload or {}
             fake.actions.append(Action("defer", fake._interaction_channels.get(token, 0),
                                        time.monotonic(), dict(payload)))
+            fake.responses[token] = dict(payload)
             ephemeral = bool((payload.get("data") or {}).get("flags", 0) & 64)
             return {"interaction": {"id": str(interaction_id), "type": 2,
                                     "response_message_loading": payload.get("type") == 5,

@@ -13,11 +13,14 @@ Bot API methods (what the bridges use): getMe, getUpdates (real long polling: ``
 confirms, ``timeout`` waits), setMyCommands/getMyCommands/deleteMyCommands, setWebhook,
 deleteWebhook, sendMessage (empty text and the 4096 UTF-16 limit give Telegram's 400s),
 editMessageText (history kept; "message is not modified" and "message to edit not found"),
-deleteMessage, sendChatAction, sendMessageDraft (private chats only; ``drafts=False`` answers
-404 like a server without it), sendDocument/sendPhoto/sendVoice/sendAudio (multipart uploads
-kept as bytes), getFile and ``/file/bot<token>/<path>`` downloads. Unknown methods → 404.
+deleteMessage, sendChatAction, answerCallbackQuery (inline keyboards: ``reply_markup`` is
+kept on the message, an edit without one takes it away), sendMessageDraft (private chats
+only; ``drafts=False`` answers 404 like a server without it),
+sendDocument/sendPhoto/sendVoice/sendAudio (multipart uploads kept as bytes), getFile and
+``/file/bot<token>/<path>`` downloads. Unknown methods → 404.
 
-Injected updates (``user_*`` helpers) carry what Telegram sends: private chats, groups and forum
+Injected updates (``user_*`` helpers, :meth:`FakeTelegram.user_press` for a press on an inline
+button: a ``callback_query`` update) carry what Telegram sends: private chats, groups and forum
 supergroups (``thread_id`` → ``is_topic_message``), replies, mentions with their entities,
 commands with a ``bot_command`` entity, photos (several sizes), documents, audio files and
 voice notes whose bytes can be downloaded through getFile.
@@ -97,6 +100,13 @@ class BotMessage:
     data: bytes = b""
     deleted: bool = False
     silent: bool = False
+    #: the inline keyboard as sent (``{"inline_keyboard": [[{text, callback_data}]]}``)
+    reply_markup: dict[str, Any] | None = None
+
+    def buttons(self) -> list[dict[str, Any]]:
+        """The inline buttons it shows now, row after row."""
+        rows = (self.reply_markup or {}).get("inline_keyboard") or []
+        return [button for row in rows for button in row]
 
 
 @dataclass
@@ -133,6 +143,10 @@ class FakeTelegram:
         self.commands: list[dict[str, Any]] = []
         self.webhook_url = ""
         self.webhook_secret = ""
+        #: answerCallbackQuery calls: {"id", "text", "show_alert"}
+        self.callback_answers: list[dict[str, Any]] = []
+        self._callback_ids = itertools.count(1)
+        self._open_callbacks: set[str] = set()
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count[int]] = {}
@@ -263,6 +277,22 @@ class FakeTelegram:
                   **kwargs: Any) -> dict[str, Any]:
         return self.user_message(chat_id, user_id if user_id is not None else chat_id, text,
                                  **kwargs)
+
+    def user_press(self, message: BotMessage, data: str, *, user_id: int,
+                   first_name: str = "Owner") -> str:
+        """``user_id`` presses the inline button with ``data`` under the bot's ``message``
+        (a ``callback_query`` update); returns the query id answerCallbackQuery names."""
+        query_id = f"cb{next(self._callback_ids)}"
+        self._open_callbacks.add(query_id)
+        self._push({"callback_query": {
+            "id": query_id, "chat_instance": f"ci{message.chat_id}",
+            "from": {"id": user_id, "is_bot": False, "first_name": first_name},
+            "message": self._message_json(message), "data": data,
+        }})
+        return query_id
+
+    def answer_to(self, query_id: str) -> dict[str, Any] | None:
+        return next((a for a in self.callback_answers if a["id"] == query_id), None)
 
     def raw_update(self, update: dict[str, Any]) -> None:
         self._push(update)
@@ -441,6 +471,16 @@ class FakeTelegram:
     async def _m_sendChatAction(self, p: dict[str, Any], f: Any) -> bool:
         return True
 
+    async def _m_answerCallbackQuery(self, p: dict[str, Any], f: Any) -> bool:
+        query_id = str(p.get("callback_query_id") or "")
+        if query_id not in self._open_callbacks:  # answered already, or never asked
+            raise _ApiError(400, "Bad Request: query is too old and response timeout expired"
+                            " or query ID is invalid")
+        self._open_callbacks.discard(query_id)
+        self.callback_answers.append({"id": query_id, "text": str(p.get("text") or ""),
+                                      "show_alert": bool(p.get("show_alert"))})
+        return True
+
     async def _m_sendMessage(self, p: dict[str, Any], f: Any) -> dict[str, Any]:
         chat_id = int(p["chat_id"])
         text = str(p.get("text") or "")
@@ -448,7 +488,8 @@ class FakeTelegram:
         self._check_text(text, entities, MAX_TEXT)
         message = BotMessage(chat_id, self._next_message_id(chat_id), _thread(p), "text",
                              text=text, entities=entities, history=[text],
-                             silent=bool(p.get("disable_notification")))
+                             silent=bool(p.get("disable_notification")),
+                             reply_markup=p.get("reply_markup") or None)
         self.messages.append(message)
         self.drafts = [d for d in self.drafts if d[0] != chat_id]
         return self._message_json(message)
@@ -474,11 +515,13 @@ class FakeTelegram:
         text = str(p.get("text") or "")
         entities = list(p.get("entities") or [])
         self._check_text(text, entities, MAX_TEXT)
-        if text == message.text and entities == message.entities:
+        markup = p.get("reply_markup") or None
+        if text == message.text and entities == message.entities and \
+                markup == message.reply_markup:
             raise _ApiError(400, "Bad Request: message is not modified: specified new message"
                             " content and reply markup are exactly the same as a current"
                             " content and reply markup of the message")
-        message.text, message.entities = text, entities
+        message.text, message.entities, message.reply_markup = text, entities, markup
         message.history.append(text)
         return self._message_json(message)
 
@@ -590,6 +633,8 @@ class FakeTelegram:
             body["text"] = m.text
             if m.entities:
                 body["entities"] = m.entities
+            if m.reply_markup:
+                body["reply_markup"] = m.reply_markup
         return body
 
 

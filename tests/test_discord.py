@@ -570,3 +570,52 @@ async def test_a_restart_mid_turn_tells_the_discord_chat_through_the_same_inbox(
     assert fake2.texts(dm.id) == [notice], "told once, and the cut-off turn is not re-run"
     assert [r["last_user_text"] for r in fake_api.requests()].count(
         "cut off by the restart, please") == 1
+
+
+# ----------------------------------------------------------------------------- approvals
+
+
+async def test_approval_buttons_allow_once_deny_and_refuse_a_stranger(
+    make_bridge: BridgeFactory, fake_api: FakeAnthropic
+) -> None:
+    bridge, fake = await make_bridge(permission_mode="ask")
+    fake.slow(latency=0.1, jitter=0.05, seed=18)
+    owner = fake.dm(fake.owner)
+    workspace = bridge.engine.workspace
+
+    async def request_for(summary: str) -> Any:
+        return await fake.wait_for(lambda: next(
+            (m for m in fake.bot_messages(owner.id) if m.buttons() and summary in m.content),
+            None), what=f"an approval request for {summary!r}")
+
+    async def press(message: Any, label: str, who: Any) -> str:
+        custom_id = next(b["custom_id"] for b in message.buttons()
+                         if b["label"].startswith(label))
+        token = await fake.press(owner, who, message, custom_id)
+        reply = await fake.wait_for(lambda: fake.responses.get(token), what="the answer")
+        assert reply["data"]["flags"] & 64  # ephemeral: only the presser sees it
+        return str(reply["data"]["content"])
+
+    ran, denied = workspace / "ran", workspace / "denied"
+    fake_api.script({"tool_use": {"name": "Bash", "input": {"command": f"touch {ran}"}}},
+                    match="make it")
+    await fake.message(owner, fake.owner, "make it")
+    request = await request_for("Run: touch")
+    assert [b["label"] for b in request.buttons()] == [
+        "✅ Allow once", "♾ Always allow “touch” commands here", "🚫 Deny"]
+    assert "Only the people" in await press(request, "✅", fake.stranger)
+    assert not ran.exists() and request.buttons()
+    assert await press(request, "✅", fake.owner) == "✅ Allowed once."
+    await answer(fake, owner.id, "Tool said: (Bash completed with no output)")
+    assert ran.exists() and request.buttons() == []
+    assert request.content.startswith("✅ Allowed once by owner")
+    await idle(bridge, owner.id)
+    fake_api.script({"tool_use": {"name": "Bash", "input": {"command": f"touch {denied}"}}},
+                    match="do not")
+    await fake.message(owner, fake.owner, "do not")
+    request = await request_for("denied")  # (the path shows Markdown-escaped)
+    assert await press(request, "🚫", fake.owner) == "🚫 Denied."
+    await fake.wait_for(lambda: any(t.startswith("Tool said") and "denied" in t
+                                    for t in fake.texts(owner.id)), what="the answer")
+    assert not denied.exists()
+    await idle(bridge, owner.id)

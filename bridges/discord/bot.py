@@ -35,10 +35,11 @@ from bridges.common import (
     VoiceBackend,
     setup_voice,
 )
+from bridges.common.approvals import BUTTON_PREFIX, ChatApprovals, setup_approvals
 from bridges.common.commands import Command, parse_command
 from bridges.discord.platform import INTERACTION, DiscordPlatform, SlashReply
 from gateway.config import DiscordSettings, Settings
-from gateway.engine import EngineAPI, ImagePart, Prompt
+from gateway.engine import EngineAPI, ImagePart, PermissionMode, Prompt
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class GatewayClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.bridge.on_message(message)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is discord.InteractionType.component:
+            await self.bridge.on_button(interaction)
+
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         log.exception("Discord event %s failed", event_method)
 
@@ -133,6 +138,11 @@ class DiscordBridge:
         )
         if voice is not None:
             setup_voice(self.core, voice)
+        self.approvals: ChatApprovals = setup_approvals(
+            self.core, self.platform,
+            default=PermissionMode(settings.permission_mode) if settings.permission_mode
+            else None,
+        )
         self._connection: asyncio.Task[None] | None = None
         self._installed = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -299,6 +309,22 @@ class DiscordBridge:
         if not reply.used:  # the command's effect shows elsewhere (/stop: "⏹ Stopped.")
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
+
+    async def on_button(self, interaction: discord.Interaction) -> None:
+        """A press on an approval button: answered with an ephemeral reply to the presser."""
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id") or "")
+        channel = interaction.channel
+        if not custom_id.startswith(BUTTON_PREFIX) or channel is None \
+                or not isinstance(channel, discord.abc.Messageable):
+            return
+        who = interaction.user
+        text = await self.approvals.press(self._chat(channel), User(who.id, who.display_name),
+                                          custom_id)
+        try:
+            await self.platform.call(interaction.response.send_message, text, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.info("answering a button press failed: %s", exc)
 
     async def sync_commands(self) -> bool:
         """Register the slash commands with Discord if they changed since the last time;

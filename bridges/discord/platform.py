@@ -22,7 +22,7 @@ import io
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
+from bridges.common.approvals import Button
 from bridges.common.media import ogg_duration
 from bridges.common.platform import Chat, MessageId
 from bridges.discord.render import MAX_MESSAGE, discord_length, plain, render
@@ -179,6 +180,32 @@ class DiscordPlatform:
         if isinstance(edited, discord.Message):
             self._keep(edited)
         return True
+
+    async def send_buttons(self, chat: Chat, text: str, buttons: Sequence[Button]) -> MessageId:
+        """A plain message with one row of buttons (message components); a press arrives as
+        a component interaction (``DiscordBridge.on_button``)."""
+        view = discord.ui.View(timeout=None)
+        styles = {0: discord.ButtonStyle.success, len(buttons) - 1: discord.ButtonStyle.danger}
+        for number, button in enumerate(buttons):
+            view.add_item(discord.ui.Button(
+                label=button.label[:80], custom_id=button.data,
+                style=styles.get(number, discord.ButtonStyle.secondary)))
+        view.stop()  # no callbacks of its own: the bridge answers every press
+        channel = await self.channel(chat)
+        message: discord.Message = await self.call(
+            channel.send, plain(text), view=view, allowed_mentions=NO_MENTIONS,
+            suppress_embeds=True)
+        self._keep(message)
+        return message.id
+
+    async def close_buttons(self, chat: Chat, message: MessageId, text: str) -> None:
+        target: Any = self._messages.get(message)
+        if target is None:
+            channel = await self.channel(chat)
+            target = channel.get_partial_message(message)  # type: ignore[attr-defined]
+        edited = await self.call(target.edit, content=plain(text), view=None)
+        if isinstance(edited, discord.Message):
+            self._keep(edited)
 
     async def delete(self, chat: Chat, message: MessageId) -> None:
         target: Any = self._messages.pop(message, None)

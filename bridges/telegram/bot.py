@@ -20,7 +20,14 @@ from urllib.parse import urlparse
 import telegram
 from aiohttp import web
 from telegram.error import InvalidToken, NetworkError, TelegramError
-from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from bridges.common import (
     BridgeSettings,
@@ -33,6 +40,7 @@ from bridges.common import (
     VoiceBackend,
     setup_voice,
 )
+from bridges.common.approvals import BUTTON_PREFIX, ChatApprovals, setup_approvals
 from bridges.common.commands import parse_command
 from bridges.telegram.platform import (
     CLOUD_UPLOAD_LIMIT,
@@ -41,12 +49,12 @@ from bridges.telegram.platform import (
     chat_key,
 )
 from gateway.config import Settings, TelegramSettings
-from gateway.engine import EngineAPI, ImagePart, Prompt
+from gateway.engine import EngineAPI, ImagePart, PermissionMode, Prompt
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ["message"]
+ALLOWED_UPDATES = ["message", "callback_query"]
 #: How long a reply quote carried into the prompt may be.
 QUOTE_CHARS = 600
 
@@ -108,7 +116,13 @@ class TelegramBridge:
         )
         if voice is not None:
             setup_voice(self.core, voice)
+        self.approvals: ChatApprovals = setup_approvals(
+            self.core, self.platform,
+            default=PermissionMode(settings.permission_mode) if settings.permission_mode
+            else None,
+        )
         self.app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
+        self.app.add_handler(CallbackQueryHandler(self._on_button))
         self.app.add_error_handler(self._on_error)
         self.username: str | None = None
         self.bot_id: int | None = None
@@ -308,6 +322,26 @@ class TelegramBridge:
         if not parts and not images:
             return None
         return Prompt(text="\n\n".join(parts), images=tuple(images))
+
+    async def _on_button(
+        self, update: telegram.Update, context: ContextTypes.DEFAULT_TYPE
+    ) -> None:
+        """A press on an approval button; answered with answerCallbackQuery."""
+        query = update.callback_query
+        if query is None:
+            return
+        message = query.message
+        data = query.data or ""
+        if message is None or not isinstance(message, telegram.Message) \
+                or not data.startswith(BUTTON_PREFIX):
+            answer = "This button no longer works."
+        else:
+            user = User(query.from_user.id, query.from_user.full_name)
+            answer = await self.approvals.press(self.chat_of(message), user, data)
+        try:
+            await self.platform.call(query.answer, text=answer)
+        except TelegramError as exc:
+            log.info("answerCallbackQuery failed: %s", exc)
 
     def _keeper(
         self, chat: Chat, file: _Attachment, caption: str

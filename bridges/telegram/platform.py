@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ import telegram
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bridges.common.approvals import Button
 from bridges.common.media import ogg_duration
 from bridges.common.platform import Chat, MessageId
 from bridges.telegram.render import MAX_CAPTION, MAX_MESSAGE, render, telegram_length
@@ -186,6 +187,20 @@ class TelegramPlatform:
                          exc.message)
         await self.call(self.bot.send_document,
                         document=telegram.InputFile(data, filename=path.name), **common)
+
+    async def send_buttons(self, chat: Chat, text: str, buttons: Sequence[Button]) -> MessageId:
+        """A plain message with an inline keyboard, one button per row (long labels)."""
+        markup = telegram.InlineKeyboardMarkup(
+            [[telegram.InlineKeyboardButton(b.label, callback_data=b.data)] for b in buttons])
+        message = await self.call(
+            self.bot.send_message, chat_id=chat.id, message_thread_id=chat.thread_id,
+            text=text, reply_markup=markup,
+            link_preview_options=telegram.LinkPreviewOptions(is_disabled=True))
+        return message.message_id
+
+    async def close_buttons(self, chat: Chat, message: MessageId, text: str) -> None:
+        """An edit without ``reply_markup`` takes the inline keyboard away."""
+        await self.edit_text(chat, message, text, markdown=False)
 
     def retry_delay(self, exc: Exception) -> float | None:
         if isinstance(exc, RetryAfter):
