@@ -242,47 +242,35 @@ class FakeDiscord:
     async def slash(self, channel: discord.abc.Messageable, author: discord.abc.User,
                     command: str, **options: str) -> str:
         """``author`` runs ``/command`` with ``options`` in ``channel``; returns its token."""
-        token = f"token-{make_id()}"
-        guild = getattr(channel, "guild", None)
-        raw_channel = (facts.dict_from_channel(channel) if guild is not None  # type: ignore[arg-type]
-                       else {"id": channel.id, "type": 1})  # type: ignore[attr-defined]
-        data: dict[str, Any] = {
-            "id": make_id(), "application_id": self.bot.id, "type": 2, "token": token,
-            "version": 1, "channel_id": channel.id, "channel": raw_channel,  # type: ignore[attr-defined]
-            "locale": "en-US", "app_permissions": "0", "entitlements": [],
-            "authorizing_integration_owners": {}, "attachment_size_limit": 10 << 20,
+        return self._interaction(channel, author, 2, {
             "data": {"id": make_id(), "name": command, "type": 1,
                      "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
-        }
-        if guild is not None:
-            member = guild.get_member(author.id)
-            assert member is not None
-            data["guild_id"] = guild.id
-            data["member"] = {**facts.dict_from_member(member),
-                              "user": facts.dict_from_user(author), "permissions": "0"}
-        else:
-            data["user"] = facts.dict_from_user(author)  # type: ignore[arg-type]
-        self._interaction_channels[token] = channel.id  # type: ignore[attr-defined]
-        self.state.parse_interaction_create(data)  # type: ignore[arg-type]
-        return token
+        })
 
     async def press(self, channel: discord.abc.Messageable, author: discord.abc.User,
                     message: Sent, custom_id: str) -> str:
         """``author`` presses the button ``custom_id`` under the bot's ``message``; returns
         the interaction's token (its answer: ``responses[token]``)."""
-        token = f"token-{make_id()}"
-        guild = getattr(channel, "guild", None)
         raw_message = facts.make_message_dict(channel, self.bot, message.id,  # type: ignore[arg-type]
                                               content=message.content)
         raw_message["components"] = message.components
+        return self._interaction(channel, author, 3, {
+            "message": raw_message, "data": {"custom_id": custom_id, "component_type": 2}})
+
+    def _interaction(self, channel: discord.abc.Messageable, author: discord.abc.User,
+                     kind: int, fields: dict[str, Any]) -> str:
+        """Feed an ``INTERACTION_CREATE`` of ``kind`` (2 slash command, 3 component) by
+        ``author`` in ``channel`` to the client; returns its token."""
+        token = f"token-{make_id()}"
+        guild = getattr(channel, "guild", None)
+        raw_channel = (facts.dict_from_channel(channel) if guild is not None  # type: ignore[arg-type]
+                       else {"id": channel.id, "type": 1})  # type: ignore[attr-defined]
         data: dict[str, Any] = {
-            "id": make_id(), "application_id": self.bot.id, "type": 3, "token": token,
-            "version": 1, "channel_id": channel.id, "message": raw_message,  # type: ignore[attr-defined]
-            "channel": (facts.dict_from_channel(channel) if guild is not None  # type: ignore[arg-type]
-                        else {"id": channel.id, "type": 1}),  # type: ignore[attr-defined]
+            "id": make_id(), "application_id": self.bot.id, "type": kind, "token": token,
+            "version": 1, "channel_id": channel.id, "channel": raw_channel,  # type: ignore[attr-defined]
             "locale": "en-US", "app_permissions": "0", "entitlements": [],
             "authorizing_integration_owners": {}, "attachment_size_limit": 10 << 20,
-            "data": {"custom_id": custom_id, "component_type": 2},
+            **fields,
         }
         if guild is not None:
             member = guild.get_member(author.id)

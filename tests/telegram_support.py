@@ -14,6 +14,7 @@ import pytest
 
 from bridges.common import VoiceBackend
 from bridges.telegram import TelegramBridge
+from gateway.api.conversation import KEY_PREFIX as API_KEY_PREFIX
 from gateway.config import TelegramSettings
 from gateway.engine import Engine
 from tests.conftest import EngineFactory
@@ -57,6 +58,8 @@ async def make_bridge(
         engine.register_file_sink(bridge.core.key_prefix, bridge.core.deliver_file)
         engine.add_alert_handler(bridge.core.on_alert)
         engine.add_usage_warning_handler(bridge.core.on_usage_warning)
+        if notify:  # the HTTP API's approval requests go to the notification chat
+            engine.register_permissions(API_KEY_PREFIX, approver=bridge.approvals)
         await bridge.start()
         bridges.append(bridge)
         return bridge

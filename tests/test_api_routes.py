@@ -1015,3 +1015,22 @@ def test_every_documented_status_was_seen(request: pytest.FixtureRequest) -> Non
     }
     missing = documented - SEEN
     assert not missing, f"documented but never produced: {sorted(missing)}"
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+async def test_x_permission_mode_asks_for_a_stricter_mode_and_unattended_requests_are_denied(
+    gw: Gateway
+) -> None:
+    status, _, body = await gw.chat({"model": "sonnet", "messages": msgs("hi")},
+                                    headers={"X-Permission-Mode": "lenient"})
+    assert status == 400 and "choose one of: ask, edits, plan, auto" in body["error"]["message"]
+    marker = gw.engine.workspace / "api-made"
+    gw.fake.script({"tool_use": {"name": "Bash", "input": {"command": f"touch {marker}"}}},
+                   match="make a file")
+    status, _, body = await gw.chat({"model": "sonnet", "messages": msgs("make a file")},
+                                    headers={"X-Permission-Mode": "ask"})
+    assert status == 200 and not marker.exists()
+    answer = body["choices"][0]["message"]["content"]
+    assert "needs a person's approval, and nobody can be asked" in answer

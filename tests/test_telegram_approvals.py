@@ -5,10 +5,13 @@ scripted to ask for a Bash command and a file edit."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from gateway.engine import PermissionMode, Prompt, TurnOptions, TurnResult
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import BotMessage, FakeTelegram
@@ -194,3 +197,24 @@ async def test_plan_mode_runs_no_tool_and_stop_denies_a_waiting_request(
     await tg.wait_for(lambda: request.text.startswith("⏹ Not run"), 30, what="/stop")
     await idle(bridge, OWNER)
     assert not marker.exists() and bridge.engine.pending_approvals() == []
+
+
+async def test_an_api_turn_is_approved_from_the_notification_chat(
+        make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
+    bridge = await make_bridge(notify=OWNER)
+    engine = bridge.engine
+    marker = engine.workspace / "from-the-api"
+    fake_api.script(_bash(f"touch {marker} && echo api ran"), match="api work")
+    turn = engine.turn("openai:abc", Prompt(text="api work"),
+                       TurnOptions(origin="api", permission_mode=PermissionMode.ASK))
+    events = asyncio.ensure_future(_all(turn))
+    request = await _request(tg, OWNER, f"Run: touch {marker}")
+    assert request.text.startswith("🔐 A turn of openai:abc (api) wants to:")
+    assert [b["text"] for b in request.buttons()] == ["✅ Allow once", "🚫 Deny"]
+    assert await _press(tg, request, "✅") == "✅ Allowed once."
+    final = (await asyncio.wait_for(events, 30))[-1]
+    assert isinstance(final, TurnResult) and "api ran" in final.text and marker.exists()
+
+
+async def _all(turn: AsyncIterator[Any]) -> list[Any]:
+    return [event async for event in turn]

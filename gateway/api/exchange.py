@@ -6,8 +6,9 @@ A dialect (Chat Completions in :mod:`gateway.api.routes`, Anthropic Messages in
 
 * :func:`read_json` reads and decodes the body (413 over the limit, 400 for bad JSON, big
   bodies parsed in a worker thread) and hands it to the dialect's parser;
-* :func:`stream_mode` / :func:`tool_mode` / :func:`header_id` apply the gateway's own
-  headers (``X-Stream-Mode``, ``X-Tool-Mode``, ``X-Conversation-Id``/``X-Session-Id``);
+* :func:`stream_mode` / :func:`tool_mode` / :func:`header_id` / :func:`permission_mode`
+  apply the gateway's own headers (``X-Stream-Mode``, ``X-Tool-Mode``,
+  ``X-Conversation-Id``/``X-Session-Id``, ``X-Permission-Mode``);
 * :func:`run_exchange` resolves the model, plans the conversation with the one set of
   conversation rules (:mod:`gateway.api.conversation`: explicit keys, continuation from
   resent history, seeding with a transcript, client tool round trips that resume a
@@ -40,6 +41,7 @@ from gateway.api.turn import TurnPump
 from gateway.engine.api import EngineAPI, Preferences, TurnRunner
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.events import Event, Prompt, StreamMode, TurnOptions
+from gateway.engine.permissions import PermissionMode
 from gateway.errors import ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ T = TypeVar("T")
 CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
 STREAM_MODE_HEADER = "X-Stream-Mode"
 TOOL_MODE_HEADER = "X-Tool-Mode"
+PERMISSION_MODE_HEADER = "X-Permission-Mode"
 #: how often a waiting handler checks whether its client is still connected
 DISCONNECT_POLL_SECONDS = 0.25
 #: bodies larger than this are parsed in a worker thread
@@ -141,6 +144,16 @@ def tool_mode(request: web.Request, body_mode: ToolMode | None) -> ToolMode:
     if header:
         return parse_tool_mode(header, f"{TOOL_MODE_HEADER} header")
     return body_mode or request.app[CONFIG].tool_mode
+
+
+def permission_mode(request: web.Request) -> PermissionMode | None:
+    """``X-Permission-Mode``: ask, edits or plan makes this turn stricter than the
+    conversation's mode (``claude.permission_mode``); a laxer one changes nothing. Approval
+    requests go to the Telegram notification chat, else they are denied."""
+    header = request.headers.get(PERMISSION_MODE_HEADER)
+    if not header:
+        return None
+    return PermissionMode.parse(header, what=f"{PERMISSION_MODE_HEADER} header value")
 
 
 # --------------------------------------------------------------------------- the body
@@ -339,6 +352,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
     engine = request.app[ENGINE]
     state = request.app[STATE]
     model = _resolve_model(engine, turn.model)
+    permissions = permission_mode(request)
     keys = turn.keys
     plan = await plan_conversation(
         turn.conversation,
@@ -355,6 +369,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
             model=model, mode=turn.mode, system=turn.conversation.system, origin=turn.origin,
             tools=turn.tools if functions else (), tool_mode=turn.tool_mode,
             tool_choice=turn.tool_choice if functions else "auto",
+            permission_mode=permissions,
         )
     except BaseException:
         if plan.claimed:

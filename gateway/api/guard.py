@@ -61,6 +61,7 @@ ALLOWED_HEADERS = (
     "X-Session-Id",
     "X-Stream-Mode",
     "X-Tool-Mode",
+    "X-Permission-Mode",
 )
 #: response headers an allowed page's script may read
 EXPOSED_HEADERS = "X-Conversation-Id, Retry-After, X-Voice-Engine"
