@@ -180,6 +180,24 @@ async def test_the_page_loads_with_no_console_errors_and_shows_the_gateway(
     assert tab.errors == []
 
 
+async def test_a_scheduled_job_is_shown_and_runs_from_the_page(
+    gateway: Gateway, fake: FakeAnthropic, tab: Page
+) -> None:
+    await tab.page.goto(url_of(gateway) + "/")
+    digest = 'li[data-job="digest"]'
+    await tab.page.wait_for_selector(digest)
+    assert "next in " in await tab.page.inner_text(digest)
+    assert "last never" in await tab.page.inner_text(digest)
+    held = 'li[data-job="to-telegram"]'
+    assert "needs the Telegram bot" in await tab.page.inner_text(held)
+    assert await tab.page.query_selector(f"{held} button") is None  # nothing to run
+    before = len(fake_requests_for(fake, "daily digest"))
+    await tab.page.click(f'{digest} button[data-run="digest"]')
+    await tab.page.wait_for_selector(f"{digest} .meta:has-text('last ok')", timeout=20_000)
+    assert len(fake_requests_for(fake, "daily digest")) == before + 1
+    assert tab.errors == []
+
+
 async def test_a_running_turn_shows_its_tool_and_the_stop_button_stops_it(
     gateway: Gateway, fake: FakeAnthropic, tab: Page, artefacts: Path
 ) -> None:
@@ -217,24 +235,6 @@ async def test_a_running_turn_shows_its_tool_and_the_stop_button_stops_it(
     await tab.page.screenshot(path=str(artefacts / "stopped.png"), full_page=True)
     assert tab.errors == []
     print(f"\nstopped from the page in {stopped_in:.2f} s")
-
-
-async def test_a_scheduled_job_is_shown_and_runs_from_the_page(
-    gateway: Gateway, fake: FakeAnthropic, tab: Page
-) -> None:
-    await tab.page.goto(url_of(gateway) + "/")
-    digest = 'li[data-job="digest"]'
-    await tab.page.wait_for_selector(digest)
-    assert "next in " in await tab.page.inner_text(digest)
-    assert "last never" in await tab.page.inner_text(digest)
-    held = 'li[data-job="to-telegram"]'
-    assert "needs the Telegram bot" in await tab.page.inner_text(held)
-    assert await tab.page.query_selector(f"{held} button") is None  # nothing to run
-    before = len(fake_requests_for(fake, "daily digest"))
-    await tab.page.click(f'{digest} button[data-run="digest"]')
-    await tab.page.wait_for_selector(f"{digest} .meta:has-text('last ok')", timeout=20_000)
-    assert len(fake_requests_for(fake, "daily digest")) == before + 1
-    assert tab.errors == []
 
 
 class HoldingApprover:
@@ -296,6 +296,10 @@ async def test_the_page_fits_a_phone_without_horizontal_scrolling(
         # the limit window the CLI reported, with its reset time
         window = await page.page.inner_text('#usage [data-window="five_hour"]')
         assert "91% used" in window and "resets in 2 h" in window, window
+        # today's totals and the hourly chart (three days, one bar per hour)
+        today = await page.page.inner_text("#usage-today")
+        assert today.startswith("Today: ") and " turns · " in today, today
+        assert await page.page.locator("#usage-chart svg rect").count() == 72
         widths = await page.page.evaluate(
             "[document.documentElement.scrollWidth, document.documentElement.clientWidth,"
             " document.body.scrollWidth]")
