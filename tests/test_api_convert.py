@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from gateway.api.chat_wire import parse_chat_request
 from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
 from gateway.api.conversation import (
     META_FIRST_USER,
@@ -30,7 +31,6 @@ from gateway.api.convert import (
     finish_reason,
     http_error,
     normalize_text,
-    parse_chat_request,
     parse_data_url,
     render_event,
     split_conversation,

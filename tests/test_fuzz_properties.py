@@ -35,12 +35,12 @@ from bridges.discord.render import discord_length
 from bridges.discord.render import render as discord_render
 from bridges.telegram.render import render as telegram_render
 from bridges.telegram.render import telegram_length
+from gateway.api.chat_wire import parse_chat_request
 from gateway.api.conversation import meta_after_turn, plan_conversation
 from gateway.api.convert import (
     HISTORY_CLOSE,
     HISTORY_OPEN,
     build_prompt,
-    parse_chat_request,
     split_conversation,
 )
 from gateway.engine.tools import resolve_outgoing

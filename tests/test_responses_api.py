@@ -230,11 +230,11 @@ async def test_agents_sdk_with_a_function_tool(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ({"input": "hi"}, "model: Field required"),
-    ({"model": "sonnet"}, "input: Field required"),
-    ({"model": "sonnet", "input": 5}, "input: Input should be a valid list"),
+    ({"input": "hi"}, "model: is required"),
+    ({"model": "sonnet"}, "input: is required"),
+    ({"model": "sonnet", "input": 5}, "input: must be an array, not a number"),
     ({"model": "sonnet", "input": [{"type": "function_call", "name": "f"}]},
-     "input[0].call_id: Field required"),
+     "input[0].call_id: is required"),
     ({"model": "sonnet", "input": [{"role": "user", "content": [{"type": "input_txt"}]}]},
      "input[0].content[0]: type 'input_txt' is not supported"),
     ({"model": "sonnet", "input": [{"role": "user", "content": [
@@ -247,7 +247,7 @@ async def test_agents_sdk_with_a_function_tool(api: Api) -> None:
                                    {"role": "assistant", "content": "y"}]},
      "input[1]: the input ends with the assistant's own output"),
     ({"model": "sonnet", "input": "x", "tools": [{"type": "function", "name": "a b"}]},
-     "tools[0].name: Value error, must be 1-64 letters"),
+     "tools[0].name: must be 1-64 letters"),
     ({"model": "sonnet", "input": "x", "tool_choice": "maybe"},
      "tool_choice: must be 'auto', 'none' or 'required'"),
     ({"model": "sonnet", "input": "x", "background": True}, "background: "),

@@ -17,7 +17,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from gateway.api.structured import OutputInvalid, check_answer, parse_response_format
+from gateway.api.chat_wire import parse_response_format
+from gateway.api.structured import OutputInvalid, check_answer
 from gateway.engine import Engine
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic

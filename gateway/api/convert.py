@@ -1,7 +1,7 @@
 """OpenAI Chat Completions wire format <-> engine types. Pure functions, no I/O.
 
-* :func:`parse_chat_request` validates a request body; every problem is a
-  ``GatewayError(INVALID_REQUEST, "<field path>: <what is wrong>")``.
+* :class:`Message` / :class:`ChatRequest`: a request in neutral form (validated and built
+  by :mod:`gateway.api.chat_wire`); :func:`parse_data_url` decodes an image.
 * :func:`split_conversation` separates instructions (``system``/``developer``), the history
   the client already has answers for, and the new messages of this turn.
 * :func:`build_prompt` renders the new messages (and, for a fresh session, the earlier history
@@ -24,14 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api.fields import invalid, parse_choice
-from gateway.api.functions import (
-    openai_tool_calls,
-    parse_tool_choice,
-    parse_tool_mode,
-    parse_tools,
-    tool_results,
-)
-from gateway.api.structured import ResponseFormat, parse_response_format
+from gateway.api.functions import openai_tool_calls, tool_results
+from gateway.api.structured import ResponseFormat
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.client_tools import ToolCall as EngineToolCall
 from gateway.engine.events import (
@@ -46,7 +40,7 @@ from gateway.engine.events import (
 )
 from gateway.errors import ErrorKind, GatewayError
 
-# --------------------------------------------------------------------------- request model
+# --------------------------------------------------------------------------- request
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -93,215 +87,9 @@ class ChatRequest:
     response_format: ResponseFormat | None = None
 
 
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def parse_stream_mode(value: object, path: str) -> StreamMode:
     """``smart``/``final``/``verbose`` (case-insensitive), else a 400 naming ``path``."""
     return parse_choice(value, StreamMode, path)
-
-
-def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid(name, f"must be a string, not {_type_name(value)}")
-    return value if value.strip() else None
-
-
-def _check_unsupported(body: Mapping[str, Any]) -> None:
-    """Reject what the gateway cannot honour; everything else unknown is ignored, as OpenAI does."""
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise invalid("n", "only 1 completion per request is supported")
-    if body.get("logprobs") not in (None, False):
-        raise invalid("logprobs", "log probabilities are not available through Claude Code")
-    if body.get("top_logprobs") not in (None, 0):
-        raise invalid("top_logprobs", "log probabilities are not available through Claude Code")
-    modalities = body.get("modalities")
-    if modalities is not None:
-        if not isinstance(modalities, list) or any(m != "text" for m in modalities):
-            raise invalid("modalities", "only ['text'] is supported")
-    if body.get("audio") is not None:
-        raise invalid("audio", "audio output is not supported")
-
-
-def parse_chat_request(body: object) -> ChatRequest:
-    """Validate a decoded JSON body. Raises ``GatewayError(INVALID_REQUEST)`` naming the field."""
-    if not isinstance(body, dict):
-        raise invalid("body", f"must be a JSON object, not {_type_name(body)}")
-    model = body.get("model")
-    if model is None:
-        raise invalid("model", "is required")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid("model", "must be a non-empty string")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise invalid("stream", f"must be a boolean, not {_type_name(stream)}")
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise invalid("stream_options", f"must be an object, not {_type_name(options)}")
-        iu = options.get("include_usage")
-        if iu is not None and not isinstance(iu, bool):
-            raise invalid("stream_options.include_usage", "must be a boolean")
-        include_usage = bool(iu)
-    mode_value = body.get("stream_mode")
-    stream_mode = None if mode_value is None else parse_stream_mode(mode_value, "stream_mode")
-    _check_unsupported(body)
-    raw_messages = body.get("messages")
-    if raw_messages is None:
-        raise invalid("messages", "is required")
-    if not isinstance(raw_messages, list):
-        raise invalid("messages", f"must be an array, not {_type_name(raw_messages)}")
-    if not raw_messages:
-        raise invalid("messages", "must contain at least one message")
-    messages = tuple(parse_message(m, i) for i, m in enumerate(raw_messages))
-    tools = parse_tools(body)
-    parallel = body.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise invalid("parallel_tool_calls", f"must be a boolean, not {_type_name(parallel)}")
-    mode = body.get("tool_mode")
-    return ChatRequest(
-        model=model.strip(),
-        messages=messages,
-        stream=bool(stream),
-        include_usage=include_usage,
-        stream_mode=stream_mode,
-        prompt_cache_key=_optional_str(body, "prompt_cache_key"),
-        user=_optional_str(body, "user"),
-        tools=tools,
-        tool_choice=parse_tool_choice(body, tools),
-        tool_mode=None if mode is None else parse_tool_mode(mode, "tool_mode"),
-        response_format=parse_response_format(body.get("response_format")),
-    )
-
-
-def parse_message(raw: object, index: int) -> Message:
-    path = f"messages[{index}]"
-    if not isinstance(raw, dict):
-        raise invalid(path, f"must be an object, not {_type_name(raw)}")
-    role = raw.get("role")
-    if role not in ROLES:
-        raise invalid(f"{path}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
-    name = raw.get("name")
-    if name is not None and not isinstance(name, str):
-        raise invalid(f"{path}.name", "must be a string")
-    content = raw.get("content")
-    allow_images = role == "user"
-    tool_calls: tuple[ToolCall, ...] = ()
-    if role == "assistant":
-        tool_calls = _parse_tool_calls(raw, path)
-        if content is None and not tool_calls and raw.get("refusal") is None:
-            raise invalid(f"{path}.content", "is required unless tool_calls is given")
-        if content is None and isinstance(raw.get("refusal"), str):
-            content = raw["refusal"]
-    elif content is None:
-        raise invalid(f"{path}.content", "is required")
-    text, images = _parse_content(content, f"{path}.content", allow_images=allow_images)
-    tool_call_id: str | None = None
-    if role == "tool":
-        tcid = raw.get("tool_call_id")
-        if tcid is not None and not isinstance(tcid, str):
-            raise invalid(f"{path}.tool_call_id", "must be a string")
-        tool_call_id = tcid
-    return Message(
-        role=str(role),
-        text=text,
-        images=images,
-        tool_calls=tool_calls,
-        tool_call_id=tool_call_id,
-        name=name,
-        index=index,
-    )
-
-
-def _parse_tool_calls(raw: Mapping[str, Any], path: str) -> tuple[ToolCall, ...]:
-    calls: list[ToolCall] = []
-    value = raw.get("tool_calls")
-    if value is not None:
-        if not isinstance(value, list):
-            raise invalid(f"{path}.tool_calls", "must be an array")
-        for j, call in enumerate(value):
-            cpath = f"{path}.tool_calls[{j}]"
-            if not isinstance(call, dict):
-                raise invalid(cpath, "must be an object")
-            fn = call.get("function") or call.get("custom") or {}
-            if not isinstance(fn, dict):
-                raise invalid(f"{cpath}.function", "must be an object")
-            args = fn.get("arguments", fn.get("input", ""))
-            calls.append(
-                ToolCall(
-                    id=str(call.get("id") or ""),
-                    name=str(fn.get("name") or "?"),
-                    arguments=args if isinstance(args, str) else json.dumps(args),
-                )
-            )
-    legacy = raw.get("function_call")
-    if isinstance(legacy, dict):
-        args = legacy.get("arguments", "")
-        calls.append(
-            ToolCall(
-                id="",
-                name=str(legacy.get("name") or "?"),
-                arguments=args if isinstance(args, str) else json.dumps(args),
-            )
-        )
-    return tuple(calls)
-
-
-def _parse_content(
-    content: object, path: str, *, allow_images: bool
-) -> tuple[str, tuple[ImagePart, ...]]:
-    if content is None:
-        return "", ()
-    if isinstance(content, str):
-        return content, ()
-    if not isinstance(content, list):
-        raise invalid(path, f"must be a string or an array of parts, not {_type_name(content)}")
-    texts: list[str] = []
-    images: list[ImagePart] = []
-    for j, part in enumerate(content):
-        ppath = f"{path}[{j}]"
-        if not isinstance(part, dict):
-            raise invalid(ppath, f"must be an object, not {_type_name(part)}")
-        ptype = part.get("type")
-        if ptype in ("text", "input_text", "output_text", "refusal"):
-            key = "refusal" if ptype == "refusal" else "text"
-            value = part.get(key)
-            if not isinstance(value, str):
-                raise invalid(f"{ppath}.{key}", "must be a string")
-            texts.append(value)
-        elif ptype == "image_url":
-            if not allow_images:
-                raise invalid(f"{ppath}.type", "images are only accepted in user messages")
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str):
-                raise invalid(f"{ppath}.image_url.url", "must be a string")
-            images.append(parse_data_url(url, f"{ppath}.image_url.url"))
-        else:
-            raise invalid(
-                f"{ppath}.type",
-                f"{ptype!r} is not supported; use 'text' or 'image_url' with a data: URL",
-            )
-    return "\n".join(texts), tuple(images)
 
 
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*);base64,(.*)$", re.DOTALL)

@@ -41,6 +41,7 @@ from gateway.api import messages, responses
 from gateway.api import status as status_page
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
+from gateway.api.chat_wire import parse_chat_request
 from gateway.api.config import ApiConfig
 from gateway.api.convert import (
     SSE_DONE,
@@ -48,7 +49,6 @@ from gateway.api.convert import (
     ChunkFactory,
     finish_reason,
     http_error,
-    parse_chat_request,
     render_event,
     request_error,
     split_conversation,

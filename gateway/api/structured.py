@@ -3,8 +3,9 @@ plus validation.
 
 Claude Code has no switch that forces JSON, so the gateway asks for it and checks it:
 
-* :func:`parse_response_format` validates the request field (a 400 naming the part that is
-  wrong; a ``json_schema`` must be a valid JSON Schema whose ``$ref`` are local).
+* :func:`check_schema` checks a request's ``json_schema`` (its shape is validated by
+  :mod:`gateway.api.chat_wire`): a valid JSON Schema whose ``$ref`` are local, else a 400
+  naming the part that is wrong.
 * :func:`with_instruction` adds the instruction to *this* turn's prompt (a suffix of the user
   message, not system text: the system text of a warm process is fixed, and changing it
   would restart the process; later turns of the conversation do not get the instruction).
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FormatType = Literal["json_object", "json_schema"]
-TYPES = ("text", "json_object", "json_schema")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: the longest problem description put into a retry prompt or an error message
 MAX_PROBLEM_CHARS = 500
 
@@ -88,45 +87,13 @@ class _Endless(OutputInvalid):
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_response_format(value: object) -> ResponseFormat | None:
-    """``None`` for an absent or ``text`` format; else the format, or a 400 naming the field."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise invalid("response_format", "must be an object")
-    kind = value.get("type", "text")
-    if kind not in TYPES:
-        raise invalid(
-            "response_format.type",
-            f"{kind!r} is not supported; use 'text', 'json_object' or 'json_schema'",
-        )
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return ResponseFormat("json_object")
-    spec = value.get("json_schema")
-    path = "response_format.json_schema"
-    if not isinstance(spec, dict):
-        raise invalid(path, "is required for type 'json_schema' and must be an object")
-    name = spec.get("name", "response")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise invalid(f"{path}.name", f"must be 1-64 letters, digits, '_' or '-' (got {name!r})")
-    description = spec.get("description") or ""
-    if not isinstance(description, str):
-        raise invalid(f"{path}.description", "must be a string")
-    strict = spec.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise invalid(f"{path}.strict", "must be a boolean")
-    schema = spec.get("schema")
-    if schema is None:
-        raise invalid(f"{path}.schema", "is required (a JSON Schema object)")
-    if not isinstance(schema, dict):
-        raise invalid(f"{path}.schema", "must be a JSON Schema object")
+def check_schema(schema: Mapping[str, Any], path: str) -> None:
+    """A 400 naming the part of ``schema`` (at ``path``) that is not a valid JSON Schema, a
+    ``$ref`` that points outside it or nowhere, or references that loop without end."""
     try:
-        _check_schema(schema, f"{path}.schema")
+        _check_schema(schema, path)
     except RecursionError:
-        raise invalid(f"{path}.schema", "is nested too deeply") from None
-    return ResponseFormat("json_schema", name, description, schema, bool(strict))
+        raise invalid(path, "is nested too deeply") from None
 
 
 def _refs(node: object, path: str, found: list[tuple[str, str]], ids: list[str]) -> None:
