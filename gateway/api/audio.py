@@ -23,13 +23,22 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
+from pydantic import BaseModel, Field, RootModel
 
 from gateway.api.convert import HttpError, request_error
-from gateway.api.guard import JSON, MULTIPART, accepts
+from gateway.api.guard import MULTIPART
 from gateway.api.http import CONFIG, ApiError, drain, mb, read_body, refuse_when_full
+from gateway.api.openapi import (
+    JSON,
+    RETRY_AFTER,
+    Operation,
+    Param,
+    Reply,
+    error_reply,
+)
 from gateway.errors import ErrorKind, GatewayError
 from gateway.voice import (
     AudioDecodeError,
@@ -61,10 +70,9 @@ AUDIO: web.AppKey[AudioState] = web.AppKey("audio_state", AudioState)
 
 
 def setup_audio(app: web.Application, voice: VoiceService | None) -> None:
-    """Register the audio routes on ``app`` (the API application of :func:`create_app`)."""
+    """The voice the audio routes (:data:`OPERATIONS`, served by :func:`create_app`) use on
+    ``app``; None: they answer 503 voice_unavailable."""
     app[AUDIO] = AudioState(voice)
-    app.router.add_post("/v1/audio/transcriptions", accepts(MULTIPART)(transcriptions))
-    app.router.add_post("/v1/audio/speech", accepts(JSON)(speech))
 
 
 def _invalid(message: str) -> ApiError:
@@ -298,3 +306,111 @@ async def speech(request: web.Request) -> web.StreamResponse:
             content_type=spoken.mime_type,
             headers={"X-Voice-Engine": spoken.engine},
         )
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+class TranscriptionRequest(BaseModel):
+    """Other OpenAI fields (temperature, timestamp_granularities, ...) are accepted and
+    ignored."""
+
+    file: str = Field(json_schema_extra={"format": "binary"}, description="Audio in any "
+                      "format FFmpeg reads: OGG/Opus, MP3, M4A, WAV, FLAC, WebM, ...")
+    model: str | None = Field(
+        default=None, description="Accepted for compatibility; the configured voice.model "
+        "answers.")
+    language: str | None = Field(default=None, description="ISO-639-1 code, e.g. en.")
+    prompt: str | None = Field(default=None, description="Text to guide the model (names).")
+    response_format: Literal[TRANSCRIPTION_FORMATS] = "json"  # type: ignore[valid-type]
+
+
+class AudioUsage(BaseModel):
+    type: Literal["duration"]
+    seconds: int = Field(ge=0)
+
+
+class Transcription(BaseModel):
+    text: str
+    usage: AudioUsage | None = None
+
+
+class TranscriptionSegment(BaseModel):
+    id: int = Field(ge=0)
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionVerbose(BaseModel):
+    task: Literal["transcribe"]
+    language: str = Field(description="e.g. english")
+    duration: float = Field(ge=0)
+    text: str
+    segments: list[TranscriptionSegment]
+    usage: AudioUsage | None = None
+
+
+class TranscriptionReply(RootModel[TranscriptionVerbose | Transcription]):
+    pass
+
+
+class SpeechRequest(BaseModel):
+    """instructions is accepted and ignored."""
+
+    input: str = Field(min_length=1, max_length=MAX_SPEECH_INPUT)
+    model: str | None = Field(
+        default=None, description="Accepted for compatibility; the configured voice speaks.")
+    voice: Any = Field(
+        default=None, description="Accepted for compatibility; the configured voice speaks.")
+    response_format: Literal[SPEECH_FORMATS] = Field(  # type: ignore[valid-type]
+        default="mp3", description="opus is Ogg/Opus; pcm is raw 24 kHz 16-bit mono.")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio"] | None = None
+
+
+_UNAVAILABLE = error_reply(
+    "No speech engine is installed (code voice_unavailable; the message names the extra to "
+    "install), or the gateway is at max_concurrent_requests (code server_busy).",
+    headers=(RETRY_AFTER,),
+)
+_TEXT = {"type": "string"}
+_BINARY = {"type": "string", "format": "binary"}
+_AUDIO_TYPES = ("audio/mpeg", "audio/opus", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST", "/v1/audio/transcriptions", transcriptions, "createTranscription",
+        "Transcribe audio with the gateway's Whisper model.",
+        body={MULTIPART: TranscriptionRequest},
+        responses={
+            200: Reply("The transcript: JSON for json and verbose_json, plain text for text "
+                       "and srt, WebVTT for vtt. Audio without speech gives an empty text.",
+                       {JSON: TranscriptionReply, "text/plain": _TEXT, "text/vtt": _TEXT}),
+            400: error_reply("Invalid request (the message names the field), audio that "
+                             "cannot be decoded (audio_undecodable) or is longer than "
+                             "voice.max_seconds (audio_too_long)."),
+            503: _UNAVAILABLE,
+        },
+    ),
+    Operation(
+        "POST", "/v1/audio/speech", speech, "createSpeech",
+        "Speak text with the gateway's voice (Piper, else espeak-ng).",
+        body={JSON: SpeechRequest},
+        responses={
+            200: Reply("The audio, in the requested format.",
+                       dict.fromkeys(_AUDIO_TYPES, _BINARY),
+                       headers=(Param("X-Voice-Engine", "The engine that spoke: piper or "
+                                      "espeak.", {"enum": ["piper", "espeak"]}),)),
+            400: error_reply("Invalid request; the message names the field."),
+            500: error_reply("The speech engine failed on this text (synthesis_failed)."),
+            503: _UNAVAILABLE,
+        },
+    ),
+)

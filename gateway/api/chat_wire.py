@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    RootModel,
     Tag,
     WithJsonSchema,
     with_config,
@@ -42,6 +43,7 @@ from gateway.api.fields import (
     validate,
 )
 from gateway.api.structured import ResponseFormat, check_schema
+from gateway.api.wire import Error
 from gateway.engine.client_tools import NAME_RE, ClientTool, ToolMode
 from gateway.engine.events import ImagePart, StreamMode
 
@@ -273,7 +275,7 @@ ToolChoice = Annotated[
     Annotated[str, Tag(f"{TAG}string")] | Annotated[ToolChoiceFunction, Tag(f"{TAG}object")],
     _STRING_OR_OBJECT,
 ]
-FunctionCall = Annotated[
+LegacyFunctionCall = Annotated[
     Annotated[str, Tag(f"{TAG}string")] | Annotated[NamedFunction, Tag(f"{TAG}object")],
     _STRING_OR_OBJECT,
 ]
@@ -366,16 +368,16 @@ class ChatCompletionRequest(_Wire):
         default=None, description="Gateway extension: how answer text streams.")
     n: Annotated[Any, _refuse_unless(lambda n: n == 1 and not isinstance(n, bool),
                                      "only 1 completion per request is supported"),
-                 WithJsonSchema({"const": 1})] = None
+                 WithJsonSchema({"enum": [1, None]})] = None
     logprobs: Annotated[Any, _refuse_unless(lambda v: v is False, _NO_LOGPROBS),
-                        WithJsonSchema({"const": False})] = None
+                        WithJsonSchema({"enum": [False, None]})] = None
     top_logprobs: Annotated[
         Any, _refuse_unless(lambda v: v == 0 and not isinstance(v, bool), _NO_LOGPROBS),
-        WithJsonSchema({"const": 0})] = None
+        WithJsonSchema({"enum": [0, None]})] = None
     modalities: Annotated[
         Any, _refuse_unless(lambda v: isinstance(v, list) and all(m == "text" for m in v),
                             "only ['text'] is supported"),
-        WithJsonSchema({"type": "array", "items": {"const": "text"}})] = None
+        WithJsonSchema({"type": ["array", "null"], "items": {"const": "text"}})] = None
     audio: Annotated[Any, _refuse_unless(lambda v: False, "audio output is not supported"),
                      WithJsonSchema({"type": "null"})] = None
     messages: Annotated[list[ChatMessage], AfterValidator(_some_messages)] = Field(
@@ -386,7 +388,7 @@ class ChatCompletionRequest(_Wire):
     tool_choice: ToolChoice | None = Field(
         default=None, description="auto, none, required or one function. Not enforced by the "
         "CLI: anything but auto becomes an instruction to Claude.")
-    function_call: FunctionCall | None = Field(
+    function_call: LegacyFunctionCall | None = Field(
         default=None, description="Legacy: the same as tool_choice.")
     parallel_tool_calls: bool | None = None
     tool_mode: Annotated[ToolMode | None, *choice(ToolMode)] = Field(
@@ -546,3 +548,102 @@ class _FormatOnly(_Wire):
 def parse_response_format(value: object) -> ResponseFormat | None:
     """A ``response_format`` on its own (None for an absent or ``text`` one), or a 400."""
     return _response_format(validate(_FormatOnly, {"response_format": value}).response_format)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class _Reply(BaseModel):
+    """A response object (documented; the handlers build the dicts directly)."""
+
+
+class PromptTokensDetails(_Reply):
+    cached_tokens: int = Field(ge=0)
+
+
+class Usage(_Reply):
+    prompt_tokens: int = Field(ge=0, description="Input, cache read and cache write tokens.")
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    prompt_tokens_details: PromptTokensDetails
+
+
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class FunctionCall(_Reply):
+    name: str
+    arguments: str = Field(description="JSON text.")
+
+
+class ChatToolCall(_Reply):
+    model_config = ConfigDict(title="ToolCall")
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class CompletionMessage(_Reply):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ChatToolCall] = Field(
+        default_factory=list, description="Only when finish_reason is tool_calls.")
+
+
+class Choice(_Reply):
+    index: Literal[0]
+    message: CompletionMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(_Reply):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str = Field(description="The model id the request named.")
+    choices: list[Choice] = Field(min_length=1, max_length=1)
+    usage: Usage
+
+
+class FunctionDelta(_Reply):
+    name: str = ""
+    arguments: str = ""
+
+
+class ToolCallDelta(_Reply):
+    index: int = Field(ge=0)
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionDelta | None = None
+
+
+class Delta(_Reply):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["assistant"] = "assistant"
+    content: str = ""
+    tool_calls: list[ToolCallDelta] = Field(default_factory=list)
+
+
+class ChunkChoice(_Reply):
+    index: Literal[0]
+    delta: Delta
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(_Reply):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice] = Field(
+        max_length=1, description="Empty only in the final usage chunk.")
+    usage: Usage | None = Field(
+        default=None, description="Only in the final chunk, with stream_options.include_usage.")
+
+
+class ChatStreamEvent(RootModel[ChatCompletionChunk | Error]):
+    """The JSON of one ``data:`` line of the stream; the stream ends with ``data: [DONE]``."""

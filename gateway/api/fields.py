@@ -84,7 +84,7 @@ def choice(choices: type[E]) -> tuple[BeforeValidator, WithJsonSchema]:
     ``Annotated[Mode | None, *choice(Mode)]``."""
     return (
         BeforeValidator(lambda v: v if v is None else _choice(v, choices)),
-        WithJsonSchema({"enum": [c.value for c in choices]}),
+        WithJsonSchema({"enum": [*(c.value for c in choices), None]}),
     )
 
 

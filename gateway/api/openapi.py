@@ -33,6 +33,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from gateway import __version__
+from gateway.api.guard import JSON as JSON  # re-exported: the dialects declare bodies
+from gateway.api.guard import accepts
 from gateway.api.wire import Error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,7 +42,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Schema = type[BaseModel] | Mapping[str, Any]
 
 REF_TEMPLATE = "#/components/schemas/{model}"
-JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 STRING: Mapping[str, Any] = {"type": "string"}
 
@@ -84,6 +85,20 @@ RETRY_AFTER = Param(
     "Retry-After", "Seconds to wait before retrying.", {"type": "string", "pattern": "^[0-9]+$"}
 )
 
+#: the response header of every turn (and of its errors once the conversation is known)
+CONVERSATION = Param(
+    "X-Conversation-Id", "The conversation this request used; send it back in the "
+    "X-Conversation-Id request header to pin the conversation.")
+#: the request headers every dialect's turn endpoint reads (gateway/api/exchange.py)
+TURN_PARAMS = (
+    Param("X-Conversation-Id", "Names the conversation."),
+    Param("X-Session-Id", "Same as X-Conversation-Id."),
+    Param("X-Stream-Mode", "How answer text streams (overrides the body's stream_mode).",
+          {"enum": ["smart", "final", "verbose"]}),
+    Param("X-Tool-Mode", "How the client's tools are used (overrides tool_mode).",
+          {"enum": ["agent", "client", "hybrid"]}),
+)
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -113,8 +128,6 @@ _DOCUMENT: web.AppKey[dict[str, bytes]] = web.AppKey("openapi_document", dict)
 
 def add_operations(app: web.Application, operations: Iterable[Operation]) -> None:
     """Serve ``operations`` on ``app`` and list them in its ``/openapi.json``."""
-    from gateway.api.guard import accepts  # guard imports convert, which imports the wire
-
     registered = app.setdefault(OPERATIONS, [])
     for op in operations:
         if len(op.body) > 1:
@@ -268,18 +281,6 @@ def build_document(operations: Sequence[Operation]) -> dict[str, Any]:
         "security": [{}, {"bearer": []}],
         "paths": paths,
     }
-    return _with_legacy(document)
-
-
-def _with_legacy(document: dict[str, Any]) -> dict[str, Any]:
-    """Transition: the hand-written paths not yet declared as operations."""
-    from gateway.api.openapi_legacy import openapi_document as legacy
-
-    old = legacy()
-    for name, schema in old["components"]["schemas"].items():
-        document["components"]["schemas"].setdefault(name, schema)
-    for path, item in old["paths"].items():
-        document["paths"].setdefault(path, item)
     return document
 
 

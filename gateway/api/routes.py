@@ -37,11 +37,16 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.api import messages, responses
+from gateway.api import audio, messages, responses
 from gateway.api import status as status_page
 from gateway.api.access import STREAM_ERROR, access_middleware
 from gateway.api.audio import setup_audio
-from gateway.api.chat_wire import parse_chat_request
+from gateway.api.chat_wire import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatStreamEvent,
+    parse_chat_request,
+)
 from gateway.api.config import ApiConfig
 from gateway.api.convert import (
     SSE_DONE,
@@ -69,7 +74,7 @@ from gateway.api.exchange import (
     tool_mode,
 )
 from gateway.api.functions import tool_call_deltas
-from gateway.api.guard import JSON, accepts, cors_headers, guard_middleware
+from gateway.api.guard import JSON, cors_headers, guard_middleware
 from gateway.api.http import (
     CONFIG,
     ERROR_BODIES,
@@ -82,6 +87,9 @@ from gateway.api.http import (
 )
 from gateway.api.messages_wire import ErrorReply, ModelListReply, ModelReply
 from gateway.api.openapi import (
+    CONVERSATION,
+    RETRY_AFTER,
+    TURN_PARAMS,
     Operation,
     Param,
     Reply,
@@ -325,9 +333,35 @@ _ANTHROPIC_MODELS = Param(
     "display_name, created_at; data, has_more, first_id, last_id; limit, after_id, before_id)."
 )
 
+_CHAT = Operation(
+    "POST", "/v1/chat/completions", chat_completions, "createChatCompletion",
+    "Run one turn of a conversation through Claude Code.",
+    body={JSON: ChatCompletionRequest},
+    params=TURN_PARAMS,
+    responses={
+        200: Reply("A chat.completion, or with stream=true an SSE stream of ChatStreamEvent "
+                   "objects ending with `data: [DONE]`.", {JSON: ChatCompletion},
+                   events=ChatStreamEvent, headers=(CONVERSATION,)),
+        400: error_reply("Invalid request; the message names the field."),
+        409: error_reply("The turn was interrupted (interrupt or reset of the conversation).",
+                         headers=(CONVERSATION,)),
+        422: error_reply("The answer did not match response_format even after one retry "
+                         "(code invalid_json_output; the message names the problem).",
+                         headers=(CONVERSATION,)),
+        429: error_reply("Claude usage limit reached.", headers=(RETRY_AFTER, CONVERSATION)),
+        502: error_reply("The Claude Code CLI crashed, or the Anthropic API failed.",
+                         headers=(CONVERSATION,)),
+        503: error_reply("Overloaded, CLI unavailable or not logged in, shutting down, or the "
+                         "gateway is at max_concurrent_requests (code server_busy).",
+                         headers=(RETRY_AFTER,)),
+        504: error_reply("The turn showed no activity for too long.", headers=(CONVERSATION,)),
+    },
+)
+
 #: every route the API serves, as documented in /openapi.json (gateway/api/openapi.py);
 #: a dialect adds its module's ``OPERATIONS`` here
 OPERATIONS: tuple[Operation, ...] = (
+    _CHAT,
     *responses.OPERATIONS,
     *status_page.OPERATIONS,
     Operation(
@@ -357,6 +391,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     *messages.OPERATIONS,
     *USAGE_OPERATIONS,
+    *audio.OPERATIONS,
 )
 
 
@@ -394,7 +429,6 @@ def create_app(
     error_bodies: list[ErrorBody] = [messages.error_body]  # Anthropic's for its clients
     app[ERROR_BODIES] = error_bodies
     add_operations(app, OPERATIONS)
-    app.router.add_post("/v1/chat/completions", accepts(JSON)(chat_completions))
     setup_audio(app, voice)
     setup_status(app)
     app.on_shutdown.append(_stop_pumps)
