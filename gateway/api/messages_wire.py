@@ -1,7 +1,7 @@
 """The Anthropic Messages API wire format as pydantic models (requests and responses).
 
 Requests are validated with :func:`parse_messages_request` (every problem a 400 naming the
-field, e.g. ``messages[0].content[1].source.data: Field required``); responses are built
+field, e.g. ``messages[0].content[1].source.data: is required``); responses are built
 from the models here, so the bodies, the stream events and the OpenAPI document
 (:mod:`gateway.api.openapi`, through the operations of :mod:`gateway.api.messages`)
 cannot drift apart. Shapes follow the official ``anthropic`` SDK's
