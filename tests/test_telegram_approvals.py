@@ -30,6 +30,18 @@ pytest_plugins = ["tests.telegram_support"]
 pytestmark = pytest.mark.cli
 
 
+@pytest.fixture
+def bridge_on(make_bridge: BridgeFactory, make_engine: EngineFactory) -> BridgeFactory:
+    """``make_bridge`` on an engine without pre-started spare processes (they only cost CPU
+    here); ``engine=`` still picks one."""
+
+    async def factory(**settings: Any) -> Any:
+        engine = settings.pop("engine", None) or await make_engine(spare_processes=0)
+        return await make_bridge(engine=engine, **settings)
+
+    return factory
+
+
 def _bash(command: str) -> dict[str, Any]:
     return {"tool_use": {"name": "Bash", "input": {"command": command, "description": "cmd"}}}
 
@@ -55,8 +67,8 @@ async def _press(tg: FakeTelegram, message: BotMessage, starts: str, user: int =
 
 
 async def test_allow_once_runs_the_command_and_a_second_press_changes_nothing(
-        make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
-    bridge = await make_bridge(permission_mode="ask")
+        bridge_on: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
+    bridge = await bridge_on(permission_mode="ask")
     tg.slow(latency=0.1, jitter=0.05, seed=18)
     marker = bridge.engine.workspace / "ran"
     fake_api.script(_bash(f"touch {marker} && echo it ran"), match="make the file")
@@ -79,8 +91,8 @@ async def test_allow_once_runs_the_command_and_a_second_press_changes_nothing(
 
 
 async def test_deny_runs_nothing_and_a_typed_reason_reaches_claude(
-        make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
-    bridge = await make_bridge(permission_mode="ask")
+        bridge_on: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
+    bridge = await bridge_on(permission_mode="ask")
     workspace = bridge.engine.workspace
     workspace.mkdir(parents=True, exist_ok=True)
     app = workspace / "app.py"
@@ -113,10 +125,10 @@ async def test_deny_runs_nothing_and_a_typed_reason_reaches_claude(
 
 
 async def test_always_allow_persists_across_a_restart_and_old_buttons_are_stale(
-        make_bridge: BridgeFactory, make_engine: EngineFactory, tg: FakeTelegram,
+        bridge_on: BridgeFactory, make_engine: EngineFactory, tg: FakeTelegram,
         fake_api: FakeAnthropic) -> None:
-    engine = await make_engine()
-    bridge = await make_bridge(engine=engine, permission_mode="ask")
+    engine = await make_engine(spare_processes=0)
+    bridge = await bridge_on(engine=engine, permission_mode="ask")
     fake_api.script(_bash("mkdir -p one"), match="first folder")
     tg.user_text(OWNER, "first folder")
     request = await _request(tg, OWNER, "Run: mkdir -p one")
@@ -131,7 +143,7 @@ async def test_always_allow_persists_across_a_restart_and_old_buttons_are_stale(
     stale_data = _button(stale, "🚫")
     await bridge.stop()
     await engine.stop()
-    again = await make_bridge(engine=await make_engine(), permission_mode="ask")
+    again = await bridge_on(engine=await make_engine(spare_processes=0), permission_mode="ask")
     query = tg.user_press(stale, stale_data, user_id=OWNER)
     found = await tg.wait_for(lambda: tg.answer_to(query), 30, what="answerCallbackQuery")
     assert "no longer waiting" in found["text"]
@@ -153,10 +165,10 @@ async def test_always_allow_persists_across_a_restart_and_old_buttons_are_stale(
 
 
 async def test_a_strangers_press_changes_nothing_and_the_timeout_denies(
-        make_bridge: BridgeFactory, make_engine: EngineFactory, tg: FakeTelegram,
+        bridge_on: BridgeFactory, make_engine: EngineFactory, tg: FakeTelegram,
         fake_api: FakeAnthropic) -> None:
-    engine = await make_engine(approval_timeout=3.0)
-    bridge = await make_bridge(engine=engine, permission_mode="edits")
+    engine = await make_engine(approval_timeout=3.0, spare_processes=0)
+    bridge = await bridge_on(engine=engine, permission_mode="edits")
     marker = engine.workspace / "late"
     fake_api.script(_bash(f"curl -s http://127.0.0.1:9/ > {marker}"), match="fetch it")
     tg.user_text(GROUP, f"{BOT} fetch it", user_id=OWNER)
@@ -173,8 +185,8 @@ async def test_a_strangers_press_changes_nothing_and_the_timeout_denies(
 
 
 async def test_plan_mode_runs_no_tool_and_stop_denies_a_waiting_request(
-        make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
-    bridge = await make_bridge()
+        bridge_on: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
+    bridge = await bridge_on()
     marker = bridge.engine.workspace / "planned"
     tg.user_text(OWNER, "/mode plan")
     await tg.wait_for(lambda: any(m.text.startswith("Permission mode: plan")
@@ -200,8 +212,8 @@ async def test_plan_mode_runs_no_tool_and_stop_denies_a_waiting_request(
 
 
 async def test_an_api_turn_is_approved_from_the_notification_chat(
-        make_bridge: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
-    bridge = await make_bridge(notify=OWNER)
+        bridge_on: BridgeFactory, tg: FakeTelegram, fake_api: FakeAnthropic) -> None:
+    bridge = await bridge_on(notify=OWNER)
     engine = bridge.engine
     marker = engine.workspace / "from-the-api"
     fake_api.script(_bash(f"touch {marker} && echo api ran"), match="api work")
