@@ -201,10 +201,15 @@ async def test_plan_mode_runs_no_tool_and_stop_denies_a_waiting_request(
     await tg.wait_for(lambda: any("Permissions: plan" in m.text for m in tg.visible(OWNER)),
                       30, what="/status")
     # /mode ask on the same session; /stop while a request waits denies it and ends the turn
+    key = f"telegram:{OWNER}"
+    before = await bridge.engine.describe(key)
     tg.user_text(OWNER, "/mode ask")
     fake_api.script(_bash(f"touch {marker}"), match="wait for me")
     tg.user_text(OWNER, "wait for me")
     request = await _request(tg, OWNER, f"Run: touch {marker}")
+    now = await bridge.engine.describe(key)
+    assert before is not None and now is not None
+    assert now.session_id == before.session_id and now.pid == before.pid  # the same process
     tg.user_text(OWNER, "/stop")
     await tg.wait_for(lambda: request.text.startswith("⏹ Not run"), 30, what="/stop")
     await idle(bridge, OWNER)
