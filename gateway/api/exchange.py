@@ -328,7 +328,8 @@ class Exchange:
 Respond = Callable[[Exchange], Awaitable[web.StreamResponse]]
 
 
-def _resolve_model(engine: EngineAPI, name: str) -> str | None:
+def resolve_model(engine: EngineAPI, name: str) -> str | None:
+    """The engine's name for the model the client named; unknown: 400 ``model_not_found``."""
     try:
         return engine.resolve_model(name)
     except GatewayError as exc:
@@ -351,7 +352,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
     """Plan the conversation, build the prompt and start the turn."""
     engine = request.app[ENGINE]
     state = request.app[STATE]
-    model = _resolve_model(engine, turn.model)
+    model = resolve_model(engine, turn.model)
     permissions = permission_mode(request)
     keys = turn.keys
     plan = await plan_conversation(

@@ -77,6 +77,7 @@ from gateway.api.exchange import (
     header_id,
     limited,
     read_json,
+    resolve_model,
     run_exchange,
     stream_mode,
     tool_mode,
@@ -720,11 +721,7 @@ def estimate_tokens(body: CountTokensRequest) -> int:
 async def count_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens``: an estimate, see :func:`estimate_tokens`."""
     body = await read_json(request, parse_count_tokens_request)
-    engine = request.app[ENGINE]
-    try:
-        engine.resolve_model(body.model)
-    except Exception as exc:
-        raise ApiError(request_error(400, "model_not_found", f"model: {exc}")) from None
+    resolve_model(request.app[ENGINE], body.model)
     return web.json_response(AnthropicTokenCount(input_tokens=estimate_tokens(body)).model_dump())
 
 
