@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.api import ApiConfig, create_app
+from gateway.api.messages import StopScanner, find_stop
 from gateway.engine import Engine, EngineConfig
 from gateway.store import Store
 from tests.conftest import skip_unless_whole_module
@@ -289,6 +290,21 @@ async def test_stop_sequences_cut_the_answer(gw: Served) -> None:
         assert message.content[0].type == "text"
         assert message.content[0].text == f"alpha {word} ", stream
         assert message.stop_reason == "stop_sequence" and message.stop_sequence == "STOP"
+
+
+async def test_stop_scanner_cuts_across_any_split() -> None:
+    """Streamed text cut at the first stop sequence wherever the pieces break, and nothing
+    held back that is not a stop sequence (pure; no gateway)."""
+    stops = ("STOP", "\n\nHuman:", "SS")
+    for text in ("alpha STOP beta", "no stop here S", "x\n\nHuman: y", "aSSb STOP",
+                 "ST", "STO", "fine"):
+        expected = text[: find_stop(text, stops)[0]]
+        for size in range(1, len(text) + 1):
+            scanner = StopScanner(stops)
+            out = "".join(scanner.feed(text[i:i + size]) for i in range(0, len(text), size))
+            out += scanner.flush()
+            assert out == expected, (text, size)
+            assert (scanner.hit is not None) == (expected != text)
 
 
 # --------------------------------------------------------------------------- tools, media
