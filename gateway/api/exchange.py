@@ -376,7 +376,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
         if plan.claimed:
             state.release(plan.key)
         raise
-    log.info("turn %s rule=%s seed=%s", plan.key, plan.rule, plan.seed)
+    log.info("chat %s rule=%s seed=%s", plan.key, plan.rule, plan.seed)
     runner: TurnRunner = engine if turn.runner is None else turn.runner(engine)
     pump = start_pump(state, runner, engine.preferences, plan, prompt, options,
                       shown=turn.reply_text)
