@@ -2,14 +2,17 @@
 (subprocess, temp config and data dir), the real bundled CLI, the fake Anthropic API.
 
 Requests are generated from ``/openapi.json`` as the gateway serves it, both schema-valid
-("positive") and schema-violating ("negative") ones, for every operation but the audio
-endpoints (those run the voice models; their limits are tested in tests/test_audio_api.py).
-Half of the chat requests get a real model name, so they become real turns, and most of
-those are pinned to a few conversations so the run stays bounded. Every response must be
+("positive") and schema-violating ("negative") ones, for /health, the models and the turn
+endpoints of all three dialects: Chat Completions, Responses (and reading a stored
+response), Anthropic Messages (and count_tokens). Not the audio endpoints (they run the
+voice models; their limits are tested in tests/test_audio_api.py) nor the status page.
+Half of the turn requests get a real model name and a conversation in a valid shape, so
+they become real turns, and most of those are pinned to a few conversations so the run
+stays bounded; most reads of a stored response ask for one the run made. Every response must be
 documented (status), never a 5xx, and come back within the request timeout (no hangs).
 Afterwards the gateway still answers and leaves no stray CLI process.
 
-The suite runs ``FUZZ_API_EXAMPLES`` requests (default 300); for thousands::
+The suite runs ``FUZZ_API_EXAMPLES`` requests (default 200); for thousands::
 
     FUZZ_API_EXAMPLES=5000 .venv/bin/python -m pytest -p no:cacheprovider tests/test_fuzz_api.py -s
 """
@@ -39,11 +42,16 @@ from tests.reliability_support import GatewayProcess, http
 
 pytestmark = pytest.mark.cli
 
-EXAMPLES = int(os.environ.get("FUZZ_API_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FUZZ_API_EXAMPLES", "200"))
 #: seconds a single generated request may take (a real turn takes well under 1 s)
 REQUEST_TIMEOUT = 60.0
-FUZZED = ("/health", "/v1/models", "/v1/models/{model_id}",
-          "/v1/chat/completions")
+#: the turn endpoints of each dialect (their POSTs get most of the draws), and the rest
+TURNS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
+FUZZED = ("/health", "/v1/models", "/v1/models/{model_id}", "/v1/chat/completions",
+          "/v1/responses", "/v1/responses/{response_id}")
+COUNT_TOKENS = "/v1/messages/count_tokens"
+#: fuzzed as soon as the document has them (the Anthropic dialect of issue 17)
+FUZZED_WHEN_SERVED = ("/v1/messages", COUNT_TOKENS)
 MODELS = ["sonnet", "opus", "haiku", "claude-sonnet-4", "claude-opus-4"]
 
 
@@ -72,40 +80,74 @@ def schema(served: GatewayProcess) -> Any:
     return schemathesis.openapi.from_url(served.url + "/openapi.json")
 
 
-def _steer(case: Any, draw: Any) -> None:
-    """Make half of the chat requests real turns in a few pinned conversations."""
-    if case.operation.path != "/v1/chat/completions" or not isinstance(case.body, dict):
+def _texts(draw: Any) -> list[str]:
+    """Random texts (any Unicode) for a conversation in a valid shape, so they reach the
+    CLI (the schemas leave enough optional that generated ones rarely are accepted)."""
+    texts: list[str] = draw(st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=5))
+    return texts
+
+
+def _roles(count: int) -> list[str]:
+    return [*("user" if i % 2 == 0 else "assistant" for i in range(count - 1)), "user"]
+
+
+def _keep_only(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in list(body):
+        if name not in names:
+            del body[name]
+
+
+def _steer(case: Any, draw: Any, stored: list[str]) -> None:
+    """Make half of the turn requests real turns in a few pinned conversations, and most
+    reads of a stored response ask for one that exists."""
+    path = case.operation.path
+    if path == "/v1/responses/{response_id}" and stored and draw(st.integers(0, 3)):
+        case.path_parameters = {"response_id": draw(st.sampled_from(stored))}
         return
-    if draw(st.booleans()):
-        case.body["model"] = draw(st.sampled_from(MODELS))
-        if draw(st.integers(0, 2)):
-            # the schema leaves content optional, so generated messages are rarely accepted:
-            # random texts (any Unicode) in a valid shape reach the CLI
-            texts = draw(st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=5))
-            roles = ["user" if i % 2 == 0 else "assistant" for i in range(len(texts) - 1)]
-            case.body["messages"] = [
-                {"role": role, "content": text}
-                for role, text in zip([*roles[: len(texts) - 1], "user"], texts, strict=True)
-            ]
-            if draw(st.booleans()):
-                case.body["messages"].insert(0, {"role": "system", "content": "Be brief."})
-            if draw(st.booleans()):  # and the generated extras (tools, n, …) left out
-                for name in list(case.body):
-                    if name not in ("model", "messages", "stream", "stream_mode", "user"):
-                        del case.body[name]
-        if draw(st.integers(0, 3)):
-            case.headers = {**(case.headers or {}),
-                            "X-Conversation-Id": f"fuzz-{draw(st.integers(0, 2))}"}
+    if (path not in (*TURNS, COUNT_TOKENS) or not isinstance(case.body, dict)
+            or not draw(st.booleans())):
+        return
+    body = case.body
+    body["model"] = draw(st.sampled_from(MODELS))
+    if draw(st.integers(0, 2)):
+        texts = _texts(draw)
+        messages = [{"role": r, "content": t} for r, t in zip(_roles(len(texts)), texts,
+                                                              strict=True)]
+        system = draw(st.booleans())
+        if path == "/v1/chat/completions":
+            body["messages"] = [{"role": "system", "content": "Be brief."}] * system + messages
+            keep: tuple[str, ...] = ("model", "messages", "stream", "stream_mode", "user")
+        elif path == "/v1/responses":
+            body["input"] = messages if len(messages) > 1 or draw(st.booleans()) else texts[0]
+            if system:
+                body["instructions"] = "Be brief."
+            keep = ("model", "input", "instructions", "stream", "store")
+        else:  # Anthropic Messages (a turn, or count_tokens: an estimate, no turn)
+            body["messages"] = messages
+            if path != COUNT_TOKENS:
+                body["max_tokens"] = 1024
+            if system:
+                body["system"] = "Be brief."
+            keep = ("model", "messages", "system", "max_tokens", "stream")
+        if draw(st.booleans()):  # and the generated extras (tools, n, …) left out
+            _keep_only(body, keep)
+    if draw(st.integers(0, 3)):
+        case.headers = {**(case.headers or {}),
+                        "X-Conversation-Id": f"fuzz-{draw(st.integers(0, 2))}"}
 
 
 @pytest.mark.timeout(60 + EXAMPLES * 0.3)
 def test_generated_requests_never_get_a_5xx_or_hang(
     served: GatewayProcess, schema: Any, tmp_path: Path
 ) -> None:
-    operations = [op.ok() for op in schema.get_all_operations() if op.ok().path in FUZZED]
-    assert {op.path for op in operations} == set(FUZZED)
-    # chat completions is where the work is: three draws in six
-    weighted = [*operations, *[op for op in operations if op.method.lower() == "post"] * 2]
+    all_operations = [op.ok() for op in schema.get_all_operations()]
+    documented = {op.path for op in all_operations}
+    assert set(FUZZED) <= documented
+    fuzzed = {*FUZZED, *(documented & set(FUZZED_WHEN_SERVED))}
+    operations = [op for op in all_operations if op.path in fuzzed]
+    # the turns are where the work is: each turn endpoint gets three draws
+    weighted = [*operations, *[op for op in operations if op.path in TURNS] * 2]
+    stored: list[str] = []  # ids of responses made with store (GET /v1/responses/{id})
     seen: Counter[str] = Counter()
     slowest = 0.0
     session = requests.Session()
@@ -118,7 +160,7 @@ def test_generated_requests_never_get_a_5xx_or_hang(
         op = data.draw(st.sampled_from(weighted))
         mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
         case = data.draw(op.as_strategy(generation_mode=mode))
-        _steer(case, data.draw)
+        _steer(case, data.draw, stored)
         started = time.monotonic()
         try:
             response = case.call(session=session, timeout=REQUEST_TIMEOUT)
@@ -128,6 +170,9 @@ def test_generated_requests_never_get_a_5xx_or_hang(
         elapsed = time.monotonic() - started
         slowest = max(slowest, elapsed)
         seen[f"{op.method.upper()} {op.path} -> {response.status_code}"] += 1
+        if (op.path == "/v1/responses" and response.status_code == 200
+                and response.content.startswith(b"{")):  # not a stream
+            stored.append(response.json()["id"])
         case.validate_response(response, checks=[not_a_server_error])
         assert response.status_code < 500, (response.status_code, response.text[:500])
         documented = op.definition.raw["responses"]
@@ -135,15 +180,18 @@ def test_generated_requests_never_get_a_5xx_or_hang(
             f"{op.label} answered an undocumented {response.status_code}: {response.text[:300]}")
         if response.status_code >= 400:
             error = response.json()["error"]
-            assert error["message"] and error["code"], error
+            assert error["message"], error
+            assert error.get("code") or error.get("type"), error  # Anthropic: type only
 
     started = time.monotonic()
     one_request()
     wall = time.monotonic() - started
     total = sum(seen.values())
     assert total >= EXAMPLES * 0.9
-    turns = sum(n for k, n in seen.items() if k.endswith("completions -> 200"))
-    assert turns > 0, "no generated request became a real turn"
+    turns = sum(n for k, n in seen.items()
+                if k.startswith("POST") and any(f"{t} -> 200" in k for t in TURNS))
+    for path in documented & set(TURNS):
+        assert seen[f"POST {path} -> 200"] > 0, f"no generated {path} became a real turn"
     # the gateway is fine afterwards
     status, _, body = served.chat("still alive?", "after-fuzz")
     assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == (
