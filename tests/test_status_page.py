@@ -389,6 +389,45 @@ async def test_a_page_of_another_site_cannot_stop_a_turn_or_run_a_job(
     assert any("/v1/status/run" in m for m in refusals), refusals
 
 
+LINKS = """<!doctype html><title>links</title>
+<a id="page" href="{gw}/">the status page</a> <a id="json" href="{gw}/v1/status">its JSON</a>"""
+
+
+async def test_a_link_from_another_site_opens_the_page_but_not_its_data(
+    gateway: Gateway, tab: Page
+) -> None:
+    """Following a link (a top-level navigation) to the page works from any site: the page
+    holds no data and its script reads /v1/status same-origin. A link straight to the JSON
+    stays refused, and so does the JSON fetched from the other site's page."""
+    site_app = web.Application()
+    gw_url = url_of(gateway)
+
+    async def links(request: web.Request) -> web.Response:
+        return web.Response(text=LINKS.format(gw=gw_url), content_type="text/html")
+
+    site_app.router.add_get("/", links)
+    runner = web.AppRunner(site_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    other = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        await tab.page.goto(other + "/")
+        async with tab.page.expect_navigation():
+            await tab.page.click("#page")
+        assert tab.page.url == gw_url + "/"
+        await tab.page.wait_for_selector("#overview:not([hidden])")
+        assert "logged in" in await tab.page.inner_text("#login")
+        await tab.page.goto(other + "/")
+        async with tab.page.expect_navigation() as followed:
+            await tab.page.click("#json")
+        response = await followed.value
+        assert response is not None and response.status == 403
+        assert "forbidden_origin" in await tab.page.inner_text("body")
+    finally:
+        await runner.cleanup()
+
+
 async def _running(gateway: Gateway, key: str) -> bool:
     return key in gateway.engine.activity()
 

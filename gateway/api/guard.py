@@ -14,7 +14,11 @@ authentication, before any body is read and before any engine work, in this orde
 2. **Origin**: a request carrying ``Origin`` is served only when that origin is the
    gateway's own (``http://<the Host it was reached at>``) or is listed in
    ``server.allowed_origins``; else 403 ``forbidden_origin``. So is one marked
-   ``Sec-Fetch-Site: cross-site`` or ``same-site`` without an ``Origin``.
+   ``Sec-Fetch-Site: cross-site`` or ``same-site`` without an ``Origin`` -- except a
+   top-level navigation (a followed link, ``Sec-Fetch-Mode: navigate`` and
+   ``Sec-Fetch-Dest: document``) to a page marked :func:`navigable`: the status page holds
+   no data (its script reads the API same-origin) and forbids framing, so a link to it from
+   another site is harmless, while the API's JSON stays refused even to a followed link.
 3. **CORS** for a listed origin: a preflight ``OPTIONS`` is answered here (204 with the
    allowed methods and headers, ``Access-Control-Allow-Origin`` echoing the origin, never
    ``*``), and every response to it carries ``Access-Control-Allow-Origin`` and exposes
@@ -68,6 +72,7 @@ EXPOSED_HEADERS = "X-Conversation-Id, Retry-After, X-Voice-Engine"
 PREFLIGHT_MAX_AGE = 600
 #: ``Sec-Fetch-Site`` values that mean "a page of some other origin sent this"
 FOREIGN_SITES = ("cross-site", "same-site")
+_NAVIGABLE = "_guard_navigable"
 
 #: the listed origin a request came from (it gets the CORS headers)
 _CORS_ORIGIN: web.RequestKey[str] = web.RequestKey("cors_origin", str)
@@ -108,6 +113,24 @@ def _own_origin(request: web.Request) -> str | None:
         return None
 
 
+def navigable(handler: Handler) -> Handler:
+    """Mark a GET handler whose page another site may link to (see the module)."""
+    setattr(handler, _NAVIGABLE, True)
+    return handler
+
+
+def _followed_link(request: web.Request) -> bool:
+    """A top-level navigation to a :func:`navigable` page (a link followed, not a fetch, an
+    ``<img>`` or a frame: the browser says which in ``Sec-Fetch-Mode``/``-Dest``)."""
+    headers = request.headers
+    return (
+        request.method in ("GET", "HEAD")
+        and headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+        and headers.get("Sec-Fetch-Dest", "").lower() == "document"
+        and bool(getattr(request.match_info.handler, _NAVIGABLE, False))
+    )
+
+
 def _check_origin(
     request: web.Request, config: ApiConfig
 ) -> tuple[str | None, web.Response | None]:
@@ -115,7 +138,7 @@ def _check_origin(
     origin = request.headers.get("Origin")
     if origin is None:
         site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-        if site in FOREIGN_SITES:
+        if site in FOREIGN_SITES and not _followed_link(request):
             log.warning("refused %s %s: Sec-Fetch-Site %s without Origin",
                         request.method, request.path, site)
             return None, _refuse(

@@ -35,6 +35,7 @@ from gateway import __version__
 from gateway.api.convert import request_error
 from gateway.api.exchange import ENGINE, read_json
 from gateway.api.fields import from_validation_error, invalid
+from gateway.api.guard import navigable
 from gateway.api.http import ApiError
 from gateway.api.openapi import JSON, STRING, Operation, Param, Reply, error_reply, json_reply
 from gateway.engine.activity import TurnActivity
@@ -450,6 +451,7 @@ def _files(request: web.Request) -> dict[str, bytes]:
     return files
 
 
+@navigable
 async def page(request: web.Request) -> web.Response:
     return web.Response(body=_files(request)["index.html"], content_type="text/html",
                         headers=PAGE_HEADERS)
