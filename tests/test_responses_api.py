@@ -18,8 +18,11 @@ import pytest
 import pytest_asyncio
 from openai.types.responses import Response
 
+from gateway.api.responses import ResponseBuilder
+from gateway.api.responses_wire import parse_request
+from gateway.engine.events import TurnResult, Usage
 from tests.media import png_bytes
-from tests.responses_support import KEY, OTHER_KEY, Api, serve_api
+from tests.responses_support import EVENTS, KEY, OTHER_KEY, Api, serve_api
 from tests.test_api_routes import check_openapi
 
 pytestmark = [pytest.mark.cli, pytest.mark.asyncio(loop_scope="module")]
@@ -311,3 +314,21 @@ async def test_browser_pages_and_missing_keys_are_refused(api: Api) -> None:
     status, _, data = await api.raw("POST", "/v1/responses", key=OTHER_KEY, json={
         "model": "sonnet", "input": "continue theirs", "previous_response_id": created.id})
     assert status == 400 and json.loads(data)["error"]["code"] == "previous_response_not_found"
+
+
+
+def test_an_answer_cut_at_the_token_limit_is_incomplete() -> None:
+    """The renderer alone (the CLI does not report max_tokens to the gateway on demand)."""
+    request = parse_request({"model": "sonnet", "input": "long", "stream": True})
+    builder = ResponseBuilder(request, "resp_test")
+    events = builder.start() + builder.text("A long answer that")
+    events += builder.result(TurnResult("A long answer that", "s", None, Usage(1, 2), 0.0, 1,
+                                        1, 1, stop_reason="max_tokens"), "A long answer that")
+    data = [json.loads(e.model_dump_json()) for e in events]
+    for event in data:
+        EVENTS.validate_python(event)
+    assert data[-1]["type"] == "response.incomplete"
+    response = check_response(data[-1]["response"])
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "A long answer that"
