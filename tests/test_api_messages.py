@@ -575,6 +575,16 @@ async def test_failure_statuses(gw: Served) -> None:
         tight=True)
     assert status == 504
     _error_of(status, data, "timeout_error")
+    # a stream that started (verbose mode shows the first text at once) and then goes
+    # silent: the timeout is an error event, in the stream's own format
+    status, _, data = await gw.raw(
+        "POST", "/v1/messages", tight=True, headers={"X-Stream-Mode": "verbose"},
+        json={**body, "stream": True, "messages": [user("STALL after a word")]})
+    events = parse_events(data)
+    assert status == 200 and [n for n, _ in events][:3] == [
+        "message_start", "ping", "content_block_start"]
+    assert events[-1][0] == "error" and "message_stop" not in [n for n, _ in events]
+    assert events[-1][1]["error"]["type"] == "timeout_error"
 
 
 async def test_every_documented_status_was_seen(request: pytest.FixtureRequest) -> None:
