@@ -32,6 +32,7 @@ from typing_extensions import TypedDict
 
 from gateway.api.convert import ROLES, ChatRequest, Message, ToolCall, parse_data_url
 from gateway.api.fields import (
+    PATTERN_WORDS,
     TAG,
     choice,
     discriminator,
@@ -50,7 +51,7 @@ from gateway.engine.events import ImagePart, StreamMode
 CHOICES = ("auto", "none", "required")
 FORMAT_TYPES = ("text", "json_object", "json_schema")
 _NAME_RULE = "must be 1-64 letters, digits, '_' or '-'"
-_NAME_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+_NAME_PATTERN = NAME_RE.pattern  # the engine's rule for a client tool's name
 
 register_union("role_union", lambda v: (".role", f"must be one of {', '.join(ROLES)} (got "
                                         f"{v.get('role')!r})") if isinstance(v, dict) else (
@@ -219,14 +220,10 @@ ChatMessage = Annotated[
 # --------------------------------------------------------------------------- tools
 
 
-def _tool_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise problem(f"{_NAME_RULE} (got {name!r})")
-    return name
-
-
-ToolName = Annotated[str, AfterValidator(_tool_name), WithJsonSchema(
-    {"type": "string", "pattern": _NAME_PATTERN})]
+#: checked by pydantic-core's regex, not a Python validator (a request may carry dozens of
+#: tools, and the check runs on every turn)
+ToolName = Annotated[str, Field(pattern=_NAME_PATTERN)]
+PATTERN_WORDS[_NAME_PATTERN] = _NAME_RULE
 
 
 def _parameters(schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -243,15 +240,8 @@ class FunctionDefinition(_Wire):
     strict: Any = None
 
 
-def _function_type(kind: str) -> str:
-    if kind != "function":
-        raise problem(f"{kind!r} is not supported; only 'function' tools")
-    return kind
-
-
 class FunctionTool(_Wire):
-    type: Annotated[str, AfterValidator(_function_type),
-                    WithJsonSchema({"const": "function"})] = "function"
+    type: Literal["function"] = "function"
     function: FunctionDefinition
 
 

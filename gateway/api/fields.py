@@ -165,6 +165,10 @@ def union_of_objects(error_type: str, field: str, words: str) -> None:
     register_union(error_type, _union_object(field, words))
 
 
+#: a field's regex -> what it asks for in words (else the 400 quotes the regex)
+PATTERN_WORDS: dict[str, str] = {}
+
+
 def _words(error: ErrorDetails) -> tuple[str, str]:
     """(sub-path, problem) of one pydantic error."""
     kind = error["type"]
@@ -186,6 +190,9 @@ def _words(error: ErrorDetails) -> tuple[str, str]:
         return "", f"must be a boolean, not {type_name(value)}"
     if kind in ("int_type", "float_type"):
         return "", f"must be a number, not {type_name(value)}"
+    if kind == "string_pattern_mismatch":
+        pattern = str(ctx.get("pattern", ""))
+        return "", f"{PATTERN_WORDS.get(pattern, f'must match {pattern}')} (got {value!r})"
     if kind == "literal_error" and "expected" in ctx:
         return "", f"must be {ctx['expected']} (got {value!r})"
     if kind == "union_tag_invalid":  # a discriminated union's unknown type
