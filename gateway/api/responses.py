@@ -68,7 +68,17 @@ from gateway.api.exchange import (
 from gateway.api.fields import invalid
 from gateway.api.functions import parse_tool_mode
 from gateway.api.http import ApiError, error_response, key_owner
-from gateway.api.openapi import JSON, RETRY_AFTER, Operation, Param, Reply, error_reply, json_reply
+from gateway.api.openapi import (
+    CONVERSATION,
+    JSON,
+    RETRY_AFTER,
+    TURN_PARAMS,
+    Operation,
+    Param,
+    Reply,
+    error_reply,
+    json_reply,
+)
 from gateway.api.responses_store import ResponseStore
 from gateway.api.responses_wire import (
     ErrorCode,
@@ -552,21 +562,18 @@ _ERRORS = {
                      headers=(RETRY_AFTER,)),
     504: error_reply("The turn showed no activity for claude.activity_timeout."),
 }
-_CONVERSATION = Param("X-Conversation-Id", "The conversation (CLI session) this response is in.")
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST", "/v1/responses", limited(create_response), "createResponse",
         "Run one turn through Claude Code (OpenAI Responses API).",
         body={JSON: ResponsesRequest},
-        params=(Param("X-Conversation-Id", "Names the conversation (as in Chat Completions)."),
-                Param("X-Stream-Mode", "smart, final or verbose."),
-                Param("X-Tool-Mode", "agent, client or hybrid: what the function tools do.")),
+        params=TURN_PARAMS,
         responses={
             200: Reply("A response object, or with stream=true its event stream (an error "
                        "after the start is an error event, then response.failed).",
                        content={JSON: Response}, events=ResponsesStreamEvent,
-                       headers=(_CONVERSATION,)),
+                       headers=(CONVERSATION,)),
             **_ERRORS,
         },
     ),
@@ -576,7 +583,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(Param("response_id", "The response id (resp_...).", where="path",
                       required=True),),
         responses={
-            200: json_reply("The response object.", Response, headers=(_CONVERSATION,)),
+            200: json_reply("The response object.", Response, headers=(CONVERSATION,)),
             404: error_reply("No such stored response for this key (code response_not_found)."),
         },
     ),
