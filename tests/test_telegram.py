@@ -176,6 +176,43 @@ async def test_messages_sent_during_a_turn_go_in_together_as_the_next_turn(
                                                                   "second\n\nthird"]
 
 
+async def test_a_flood_past_the_engines_queue_limit_is_told_and_kept_for_retry(
+    make_engine: EngineFactory, make_bridge: BridgeFactory, tg: FakeTelegram,
+    fake_api: FakeAnthropic,
+) -> None:
+    """The chat's waiting messages are the engine's queue: ``max_queued_per_conversation``
+    applies. Messages past it are refused with a clear message, and stay in the inbox for
+    /retry: nothing accepted is lost."""
+    bridge = await make_bridge(engine=await make_engine(max_queued_per_conversation=2))
+    fake_api.script({"text": "done with the first", "delay": 3.0, "chunk_delay": 0.6},
+                    match="first")
+    tg.user_text(OWNER, "first")
+    await tg.wait_for(lambda: fake_api.requests(), what="the first turn to start")
+    for text in ("m2", "m3", "m4", "m5"):
+        tg.user_text(OWNER, text)
+    refusals = await tg.wait_for(
+        lambda: (lambda r: r if len(r) == 2 else None)(
+            [t for t in texts(tg, OWNER) if t.startswith("⏳")]),
+        what="two refusals")
+    assert all("2 messages are already waiting" in t and "/retry" in t for t in refusals)
+    # the running turn's status line counts what waits in the engine's queue
+    await tg.wait_for(lambda: any("2 messages waiting" in h for m in status_messages(tg, OWNER)
+                                  for h in m.history), what="the status to count the waiting")
+    await answer(tg, OWNER, "done with the first")
+    await answer(tg, OWNER, "echo: m2\n\nm3")
+    await idle(bridge, OWNER)
+    assert [r["last_user_text"] for r in fake_api.requests()] == ["first", "m2\n\nm3"]
+    # the refused ones wait in the inbox, newest first for /retry
+    for text in ("m5", "m4"):
+        row = await bridge.core.ledger.last_unanswered(f"telegram:{OWNER}")
+        assert row is not None and row.text == text and row.state == "dropped"
+        tg.user_text(OWNER, "/retry")
+        await answer(tg, OWNER, f"echo: {text}")
+        await idle(bridge, OWNER)
+    tg.user_text(OWNER, "/retry")
+    await answer(tg, OWNER, "Nothing to retry: every message here got its answer.")
+
+
 # ----------------------------------------------------------------------------- media
 
 

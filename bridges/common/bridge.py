@@ -7,8 +7,10 @@ back. The bridge decides everything else:
 * who may talk to it (deny-by-default allow-list; one refusal per stranger, with their id);
 * commands (:mod:`bridges.common.commands`): /new /stop /model /status /help /sessions
   /resume built in, more added by other features through :attr:`ChatBridge.commands`;
-* one conversation per chat (or topic), messages sent during a turn waiting and going in
-  together as the next turn, each turn rendered by a :class:`~bridges.common.view.TurnView`;
+* one conversation per chat (or topic); messages sent during a turn wait in the engine's
+  queue and go in together as the next turn (``TurnOptions(coalesce=True)``: the engine's
+  ``queued`` notice and ``claude.max_queued_per_conversation`` apply), each turn rendered by
+  a :class:`~bridges.common.view.TurnView`;
 * durability: every accepted message is written to the inbox (:mod:`bridges.common.inbox`)
   before its turn starts; at start-up :meth:`ChatBridge.recover` runs again what never
   reached Claude and tells the chat about what did; what could not be delivered waits in
@@ -25,7 +27,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -45,9 +47,11 @@ from bridges.common.text import ago, error_text, rate_limit_text, size
 from bridges.common.usage import usage_line, usage_text, warning_text
 from bridges.common.view import TurnView, ViewSettings
 from gateway.engine import (
+    FINAL_EVENTS,
     Alert,
     EngineAPI,
-    ImagePart,
+    Event,
+    Notice,
     OutgoingFile,
     Prompt,
     RateLimitStatus,
@@ -61,7 +65,7 @@ from gateway.engine import (
     UsageWarning,
 )
 from gateway.errors import ErrorKind, GatewayError
-from gateway.store import ChatStore
+from gateway.store import ChatStore, InboxRow
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +108,30 @@ class BridgeSettings:
     view: ViewSettings = field(default_factory=ViewSettings)
 
 
-@dataclass(frozen=True)
-class _Queued:
-    """A message waiting for its turn, with its inbox entry (0: not recorded)."""
+@dataclass(eq=False)
+class _Turn:
+    """One turn of a chat in the engine: the messages that went in together (the engine
+    coalesces the messages sent while Claude works into the next turn)."""
 
-    prompt: Prompt
-    entry: int = 0
+    #: inbox entries of its messages (0s, messages the store could not record, left out)
+    entries: list[int]
+    #: how many messages it carries
+    prompts: int = 1
+    #: the tasks reading it from the engine (one per message; the first renders it)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: it left the engine's queue: Claude works on it (or it ended without starting)
+    begun: bool = False
 
 
 @dataclass(eq=False)
 class _ChatState:
     chat: Chat
-    pending: list[_Queued] = field(default_factory=list)
-    worker: asyncio.Task[None] | None = None
+    #: this chat's turns in the engine, oldest first: the running one, then the waiting ones
+    turns: list[_Turn] = field(default_factory=list)
+    #: the newest turn queued as a new one: a message the engine coalesces joins it
+    forming: _Turn | None = None
+    #: turns are displayed one at a time, in order (the next waits for the last's end)
+    display: asyncio.Lock = field(default_factory=asyncio.Lock)
     view: TurnView | None = None
     #: the last of the messages still being prepared (a voice note being transcribed);
     #: what arrives after it waits for it, so messages go in in the order they were sent
@@ -125,6 +140,13 @@ class _ChatState:
     held: set[int] = field(default_factory=set)
     #: session ids of the last /sessions listing, so /resume 2 works
     sessions: list[str] = field(default_factory=list)
+
+    def waiting(self) -> int:
+        """Messages that wait in the engine's queue for their turn."""
+        return sum(t.prompts for t in self.turns if not t.begun)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [task for t in self.turns for task in t.tasks if not task.done()]
 
 
 class ChatBridge:
@@ -187,6 +209,7 @@ class ChatBridge:
         Claude go in again; for those that did the chat gets the answer if it was ready,
         else a notice ("I was restarted while working on: …"). Never silently dropped."""
         rows = await self.ledger.unfinished(self.platform.name)
+        rerun: dict[str, tuple[Chat, list[InboxRow]]] = {}
         for row in rows:
             chat = self.platform.chat_for_key(row.chat_key)
             what = f"message {row.message_id} of {row.chat_key} (inbox entry {row.id})"
@@ -204,7 +227,7 @@ class ChatBridge:
             elif row.state == "received":
                 log.info("%s: %s never reached Claude before the restart; running it again",
                          self.title, what)
-                self._enqueue(self._state(chat), _Queued(prompt_of(row), row.id))
+                rerun.setdefault(chat.key, (chat, []))[1].append(row)
             elif row.state == "answered" and row.outcome == "answer" and row.answer:
                 log.info("%s: the answer to %s was not delivered before the restart;"
                          " sending it now", self.title, what)
@@ -215,6 +238,11 @@ class ChatBridge:
                             " the chat", self.title, what)
                 await self.outbox.put(chat.key, restart_notice(row), markdown=False,
                                       inbox_id=row.id, inbox_state="notified")
+        # a chat's messages that never reached Claude go in again together, as one turn
+        # (as they would have gone had the gateway not stopped)
+        for chat, waiting in rerun.values():
+            await self._enqueue(self._state(chat), Prompt.joined([prompt_of(r) for r in waiting]),
+                                [r.id for r in waiting])
         with contextlib.suppress(Exception):
             await self.ledger.prune()
 
@@ -225,11 +253,13 @@ class ChatBridge:
         for state in self._chats.values():
             if state.intake is not None:
                 state.intake.cancel()
-        workers = [s.worker for s in self._chats.values() if s.worker and not s.worker.done()]
-        for task in workers:
+        # a message still waiting in the engine's queue stays ``received`` in the inbox:
+        # the next start runs it
+        tasks = [task for state in self._chats.values() for task in state.tasks()]
+        for task in tasks:
             task.cancel()
-        if workers:
-            await asyncio.wait(workers, timeout=10)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
 
     # ================================================================== who may talk
 
@@ -299,7 +329,7 @@ class ChatBridge:
         entry = await self._accept(chat, prompt, source or CURRENT_SOURCE.get() or Source())
         if entry is None or self._stopping:  # stopping: the next start runs it
             return
-        self._enqueue(self._state(chat), _Queued(prompt, entry))
+        await self._enqueue(self._state(chat), prompt, [entry] if entry else [])
 
     async def _accept(self, chat: Chat, prompt: Prompt, source: Source, *,
                       state: str = "received") -> int | None:
@@ -327,14 +357,18 @@ class ChatBridge:
                   chat.key, entry)
         return entry
 
-    def _enqueue(self, state: _ChatState, queued: _Queued) -> None:
+    async def _enqueue(self, state: _ChatState, prompt: Prompt, entries: list[int]) -> None:
+        """Hand the message to the engine, in a task of its own that reads its turn. The
+        tasks take their places in the engine's queue in the order they are made here."""
         chat = state.chat
-        state.pending.append(queued)
-        if state.view is not None:
-            state.view.queued = len(state.pending)
-            state.view.touch()
-        if state.worker is None or state.worker.done():
-            state.worker = asyncio.create_task(self._work(state), name=f"chat {chat.key}")
+        options = TurnOptions(
+            model=await self._model_for(chat), mode=StreamMode.SMART,
+            origin=self.platform.name, coalesce=True,
+        )
+        turn = _Turn(list(entries))
+        task = asyncio.create_task(self._send(state, turn, prompt, options),
+                                   name=f"chat {chat.key}")
+        turn.tasks.add(task)
 
     def _after_intake(self, state: _ChatState, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` in the background once the chat's earlier intake is done."""
@@ -544,16 +578,88 @@ class ChatBridge:
         """True while a turn runs, messages wait, or a voice note is being prepared."""
         state = self._chats.get(chat.key)
         return state is not None and (
-            state.view is not None or bool(state.pending)
+            state.view is not None or bool(state.turns)
             or (state.intake is not None and not state.intake.done())
-            or (state.worker is not None and not state.worker.done())
         )
 
-    async def _work(self, state: _ChatState) -> None:
-        while state.pending and not self._stopping:
-            batch, state.pending = state.pending, []
-            await self._run_turn(state, _merge([q.prompt for q in batch]),
-                                 [q.entry for q in batch if q.entry])
+    async def _send(self, state: _ChatState, turn: _Turn, prompt: Prompt,
+                    options: TurnOptions) -> None:
+        """One message's way through the engine. It joins the turn that waits in the
+        engine's queue (the engine says ``coalesced``: the first message's task shows the
+        turn) or starts a new one, which this task then shows."""
+        prev, state.forming = state.forming, turn
+        state.turns.append(turn)
+        # the engine takes the prompt into its queue when this first step runs (before
+        # the iterator's first wait), so messages enter it in the order of their tasks
+        stream = self.engine.turn(state.chat.key, prompt, options)
+        try:
+            first = await anext(stream)
+            if (isinstance(first, Notice) and first.kind == "coalesced" and prev is not None
+                    and prev in state.turns and not prev.begun):
+                self._join(state, turn, prev)
+                async for event in stream:  # its turn is shown by the first message's task
+                    if isinstance(event, FINAL_EVENTS):
+                        break
+                return
+            if isinstance(first, TurnError) and first.kind is ErrorKind.BUSY:
+                await self._refuse_busy(state, turn, first)
+                return
+            await self._lead(state, turn, stream, first)
+        finally:
+            if isinstance(stream, AsyncGenerator):  # leaving takes the prompt out of the queue
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+            if turn in state.turns:
+                state.turns.remove(turn)
+            if state.forming is turn:
+                state.forming = None
+            self._show_waiting(state)
+
+    def _join(self, state: _ChatState, turn: _Turn, into: _Turn) -> None:
+        """``turn``'s message went into the waiting turn ``into``."""
+        state.turns.remove(turn)
+        state.forming = into
+        into.entries += turn.entries
+        into.prompts += turn.prompts
+        task = asyncio.current_task()
+        if task is not None:
+            into.tasks.add(task)
+        self._show_waiting(state)
+
+    async def _refuse_busy(self, state: _ChatState, turn: _Turn, error: TurnError) -> None:
+        """The engine's queue of this conversation is full
+        (``claude.max_queued_per_conversation``): the message stays in the inbox, for
+        /retry, and the chat is told."""
+        state.turns.remove(turn)
+        if state.forming is turn:
+            state.forming = None
+        log.info("%s: %s has %d message(s) waiting already; inbox entries %s not sent",
+                 self.title, state.chat.key, state.waiting(), turn.entries)
+        await self._mark(turn.entries, "dropped", outcome="busy")
+        await self.say(
+            state.chat,
+            f"⏳ {state.waiting()} messages are already waiting for Claude here, so I did not"
+            " send this one. It is kept: send /retry when those are answered (or /stop"
+            " them), and it goes in.",
+            markdown=False,
+        )
+
+    def _show_waiting(self, state: _ChatState) -> None:
+        if state.view is not None:
+            state.view.queued = state.waiting()
+            state.view.touch()
+
+    async def _lead(self, state: _ChatState, turn: _Turn, stream: AsyncIterator[Event],
+                    first: Event) -> None:
+        """Show ``turn`` (after the chat's previous turn is shown) and close its entries."""
+        event = first
+        if isinstance(first, Notice) and first.kind == "queued":
+            self._show_waiting(state)
+            event = await anext(stream)  # it left the queue
+        turn.begun = True
+        self._show_waiting(state)
+        async with state.display:
+            await self._run_turn(state, turn, _then(event, stream))
 
     async def _mark(self, entries: list[int], inbox_state: str, *, outcome: str | None = None,
                     answer: str | None = None) -> None:
@@ -562,24 +668,30 @@ class ChatBridge:
         except Exception:
             log.exception("inbox entries %s could not be marked %s", entries, inbox_state)
 
-    async def _run_turn(self, state: _ChatState, prompt: Prompt, entries: list[int]) -> None:
+    async def _run_turn(self, state: _ChatState, turn: _Turn,
+                        events: AsyncIterator[Event]) -> None:
         chat = state.chat
+        entries = turn.entries
         self.outbox.kick()  # what waits for this chat goes first, if the platform is back
         view = TurnView(self.platform, chat, self.settings.view, rate_limit=self._rate_limit)
         state.view = view
+        view.queued = state.waiting()
         final: TurnResult | TurnError | None = None
         reached_claude = cancelled = False
         try:
             await view.start()
-            options = TurnOptions(
-                model=await self._model_for(chat), mode=StreamMode.SMART,
-                origin=self.platform.name,
-            )
-            async for event in self.engine.turn(chat.key, prompt, options):
+            async for event in events:
                 if isinstance(event, TurnStarted) and not reached_claude:
                     reached_claude = True
                     await self._mark(entries, "sent_to_claude")
-                if isinstance(event, TurnResult | TurnError):
+                if isinstance(event, TurnError) and event.kind is ErrorKind.SHUTDOWN \
+                        and not reached_claude:
+                    # the engine stops before this turn began: it stays ``received`` in the
+                    # inbox and the next start runs it
+                    final = event
+                    await view.on_event(event)
+                    entries = []
+                elif isinstance(event, TurnResult | TurnError):
                     final = event
                     if isinstance(event, TurnResult):
                         await self._mark(entries, "answered", outcome="answer",
@@ -697,14 +809,13 @@ class ChatBridge:
     async def _cmd_new(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
         _cancel(state.intake)
-        await self._drop_pending(state)
+        await self._drop_waiting(state)
         await self.engine.reset(ctx.chat.key)
         await ctx.reply("🆕 Fresh session: I have forgotten this conversation.", markdown=False)
 
     async def _cmd_stop(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
-        dropped = len(state.pending) + int(_cancel(state.intake))
-        await self._drop_pending(state)
+        dropped = int(_cancel(state.intake)) + await self._drop_waiting(state)
         stopped = await self.engine.interrupt(ctx.chat.key)
         if dropped:
             plural = "message" if dropped == 1 else "messages"
@@ -712,15 +823,22 @@ class ChatBridge:
         elif not stopped:
             await ctx.reply("Nothing is running.", markdown=False)
 
-    async def _drop_pending(self, state: _ChatState) -> None:
-        """Forget the waiting messages (/stop, /new); /retry can still send the last one.
-        Voice notes still being prepared are closed (their audio is not kept)."""
-        dropped, state.pending = state.pending, []
-        await self._mark([q.entry for q in dropped if q.entry], "dropped")
+    async def _drop_waiting(self, state: _ChatState) -> int:
+        """Take the waiting messages out of the engine's queue (/stop, /new); /retry can
+        still send the last one. Voice notes still being prepared are closed (their audio
+        is not kept). Returns how many messages waited."""
+        waiting = [t for t in state.turns if not t.begun]
+        tasks = [task for t in waiting for task in t.tasks if not task.done()]
+        for task in tasks:
+            task.cancel()  # its prompt leaves the engine's queue with its iterator
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._mark([e for t in waiting for e in t.entries], "dropped")
         held, state.held = list(state.held), set()
         for entry in held:
             with contextlib.suppress(Exception):
                 await self.ledger.release(entry)
+        return sum(t.prompts for t in waiting)
 
     async def _cmd_retry(self, ctx: CommandContext) -> None:
         row = await self.ledger.last_unanswered(ctx.chat.key)
@@ -759,7 +877,7 @@ class ChatBridge:
         info = await self.engine.describe(ctx.chat.key)
         rl = rate_limit_text(self._rate_limit())
         state = self._chats.get(ctx.chat.key)
-        waiting = len(state.pending) if state else 0
+        waiting = state.waiting() if state else 0
         if info is None:
             lines = ["**Session:** none yet — your next message starts one."]
             model = self._model_name(None) or "CLI default"
@@ -880,12 +998,11 @@ def _cancel(task: asyncio.Task[None] | None) -> bool:
     return True
 
 
-def _merge(prompts: list[Prompt]) -> Prompt:
-    if len(prompts) == 1:
-        return prompts[0]
-    text = "\n\n".join(p.text for p in prompts if p.text.strip())
-    images: tuple[ImagePart, ...] = tuple(i for p in prompts for i in p.images)
-    return Prompt(text=text, images=images)
+async def _then(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """``first``, then the events of ``rest``."""
+    yield first
+    async for event in rest:
+        yield event
 
 
 def safe_filename(name: str, fallback: str = "file") -> str:

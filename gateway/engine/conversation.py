@@ -63,7 +63,7 @@ class Request:
     def listen(self, prompt: Prompt) -> Listener:
         listener = Listener(prompt)
         self.listeners.append(listener)
-        self.prompt = merge_prompts([li.prompt for li in self.listeners])
+        self.prompt = Prompt.joined([li.prompt for li in self.listeners])
         return listener
 
     def can_take(self, options: TurnOptions, model: str | None, prompt: Prompt) -> bool:
@@ -79,7 +79,7 @@ class Request:
         left = [li for li in self.listeners if not li.gone]
         if left and not self.started:
             self.listeners = left
-            self.prompt = merge_prompts([li.prompt for li in left])
+            self.prompt = Prompt.joined([li.prompt for li in left])
         return not left
 
 
@@ -142,16 +142,6 @@ def turn_cost(total: float, live: CliSession) -> float:
     cost = total - live.cost_seen if total >= live.cost_seen else total
     live.cost_seen = total
     return round(cost, 6)
-
-
-def merge_prompts(prompts: list[Prompt]) -> Prompt:
-    """Coalesced prompts as one: the texts in order, a blank line apart, then the images."""
-    if len(prompts) == 1:
-        return prompts[0]
-    return Prompt(
-        text="\n\n".join(p.text for p in prompts if p.text.strip()),
-        images=tuple(i for p in prompts for i in p.images),
-    )
 
 
 def with_note(prompt: Prompt) -> tuple[ToolResult, ...]:

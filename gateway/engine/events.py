@@ -56,6 +56,17 @@ class Prompt:
     def is_empty(self) -> bool:
         return not self.text.strip() and not self.images and not self.tool_results
 
+    @staticmethod
+    def joined(prompts: list[Prompt]) -> Prompt:
+        """Several messages as one (coalesced turns, a chat's messages re-run after a
+        restart): the texts in order, a blank line apart, then all images."""
+        if len(prompts) == 1:
+            return prompts[0]
+        return Prompt(
+            text="\n\n".join(p.text for p in prompts if p.text.strip()),
+            images=tuple(i for p in prompts for i in p.images),
+        )
+
     def content_blocks(self) -> list[dict[str, Any]]:
         """The Anthropic content blocks sent to the CLI over stdin (stream-json)."""
         blocks: list[dict[str, Any]] = [
