@@ -8,6 +8,7 @@ matches on message text.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
 
 class ErrorKind(StrEnum):
@@ -35,6 +36,10 @@ class ErrorKind(StrEnum):
     INVALID_OUTPUT = "invalid_output"
     # a chat platform (Telegram's Bot API, Discord) cannot be reached right now
     PLATFORM_UNAVAILABLE = "platform_unavailable"
+    # an optional feature's package, model or program is not installed (voice)
+    UNAVAILABLE = "unavailable"
+    # a part of the gateway failed on this request (a speech engine on this text)
+    INTERNAL = "internal"
 
 
 #: what a person reads when a turn was stopped (/stop, interrupt, its client left)
@@ -43,6 +48,10 @@ TURN_INTERRUPTED = "The turn was interrupted."
 
 class GatewayError(Exception):
     """A failure with a kind, a message a person can act on, and optional retry hint."""
+
+    #: a stable name of the case, finer than the kind (e.g. ``audio_too_long``); when set,
+    #: it is the error ``code`` of the HTTP answer (the status still comes from the kind)
+    code: ClassVar[str | None] = None
 
     def __init__(
         self,

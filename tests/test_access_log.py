@@ -13,46 +13,29 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.api import api_config_from_settings
 from gateway.config import load_settings
-from gateway.engine import Engine
+from tests import test_api_routes as api_routes
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic, cli_env
 from tests.reliability_support import GatewayProcess, http
-from tests.test_api_routes import FAKE_CLI, Gateway, gateway_factory
+from tests.test_api_routes import FAKE_CLI, GatewayFactory
 
 pytestmark = pytest.mark.cli
 
-GatewayFactory = Callable[..., Awaitable[Gateway]]
+# fixtures of tests/test_api_routes.py: the API over a real engine
+make_gateway = api_routes.make_gateway
+new_engine = api_routes.new_engine
 KEY = "sk-gateway-key-9f8e7d6c"
 ACCESS = "gateway.api.access"
 LINE = re.compile(
     r"^(?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d{3}) (?P<seconds>\d+\.\d{3})s "
     r"conversation=(?P<conversation>\S+)(?P<extra>.*)$"
 )
-
-
-@pytest.fixture
-async def make_gw(
-    make_engine: EngineFactory, fake_api: FakeAnthropic
-) -> AsyncIterator[GatewayFactory]:
-    async def engines(**overrides: Any) -> Engine:
-        return await make_engine(**{"spare_processes": 0, **overrides})
-
-    async with AsyncExitStack() as stack:
-        factory = gateway_factory(stack, engines, fake_api, Gateway)
-
-        async def make(engine: Engine | None = None, **config: Any) -> Gateway:
-            return await factory(engine or await engines(), **config)
-
-        yield make
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
@@ -67,10 +50,10 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
 
 
 async def test_one_line_per_request_without_bodies_queries_or_keys(
-    make_gw: GatewayFactory, caplog: pytest.LogCaptureFixture
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    gw = await make_gw(api_keys=(KEY,))
+    gw = await make_gateway(api_keys=(KEY,))
     auth = {"Authorization": f"Bearer {KEY}"}
     secret_text = "BODY-SECRET-41ab do not log me"
     status, headers, body = await gw.chat(
@@ -109,10 +92,10 @@ async def test_one_line_per_request_without_bodies_queries_or_keys(
 
 
 async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(
-    make_gw: GatewayFactory, new_cli_engine: EngineFactory, caplog: pytest.LogCaptureFixture
+    make_gateway: GatewayFactory, new_engine: EngineFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS)
-    gw = await make_gw()
+    gw = await make_gateway()
     gw.fake.script({"text": "a slow streamed answer in pieces", "chunk_delay": 0.2},
                    match="stream slowly")
     started = time.monotonic()
@@ -131,7 +114,7 @@ async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(
 
     # a stream whose CLI died after text went out: HTTP 200, but the log says how it ended
     caplog.clear()
-    crashing = await make_gw(await new_cli_engine(cli_path=FAKE_CLI))
+    crashing = await make_gateway(await new_engine(cli_path=FAKE_CLI))
     status, _, (events, done) = await crashing.chat(
         {"model": "sonnet", "messages": [{"role": "user", "content": "DIE midway"}],
          "stream": True}, headers={"X-Stream-Mode": "verbose"}
@@ -141,9 +124,11 @@ async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(
     assert (line["status"], line["extra"]) == ("200", " stream error=cli_crashed")
 
 
-async def test_access_log_off(make_gw: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
+async def test_access_log_off(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS)
-    gw = await make_gw(access_log=False)
+    gw = await make_gateway(access_log=False)
     status, _, _ = await gw.raw("GET", "/v1/models")
     assert status == 200
     assert access_lines(caplog) == []
@@ -194,11 +179,3 @@ def test_the_setting_reaches_the_api(tmp_path: Path) -> None:
     assert api_config_from_settings(load_settings(off, env, env_file=none)).access_log is False
     on = load_settings(off, {**env, "CMG_LOGGING__ACCESS_LOG": "true"}, env_file=none)
     assert on.logging.access_log is True
-
-
-@pytest.fixture
-def new_cli_engine(make_engine: EngineFactory) -> EngineFactory:
-    async def factory(**overrides: Any) -> Engine:
-        return await make_engine(**{"spare_processes": 0, **overrides})
-
-    return factory

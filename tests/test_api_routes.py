@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.api import ApiConfig, create_app
 from gateway.api.convert import fingerprint
-from gateway.api.openapi import openapi_document
+from gateway.api.routes import openapi_document
 from gateway.engine import Engine, EngineConfig
 from gateway.store import Store
 from tests.conftest import EngineFactory, skip_unless_whole_module

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bench.voice_data import PROMPT_5S, silence_note, telegram_voice_note, wer
 from gateway.api import ApiConfig, create_app
-from gateway.api.openapi import openapi_document
+from gateway.api.routes import openapi_document
 from gateway.config import VoiceSettings
 from gateway.engine import Engine, EngineConfig
 from gateway.store import Store

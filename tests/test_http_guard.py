@@ -29,8 +29,7 @@ from aiohttp import web
 
 from gateway.api import ApiConfig, api_config_from_settings, create_app
 from gateway.api.guard import ALLOWED_HEADERS
-from gateway.api.openapi import openapi_document
-from gateway.api.routes import STATUS_PROVIDERS
+from gateway.api.routes import STATUS_PROVIDERS, openapi_document
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from tests import test_api_routes as api_routes

@@ -11,8 +11,8 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from gateway.api.config import ApiConfig
-from gateway.api.openapi import OPERATIONS, Operation, build_document, openapi_document
-from gateway.api.routes import create_app
+from gateway.api.openapi import OPERATIONS, Operation, build_document
+from gateway.api.routes import create_app, openapi_document
 from gateway.api.wire import Error
 from tests.conftest import EngineFactory
 

@@ -8,8 +8,6 @@ checked against ``/openapi.json``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from typing import Any
 
 import openai
@@ -19,14 +17,14 @@ from pydantic import BaseModel
 
 from gateway.api.chat_wire import parse_response_format
 from gateway.api.structured import OutputInvalid, check_answer
-from gateway.engine import Engine
-from tests.conftest import EngineFactory
-from tests.fake_anthropic import FakeAnthropic
-from tests.test_api_routes import Gateway, gateway_factory
+from tests import test_api_routes as api_routes
+from tests.test_api_routes import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.cli
 
-GatewayFactory = Callable[..., Awaitable[Gateway]]
+# fixtures of tests/test_api_routes.py: the API over a real engine
+make_gateway = api_routes.make_gateway
+new_engine = api_routes.new_engine
 
 
 class Weather(BaseModel):
@@ -40,19 +38,8 @@ RETRY_MARK = "Your previous reply is not valid"
 
 
 @pytest.fixture
-async def make_gw(
-    make_engine: EngineFactory, fake_api: FakeAnthropic
-) -> AsyncIterator[GatewayFactory]:
-    async def engines(**overrides: Any) -> Engine:
-        return await make_engine(**{"spare_processes": 0, **overrides})
-
-    async with AsyncExitStack() as stack:
-        yield gateway_factory(stack, engines, fake_api, Gateway)
-
-
-@pytest.fixture
-async def gw(make_gw: GatewayFactory) -> Gateway:
-    return await make_gw(keepalive_seconds=5.0)
+async def gw(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway(keepalive_seconds=5.0)
 
 
 def user(text: str) -> dict[str, str]:
@@ -247,9 +234,9 @@ async def test_stream_sends_the_checked_json_in_one_piece(gw: Gateway) -> None:
 
 
 async def test_stream_failure_after_keepalives_is_an_error_event_not_stop(
-    make_gw: GatewayFactory,
+    make_gateway: GatewayFactory,
 ) -> None:
-    gw = await make_gw(keepalive_seconds=0.2)
+    gw = await make_gateway(keepalive_seconds=0.2)
     gw.fake.script({"text": "nope", "delay": 0.5}, match="slow weather")
     gw.fake.script({"text": "nope again", "delay": 0.5}, match=RETRY_MARK)
     status, _, (events, done) = await gw.chat(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, Field, RootModel
 
-from gateway.api.convert import HttpError, request_error
+from gateway.api.convert import http_error_from_exc, request_error
 from gateway.api.guard import MULTIPART
 from gateway.api.http import CONFIG, ApiError, drain, mb, read_body, refuse_when_full
 from gateway.api.openapi import (
@@ -39,15 +39,12 @@ from gateway.api.openapi import (
     Reply,
     error_reply,
 )
-from gateway.errors import ErrorKind, GatewayError
+from gateway.errors import GatewayError
 from gateway.voice import (
-    AudioDecodeError,
-    AudioTooLong,
     NoSpeech,
     Transcript,
     VoiceError,
     VoiceService,
-    VoiceUnavailable,
 )
 from gateway.voice.languages import language_name
 
@@ -77,17 +74,6 @@ def setup_audio(app: web.Application, voice: VoiceService | None) -> None:
 
 def _invalid(message: str) -> ApiError:
     return ApiError(request_error(400, "invalid_request", message))
-
-
-def voice_http_error(exc: VoiceError) -> HttpError:
-    """The HTTP form of a voice failure."""
-    if isinstance(exc, VoiceUnavailable):
-        return HttpError(503, "server_error", exc.code, exc.message)
-    if isinstance(exc, AudioDecodeError | AudioTooLong | NoSpeech):
-        return HttpError(400, "invalid_request_error", exc.code, exc.message)
-    if exc.kind is ErrorKind.INVALID_REQUEST:
-        return HttpError(400, "invalid_request_error", "invalid_request", exc.message)
-    return HttpError(500, "server_error", exc.code, exc.message)
 
 
 class _Slot:
@@ -200,7 +186,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
                 voice.settings.model,
             )
         except VoiceError as exc:
-            raise ApiError(voice_http_error(exc)) from None
+            raise ApiError(http_error_from_exc(exc)) from None
         except GatewayError:
             raise
         return _render_transcript(transcript, response_format)
@@ -300,7 +286,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
         try:
             spoken = await voice.speak(text, fmt, speed=speed)
         except VoiceError as exc:
-            raise ApiError(voice_http_error(exc)) from None
+            raise ApiError(http_error_from_exc(exc)) from None
         return web.Response(
             body=spoken.data,
             content_type=spoken.mime_type,

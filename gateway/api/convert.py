@@ -438,6 +438,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str, str, int | None]] = {
     ErrorKind.BUDGET_EXCEEDED: (402, "insufficient_quota", "turn_budget_exceeded", None),
     # 4xx: not the gateway's fault, and clients (openai, OpenClaw) do not retry it on their own
     ErrorKind.INVALID_OUTPUT: (422, "invalid_response_error", "invalid_json_output", None),
+    ErrorKind.UNAVAILABLE: (503, "server_error", "unavailable", None),
+    ErrorKind.INTERNAL: (500, "server_error", "internal_error", None),
 }
 
 
@@ -446,11 +448,14 @@ def http_error(
     message: str,
     retry_after: float | None = None,
     upstream_status: int | None = None,
+    code: str | None = None,
 ) -> HttpError:
-    """The HTTP form of a typed failure (see the table in ``gateway/api/__init__.py``)."""
-    status, etype, code, default_retry = ERROR_TABLE.get(
+    """The HTTP form of a typed failure: status, type and code from :data:`ERROR_TABLE`
+    (``code``, a finer name of the case, replaces the table's code)."""
+    status, etype, table_code, default_retry = ERROR_TABLE.get(
         kind, (500, "server_error", "internal_error", None)
     )
+    code = code or table_code
     if kind is ErrorKind.API_ERROR and upstream_status is not None:
         if upstream_status in (400, 404, 413, 422):
             # The upstream refused the request itself (e.g. prompt too long): retrying is futile.
@@ -470,7 +475,7 @@ def http_error(
 
 
 def http_error_from_exc(exc: GatewayError) -> HttpError:
-    return http_error(exc.kind, exc.message, exc.retry_after, exc.status)
+    return http_error(exc.kind, exc.message, exc.retry_after, exc.status, code=exc.code)
 
 
 def request_error(

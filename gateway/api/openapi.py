@@ -22,7 +22,6 @@ clash (two different ``Usage`` models get module-qualified names).
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,15 +282,3 @@ def build_document(operations: Sequence[Operation]) -> dict[str, Any]:
     }
     return document
 
-
-@functools.cache
-def _default_document() -> dict[str, Any]:
-    from gateway.api.routes import OPERATIONS as ALL
-
-    return build_document(ALL)
-
-
-def openapi_document() -> dict[str, Any]:
-    """The document of every route :func:`gateway.api.routes.create_app` serves (a fresh
-    copy; callers may modify it)."""
-    return copy.deepcopy(_default_document())

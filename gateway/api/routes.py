@@ -28,6 +28,8 @@ is an in-stream ``{"error": {...}}`` event; ``data: [DONE]`` always ends the str
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import logging
 import time
 import uuid
@@ -94,6 +96,7 @@ from gateway.api.openapi import (
     Param,
     Reply,
     add_operations,
+    build_document,
     error_reply,
     json_reply,
     openapi_json,
@@ -394,6 +397,16 @@ OPERATIONS: tuple[Operation, ...] = (
     *audio.OPERATIONS,
 )
 
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return build_document(OPERATIONS)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document of every route :func:`create_app` serves (a fresh copy; callers may
+    modify it)."""
+    return copy.deepcopy(_document())
 
 
 async def _stop_pumps(app: web.Application) -> None:

@@ -1,7 +1,8 @@
 """The voice errors: :class:`~gateway.errors.GatewayError` subclasses with a stable ``code``.
 
 Every message is a sentence a person can act on, so a chat bridge may show it as is. The
-HTTP API maps ``code`` to its OpenAI error code (see :mod:`gateway.api.audio`).
+HTTP API answers with the status of the kind and ``code`` as the OpenAI error code
+(:func:`gateway.api.convert.http_error_from_exc`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ ESPEAK_INSTALL = "apt-get install espeak-ng (Debian/Ubuntu) or brew install espe
 class VoiceError(GatewayError):
     """Base of the voice errors. ``code`` names the case for programs."""
 
-    code: ClassVar[str] = "voice_error"
+    code: ClassVar[str | None] = "voice_error"
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(kind, message)
@@ -36,7 +37,7 @@ class VoiceUnavailable(VoiceError):
     code = "voice_unavailable"
 
     def __init__(self, message: str, *, install: str = "") -> None:
-        super().__init__(ErrorKind.CONFIG, message)
+        super().__init__(ErrorKind.UNAVAILABLE, message)
         self.install = install
 
 
@@ -78,4 +79,4 @@ class SynthesisFailed(VoiceError):
     code = "synthesis_failed"
 
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorKind.CRASHED, message)
+        super().__init__(ErrorKind.INTERNAL, message)
