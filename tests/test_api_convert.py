@@ -13,8 +13,6 @@ from pydantic import SecretStr, ValidationError
 from gateway.api.chat_wire import parse_chat_request
 from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
 from gateway.api.conversation import (
-    META_FIRST_USER,
-    META_LAST_REPLY,
     Plan,
     explicit_id,
     meta_after_turn,
@@ -39,6 +37,7 @@ from gateway.api.convert import (
 )
 from gateway.config import ServerSettings, Settings
 from gateway.config import is_loopback_host as is_loopback
+from gateway.engine.api import Pref
 from gateway.engine.events import (
     Commentary,
     StreamMode,
@@ -381,10 +380,10 @@ class FakeMeta:
     def __init__(self, meta: dict[str, dict[str, str]] | None = None) -> None:
         self.meta = meta or {}
 
-    async def get_meta(self, key: str) -> dict[str, str]:
-        return dict(self.meta.get(key, {}))
+    async def get(self, key: str) -> dict[Pref, str]:
+        return {Pref(name): value for name, value in self.meta.get(key, {}).items()}
 
-    async def find_keys(self, name: str, value: str) -> list[str]:
+    async def find_keys(self, name: Pref, value: str) -> list[str]:
         return [k for k, m in reversed(self.meta.items()) if m.get(name) == value]
 
 
@@ -446,20 +445,20 @@ async def test_rule1_header_beats_prompt_cache_key_and_user() -> None:
 
 async def test_rule1_full_history_sends_only_the_new_part_when_the_reply_matches() -> None:
     c = conv(user("q1"), assistant("answer one"), user("q2"))
-    store = FakeMeta({"openai:pck:k": {META_LAST_REPLY: fingerprint("answer one")}})
+    store = FakeMeta({"openai:pck:k": {Pref.LAST_REPLY: fingerprint("answer one")}})
     p = await plan(c, store, pck="k")
     assert not p.seed
     # edited history or an unknown session: seed the transcript, never lose messages
-    p = await plan(c, FakeMeta({"openai:pck:k": {META_LAST_REPLY: fingerprint("other")}}), pck="k")
+    p = await plan(c, FakeMeta({"openai:pck:k": {Pref.LAST_REPLY: fingerprint("other")}}), pck="k")
     assert p.seed
     assert (await plan(c, pck="k")).seed
 
 
 async def test_rule1_delta_only_client_keeps_first_user() -> None:
-    store = FakeMeta({"openai:h:c": {META_FIRST_USER: "f0", META_LAST_REPLY: "r"}})
+    store = FakeMeta({"openai:h:c": {Pref.FIRST_USER: "f0", Pref.LAST_REPLY: "r"}})
     p = await plan(conv(user("next")), store, header="c")
     assert not p.seed and p.first_user is None
-    assert meta_after_turn(p, "reply") == {META_LAST_REPLY: fingerprint("reply")}
+    assert meta_after_turn(p, "reply") == {Pref.LAST_REPLY: fingerprint("reply")}
     p = await plan(conv(user("first")), header="c")
     assert p.first_user == fingerprint("first")
 
@@ -469,8 +468,8 @@ async def test_rule2_continues_the_session_whose_last_reply_matches() -> None:
     store = FakeMeta(
         {
             "openai:auto:old": {
-                META_FIRST_USER: fingerprint("hello"),
-                META_LAST_REPLY: fingerprint("Hi there!"),
+                Pref.FIRST_USER: fingerprint("hello"),
+                Pref.LAST_REPLY: fingerprint("Hi there!"),
             }
         }
     )
@@ -488,8 +487,8 @@ async def test_rule2_mismatched_first_user_or_reply_starts_a_new_seeded_session(
     store = FakeMeta(
         {
             "openai:auto:old": {
-                META_FIRST_USER: fingerprint("hello"),
-                META_LAST_REPLY: fingerprint("Hi there!"),
+                Pref.FIRST_USER: fingerprint("hello"),
+                Pref.LAST_REPLY: fingerprint("Hi there!"),
             }
         }
     )
@@ -510,8 +509,8 @@ async def test_rule2_one_request_at_a_time() -> None:
     store = FakeMeta(
         {
             "openai:auto:old": {
-                META_FIRST_USER: fingerprint("hello"),
-                META_LAST_REPLY: fingerprint("Hi there!"),
+                Pref.FIRST_USER: fingerprint("hello"),
+                Pref.LAST_REPLY: fingerprint("Hi there!"),
             }
         }
     )
@@ -524,8 +523,8 @@ async def test_rule3_first_request_has_nothing_to_seed() -> None:
     p = await plan(conv(user("hello")))
     assert (p.rule, p.seed, p.first_user) == ("new", False, fingerprint("hello"))
     assert meta_after_turn(p, "Hi!") == {
-        META_LAST_REPLY: fingerprint("Hi!"),
-        META_FIRST_USER: fingerprint("hello"),
+        Pref.LAST_REPLY: fingerprint("Hi!"),
+        Pref.FIRST_USER: fingerprint("hello"),
     }
 
 

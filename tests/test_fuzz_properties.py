@@ -43,6 +43,7 @@ from gateway.api.convert import (
     build_prompt,
     split_conversation,
 )
+from gateway.engine.api import Pref
 from gateway.engine.tools import resolve_outgoing
 from gateway.errors import ErrorKind, GatewayError
 from tests.test_telegram_split import markdown
@@ -136,13 +137,13 @@ class MemoryMeta:
     def __init__(self) -> None:
         self.meta: dict[str, dict[str, str]] = {}
 
-    async def get_meta(self, key: str) -> dict[str, str]:
-        return dict(self.meta.get(key, {}))
+    async def get(self, key: str) -> dict[Pref, str]:
+        return {Pref(name): value for name, value in self.meta.get(key, {}).items()}
 
-    async def find_keys(self, name: str, value: str) -> list[str]:
+    async def find_keys(self, name: Pref, value: str) -> list[str]:
         return [k for k, m in self.meta.items() if m.get(name) == value]
 
-    def remember(self, key: str, values: dict[str, str]) -> None:
+    def remember(self, key: str, values: dict[Pref, str]) -> None:
         self.meta.setdefault(key, {}).update(values)
 
 

@@ -53,6 +53,7 @@ from gateway.engine import (
     Event,
     Notice,
     OutgoingFile,
+    Pref,
     Prompt,
     RateLimitStatus,
     SessionInfo,
@@ -276,9 +277,9 @@ class ChatBridge:
         self._refused.add(user.id)
         meta_key = f"{self.platform.name}-user:{user.id}"
         try:
-            if (await self.engine.preferences.get_meta(meta_key)).get("refused_at"):
+            if (await self.engine.preferences.get(meta_key)).get(Pref.REFUSED_AT):
                 return False
-            await self.engine.preferences.set_meta(meta_key, refused_at=str(int(time.time())))
+            await self.engine.preferences.set(meta_key, {Pref.REFUSED_AT: str(int(time.time()))})
         except Exception as exc:  # the store is closing: refusing is what matters
             log.debug("refusal memory: %s", exc)
         await self.say(

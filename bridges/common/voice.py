@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from bridges.common.bridge import ChatBridge
 from bridges.common.commands import Command, CommandContext
 from bridges.common.platform import Chat
-from gateway.engine import Prompt, TurnResult
+from gateway.engine import Pref, Prompt, TurnResult
 from gateway.errors import GatewayError
 from gateway.voice import VoiceUnavailable, voice_prompt
 
@@ -145,12 +145,12 @@ class ChatVoice:
     async def replies_on(self, chat: Chat) -> bool:
         known = self._replies.get(chat.key)
         if known is None:
-            meta: Mapping[str, str] = {}
+            meta: Mapping[Pref, str] = {}
             try:
-                meta = await self.bridge.engine.preferences.get_meta(self._meta_key(chat))
+                meta = await self.bridge.engine.preferences.get(self._meta_key(chat))
             except Exception as exc:
                 log.debug("voice setting of %s: %s", chat.key, exc)
-            value = meta.get("on")
+            value = meta.get(Pref.VOICE_REPLIES)
             known = self.backend.settings.reply_with_voice if value is None else value == "1"
             self._replies[chat.key] = known
         return known
@@ -226,8 +226,8 @@ class ChatVoice:
     async def _set(self, chat: Chat, on: bool) -> None:
         self._replies[chat.key] = on
         try:
-            await self.bridge.engine.preferences.set_meta(self._meta_key(chat),
-                                                          on="1" if on else "0")
+            await self.bridge.engine.preferences.set(
+                self._meta_key(chat), {Pref.VOICE_REPLIES: "1" if on else "0"})
         except Exception as exc:
             log.warning("could not remember the voice setting of %s: %s", chat.key, exc)
 

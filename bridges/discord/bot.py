@@ -39,7 +39,7 @@ from bridges.common.approvals import BUTTON_PREFIX, ChatApprovals, setup_approva
 from bridges.common.commands import Command, parse_command
 from bridges.discord.platform import INTERACTION, DiscordPlatform, SlashReply
 from gateway.config import DiscordSettings, Settings
-from gateway.engine import EngineAPI, ImagePart, PermissionMode, Prompt
+from gateway.engine import EngineAPI, ImagePart, PermissionMode, Pref, Prompt
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
@@ -334,11 +334,13 @@ class DiscordBridge:
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         app = str(self.client.application_id or "")
         try:
-            meta = await self.engine.preferences.get_meta(COMMANDS_META)
-            if meta.get("digest") == digest and meta.get("application") == app:
+            meta = await self.engine.preferences.get(COMMANDS_META)
+            if (meta.get(Pref.COMMANDS_DIGEST) == digest
+                    and meta.get(Pref.COMMANDS_APPLICATION) == app):
                 return False
             await tree.sync()
-            await self.engine.preferences.set_meta(COMMANDS_META, digest=digest, application=app)
+            await self.engine.preferences.set(COMMANDS_META, {
+                Pref.COMMANDS_DIGEST: digest, Pref.COMMANDS_APPLICATION: app})
         except (discord.HTTPException, app_commands.AppCommandError) as exc:
             log.warning("could not register the slash commands with Discord (%s); typing"
                         " /help and the like as a message still works", exc)

@@ -30,14 +30,10 @@ from typing import Literal
 
 from gateway.api.convert import Conversation, fingerprint, message_fingerprint
 from gateway.api.functions import calls_fingerprint_text
-from gateway.engine.api import Preferences
+from gateway.engine.api import Pref, Preferences
 
 KEY_PREFIX = "openai:"
 Rule = Literal["header", "prompt_cache_key", "user", "continued", "new"]
-
-#: meta names stored per conversation key after every successful turn
-META_FIRST_USER = "first_user"
-META_LAST_REPLY = "last_reply"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=~-]{1,128}$")
 _OWN_ID = re.compile(r"^(?:auto|h|pck|u):")
@@ -130,18 +126,18 @@ async def plan_conversation(
         if not conversation.history:
             # Only new messages: the client relies on the session for the history. Keep the
             # stored first message unless the session has none yet.
-            meta = await store.get_meta(key)
-            keep = META_FIRST_USER in meta
+            meta = await store.get(key)
+            keep = Pref.FIRST_USER in meta
             return Plan(key, conversation_id, rule, False, None if keep else first_user)
-        meta = await store.get_meta(key)
-        continues = reply is not None and meta.get(META_LAST_REPLY) == reply
+        meta = await store.get(key)
+        continues = reply is not None and meta.get(Pref.LAST_REPLY) == reply
         return Plan(key, conversation_id, rule, not continues, first_user)
     if reply is not None and first_user is not None:
-        for key in await store.find_keys(META_LAST_REPLY, reply):
+        for key in await store.find_keys(Pref.LAST_REPLY, reply):
             if not key.startswith(KEY_PREFIX):
                 continue
-            meta = await store.get_meta(key)
-            if meta.get(META_FIRST_USER) != first_user or meta.get(META_LAST_REPLY) != reply:
+            meta = await store.get(key)
+            if meta.get(Pref.FIRST_USER) != first_user or meta.get(Pref.LAST_REPLY) != reply:
                 continue
             if not claim(key):
                 continue  # another request is continuing it right now: its reply will change
@@ -152,9 +148,9 @@ async def plan_conversation(
     return Plan(key, conversation_id, "new", bool(conversation.history), first_user)
 
 
-def meta_after_turn(plan: Plan, reply_text: str) -> dict[str, str]:
+def meta_after_turn(plan: Plan, reply_text: str) -> dict[Pref, str]:
     """What to store on the key once the client has received ``reply_text``."""
-    meta = {META_LAST_REPLY: fingerprint(reply_text)}
+    meta = {Pref.LAST_REPLY: fingerprint(reply_text)}
     if plan.first_user is not None:
-        meta[META_FIRST_USER] = plan.first_user
+        meta[Pref.FIRST_USER] = plan.first_user
     return meta

@@ -39,7 +39,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.access import STREAM_ERROR
-from gateway.api.conversation import META_LAST_REPLY
 from gateway.api.convert import (
     Conversation,
     HttpError,
@@ -112,6 +111,7 @@ from gateway.api.responses_wire import (
     ResponsesWireEvent,
     parse_request,
 )
+from gateway.engine.api import Pref
 from gateway.engine.client_tools import ClientTool
 from gateway.engine.client_tools import ToolCall as EngineToolCall
 from gateway.engine.events import (
@@ -407,14 +407,14 @@ async def _planned_keys(request: web.Request, body: ResponsesRequest) -> KeyCand
             f"previous_response_id: no response {body.previous_response_id!r} was found (it "
             "never existed, was made with another API key, or is too old)",
         ))
-    meta = await request.app[ENGINE].preferences.get_meta(row.conversation_key)
-    if META_LAST_REPLY not in meta:
+    meta = await request.app[ENGINE].preferences.get(row.conversation_key)
+    if Pref.LAST_REPLY not in meta:
         raise invalid(
             "previous_response_id",
             f"the conversation of {row.id} was reset; resend the whole history without "
             "previous_response_id to start a new one",
         )
-    if meta[META_LAST_REPLY] != row.reply:
+    if meta[Pref.LAST_REPLY] != row.reply:
         raise invalid(
             "previous_response_id",
             f"{row.id} is not the latest response of its conversation; the gateway continues "
@@ -455,10 +455,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         key = exchange.plan.key
         try:
             # the fingerprint the turn stored, before its final event reached us
-            meta = await request.app[ENGINE].preferences.get_meta(key)
+            meta = await request.app[ENGINE].preferences.get(key)
             await store.add(id=response.id, owner=owner, conversation_key=key,
                             conversation_id=exchange.conversation_id,
-                            reply=meta.get(META_LAST_REPLY, ""), body=response.model_dump_json())
+                            reply=meta.get(Pref.LAST_REPLY, ""), body=response.model_dump_json())
         except Exception:
             log.exception("could not record response %s", response.id)
 

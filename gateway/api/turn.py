@@ -144,7 +144,7 @@ class TurnPump:
 
     async def _remember(self, reply: str) -> None:
         try:
-            await self._preferences.set_meta(self.plan.key, **meta_after_turn(self.plan, reply))
+            await self._preferences.set(self.plan.key, meta_after_turn(self.plan, reply))
         except Exception:
             # The answer still reaches the client; the next request may start a new session.
             log.exception("could not store conversation metadata for %s", self.plan.key)

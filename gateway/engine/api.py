@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
@@ -231,16 +232,36 @@ class UsageWarning:
 UsageWarningHandler = Callable[[UsageWarning], Awaitable[None]]
 
 
+class Pref(StrEnum):
+    """Every name a frontend remembers a value under (:class:`Preferences`), declared once.
+    The values are the names stored in the database: renaming one forgets what it held."""
+
+    #: an API conversation: fingerprint of its first user message
+    FIRST_USER = "first_user"
+    #: an API conversation: fingerprint of the last reply its client was shown
+    LAST_REPLY = "last_reply"
+    #: a chat: spoken replies, "1" on, "0" off
+    VOICE_REPLIES = "on"
+    #: a stranger on a chat platform: when they were refused (epoch seconds)
+    REFUSED_AT = "refused_at"
+    #: Discord: the digest of the slash commands last registered, and for which application
+    COMMANDS_DIGEST = "digest"
+    COMMANDS_APPLICATION = "application"
+
+
 class Preferences(Protocol):
     """Small named values a frontend remembers per key across restarts (a chat's voice
-    replies, a refused user, the slash-command digest, an API conversation's fingerprints).
-    Deleted with the conversation of the same key by :meth:`EngineAPI.reset`."""
+    replies, a refused user, the slash-command digest, an API conversation's fingerprints),
+    under the names of :class:`Pref`. Deleted with the conversation of the same key by
+    :meth:`EngineAPI.reset`."""
 
-    async def get_meta(self, key: str) -> dict[str, str]: ...
+    async def get(self, key: str) -> dict[Pref, str]: ...
 
-    async def set_meta(self, key: str, **values: str) -> None: ...
+    async def set(self, key: str, values: Mapping[Pref, str]) -> None: ...
 
-    async def find_keys(self, name: str, value: str) -> list[str]: ...
+    async def find_keys(self, name: Pref, value: str) -> list[str]:
+        """The keys whose ``name`` holds ``value``."""
+        ...
 
 
 class TurnRunner(Protocol):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from gateway.engine.activity import (
 from gateway.engine.api import (
     AlertHandler,
     EngineStatus,
+    Pref,
     Preferences,
     UsageReport,
     UsageWarningHandler,
@@ -91,6 +92,7 @@ class Engine:
         self._pool = self._runner.pool
         self._prompt_files = self._launcher.prompt_files
         self._activity = self._runner.activity
+        self._preferences = StorePreferences(store)
         #: permission modes, always-allow rules and approval requests
         self.gate = self._runner.gate
         self._launcher.permissions = self._runner.can_use_tool
@@ -306,7 +308,7 @@ class Engine:
 
     @property
     def preferences(self) -> Preferences:
-        return self.store
+        return self._preferences
 
     def tables(self, group: Callable[[Store], T]) -> T:
         return group(self.store)
@@ -368,3 +370,24 @@ class Engine:
             pid=conv.live.pid if conv and conv.live else None,
             default_model=self.config.default_model,
         )
+
+
+class StorePreferences:
+    """:class:`~gateway.engine.api.Preferences` on the engine's database (``conversation_meta``):
+    only the names of :class:`~gateway.engine.api.Pref` go in and come out."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, key: str) -> dict[Pref, str]:
+        stored = await self._store.get_meta(key)
+        return {Pref(name): value for name, value in stored.items() if name in _PREF_NAMES}
+
+    async def set(self, key: str, values: Mapping[Pref, str]) -> None:
+        await self._store.set_meta(key, **{Pref(name).value: v for name, v in values.items()})
+
+    async def find_keys(self, name: Pref, value: str) -> list[str]:
+        return await self._store.find_keys(Pref(name).value, value)
+
+
+_PREF_NAMES = frozenset(p.value for p in Pref)
