@@ -9,6 +9,7 @@ run's temporary folder (the path is printed) as artefacts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -325,6 +326,24 @@ async def _post(
 # --------------------------------------------------------------------------- access
 
 
+@contextlib.asynccontextmanager
+async def other_site(html: str) -> AsyncIterator[str]:
+    """Another web site on its own port serving ``html`` at /; yields its origin."""
+    app = web.Application()
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app.router.add_get("/", index)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 ATTACK = """<!doctype html><title>evil</title>
 <form id="stop" method="POST" action="{gw}/v1/status/stop" enctype="text/plain" target="f1">
 <input name='{{"conversation": "{key}", "x": "' value='"}}'></form>
@@ -347,18 +366,9 @@ async def test_a_page_of_another_site_cannot_stop_a_turn_or_run_a_job(
     refused by the guard (403 forbidden_origin) before anything runs."""
     caplog.set_level(logging.WARNING, logger="gateway.api.guard")
     fake.script({"text": "still running", "hang": True}, match="do not stop me")
-    page_app = web.Application()
     gw_url = url_of(gateway)
-    async def attack(request: web.Request) -> web.Response:
-        return web.Response(text=ATTACK.format(gw=gw_url, key=DEMO), content_type="text/html")
-
-    page_app.router.add_get("/", attack)
-    runner = web.AppRunner(page_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    attacker = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    async with aiohttp.ClientSession() as http:
+    async with other_site(ATTACK.format(gw=gw_url, key=DEMO)) as attacker, \
+            aiohttp.ClientSession() as http:
         chat = asyncio.create_task(_post(http, gw_url + "/v1/chat/completions", {
             "model": "sonnet", "messages": [{"role": "user", "content": "do not stop me"}]},
             {"X-Conversation-Id": "status-demo"}))
@@ -383,7 +393,6 @@ async def test_a_page_of_another_site_cannot_stop_a_turn_or_run_a_job(
         finally:
             await gateway.engine.interrupt(DEMO)
             await asyncio.wait_for(chat, 15)
-            await runner.cleanup()
     refusals = [r.getMessage() for r in caplog.records if r.name == "gateway.api.guard"]
     assert any("POST /v1/status/stop" in m for m in refusals), refusals
     assert any("/v1/status/run" in m for m in refusals), refusals
@@ -398,20 +407,9 @@ async def test_a_link_from_another_site_opens_the_page_but_not_its_data(
 ) -> None:
     """Following a link (a top-level navigation) to the page works from any site: the page
     holds no data and its script reads /v1/status same-origin. A link straight to the JSON
-    stays refused, and so does the JSON fetched from the other site's page."""
-    site_app = web.Application()
+    stays refused (fetching it from the other site is the test above)."""
     gw_url = url_of(gateway)
-
-    async def links(request: web.Request) -> web.Response:
-        return web.Response(text=LINKS.format(gw=gw_url), content_type="text/html")
-
-    site_app.router.add_get("/", links)
-    runner = web.AppRunner(site_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    other = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with other_site(LINKS.format(gw=gw_url)) as other:
         await tab.page.goto(other + "/")
         async with tab.page.expect_navigation():
             await tab.page.click("#page")
@@ -424,8 +422,6 @@ async def test_a_link_from_another_site_opens_the_page_but_not_its_data(
         response = await followed.value
         assert response is not None and response.status == 403
         assert "forbidden_origin" in await tab.page.inner_text("body")
-    finally:
-        await runner.cleanup()
 
 
 async def _running(gateway: Gateway, key: str) -> bool:
