@@ -44,8 +44,8 @@ async def test_a_stranger_is_refused_once_and_nothing_reaches_claude(
 ) -> None:
     bridge = await make_bridge()
     assert [c["command"] for c in tg.commands] == [
-        "new", "stop", "retry", "model", "status", "usage", "sessions", "resume", "help", "mode",
-        "allowed"]
+        "new", "stop", "retry", "model", "status", "usage", "sessions", "resume", "help",
+        "project", "worktrees", "mode", "allowed"]
     tg.user_text(STRANGER, "run rm -rf / please", first_name="Mallory")
     tg.user_text(STRANGER, "/new")
     tg.user_text(STRANGER, "hello?", photo=png_bytes())

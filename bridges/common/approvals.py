@@ -36,6 +36,7 @@ from gateway.engine import (
     Prompt,
     Settled,
     Verdict,
+    base_key,
 )
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class ChatApprovals:
         chat = self._chat_of(request)
         if chat is None:
             raise LookupError(f"no chat of {self.bridge.title} for {request.key}")
-        own = chat.key == request.key
+        own = chat.key == base_key(request.key)
         who = "Claude" if own else f"A turn of {request.key} ({request.origin or 'api'})"
         text = (f"🔐 {who} wants to:\n{request.summary}\n\nAllow it? (Nobody answering within"
                 f" {duration(request.timeout)} denies it. Or type why not: that denies it"
@@ -187,8 +188,9 @@ class ChatApprovals:
     # ------------------------------------------------------------------ commands
 
     async def status_line(self, chat: Chat) -> str:
-        mode = await self.bridge.engine.permission_mode(chat.key)
-        rules = len(await self.rules.rules(chat.key))
+        key = await self.bridge.conversation_key(chat)
+        mode = await self.bridge.engine.permission_mode(key)
+        rules = len(await self.rules.rules(key))
         extra = f", {rules} always-allow rule(s) (/allowed)" if rules else ""
         return f"**Permissions:** {mode.value} — {mode.description}{extra}"
 
@@ -197,25 +199,26 @@ class ChatApprovals:
         wanted = ctx.args.strip().split()[0] if ctx.args.strip() else ""
         if wanted:
             mode = None if wanted.lower() in ("default", "reset") else PermissionMode.parse(wanted)
-            now = await engine.set_permission_mode(ctx.chat.key, mode)
+            now = await engine.set_permission_mode(await self.bridge.conversation_key(ctx.chat),
+                                                   mode)
             note = " (this chat's default)" if mode is None else ""
             running = " It applies from the next message." if self.bridge.busy(ctx.chat) \
                 else ""
             await ctx.reply(f"Permission mode: {now.value}{note}: {now.description}. The"
                             f" conversation keeps its session.{running}", markdown=False)
             return
-        now = await engine.permission_mode(ctx.chat.key)
+        now = await engine.permission_mode(await self.bridge.conversation_key(ctx.chat))
         lines = [f"Permission mode: {now.value}: {now.description}.", "", "Choose with:"]
         lines += [f"/mode {m.value} — {m.description}" for m in PermissionMode]
         lines.append("/mode default — back to this chat's default")
-        rules = await self.rules.rules(ctx.chat.key)
+        rules = await self.rules.rules(await self.bridge.conversation_key(ctx.chat))
         if rules:
             lines += ["", f"Always allowed here: {', '.join(r.rule.label for r in rules)}"
                       " (/allowed to revoke)."]
         await ctx.reply("\n".join(lines), markdown=False)
 
     async def cmd_allowed(self, ctx: CommandContext) -> None:
-        key = ctx.chat.key
+        key = await self.bridge.conversation_key(ctx.chat)
         sub, _, rest = ctx.args.strip().partition(" ")
         rules = await self.rules.rules(key)
         if sub.lower() == "clear":

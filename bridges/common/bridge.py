@@ -43,6 +43,7 @@ from bridges.common.inbox import (
 )
 from bridges.common.outbox import Outbox
 from bridges.common.platform import Chat, Platform, User
+from bridges.common.projects import ChatProjects
 from bridges.common.text import ago, error_text, rate_limit_text, size
 from bridges.common.usage import usage_line, usage_text, warning_text
 from bridges.common.view import TurnView, ViewSettings
@@ -122,6 +123,8 @@ class _Turn:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: it left the engine's queue: Claude works on it (or it ended without starting)
     begun: bool = False
+    #: the engine's conversation it goes to (the chat in its current project)
+    key: str = ""
 
 
 @dataclass(eq=False)
@@ -173,9 +176,17 @@ class ChatBridge:
         #: longest wait for a turn's display to finish before its answer goes to the outbox
         self.finish_timeout = 30.0
         self._add_builtin_commands()
+        #: which project each chat works in (/project, /worktrees)
+        self.projects = ChatProjects(self)
+        self.projects.add_commands()
+        self.status_lines.append(self.projects.status_line)
         #: voice notes in (set by ``bridges.common.voice.setup_voice``, which also adds
         #: /voice and spoken replies); without it voice notes get a polite explanation
         self.voice: VoiceInput | None = None
+
+    async def conversation_key(self, chat: Chat) -> str:
+        """The engine's conversation of ``chat``: its key in the chat's current project."""
+        return await self.projects.key(chat)
 
     @property
     def key_prefix(self) -> str:
@@ -366,7 +377,7 @@ class ChatBridge:
             model=await self._model_for(chat), mode=StreamMode.SMART,
             origin=self.platform.name, coalesce=True,
         )
-        turn = _Turn(list(entries))
+        turn = _Turn(list(entries), key=await self.conversation_key(chat))
         task = asyncio.create_task(self._send(state, turn, prompt, options),
                                    name=f"chat {chat.key}")
         turn.tasks.add(task)
@@ -592,7 +603,7 @@ class ChatBridge:
         state.turns.append(turn)
         # the engine takes the prompt into its queue when this first step runs (before
         # the iterator's first wait), so messages enter it in the order of their tasks
-        stream = self.engine.turn(state.chat.key, prompt, options)
+        stream = self.engine.turn(turn.key or state.chat.key, prompt, options)
         try:
             first = await anext(stream)
             if (isinstance(first, Notice) and first.kind == "coalesced" and prev is not None
@@ -775,7 +786,10 @@ class ChatBridge:
         """The platform's default model for a conversation that has not chosen one."""
         if not self.settings.model:
             return None
-        info = await self.engine.describe(chat.key)
+        key = await self.conversation_key(chat)
+        if self.engine.project_of(key).default_model:
+            return None  # the project's model comes first
+        info = await self.engine.describe(key)
         return self.settings.model if info is None or not info.model else None
 
     def _model_name(self, info: SessionInfo | None) -> str | None:
@@ -798,7 +812,7 @@ class ChatBridge:
             Command("status", "Session, model, tokens, cost and usage limits", self._cmd_status),
             Command("usage", "Usage limits, and what today and this week used",
                     self._cmd_usage),
-            Command("sessions", "Recent Claude Code sessions of the workspace",
+            Command("sessions", "Recent Claude Code sessions of this chat's project",
                     self._cmd_sessions),
             Command("resume", "Continue one of those sessions here", self._cmd_resume,
                     "<number or id>"),
@@ -811,13 +825,13 @@ class ChatBridge:
         state = self._state(ctx.chat)
         _cancel(state.intake)
         await self._drop_waiting(state)
-        await self.engine.reset(ctx.chat.key)
+        await self.engine.reset(await self.conversation_key(ctx.chat))
         await ctx.reply("🆕 Fresh session: I have forgotten this conversation.", markdown=False)
 
     async def _cmd_stop(self, ctx: CommandContext) -> None:
         state = self._state(ctx.chat)
         dropped = int(_cancel(state.intake)) + await self._drop_waiting(state)
-        stopped = await self.engine.interrupt(ctx.chat.key)
+        stopped = await self.engine.interrupt(await self.conversation_key(ctx.chat))
         if dropped:
             plural = "message" if dropped == 1 else "messages"
             await ctx.reply(f"⏹ Stopped; {dropped} waiting {plural} not sent.", markdown=False)
@@ -859,23 +873,25 @@ class ChatBridge:
     async def _cmd_model(self, ctx: CommandContext) -> None:
         names = ", ".join(self.engine.model_names())
         if not ctx.args:
-            info = await self.engine.describe(ctx.chat.key)
+            info = await self.engine.describe(await self.conversation_key(ctx.chat))
             current = self._model_name(info) or "the CLI's default"
             await ctx.reply(f"Model: {current}\nChoose with /model <name>: {names}",
                             markdown=False)
             return
         wanted = ctx.args.split()[0]
         if wanted.lower() in ("default", "reset"):
-            model = await self.engine.set_model(ctx.chat.key, self.settings.model or None)
+            model = await self.engine.set_model(await self.conversation_key(ctx.chat),
+                                                self.settings.model or None)
         else:
-            model = await self.engine.set_model(ctx.chat.key, wanted)
+            model = await self.engine.set_model(await self.conversation_key(ctx.chat), wanted)
         await ctx.reply(
             f"Model: {model or 'the default'}. The conversation keeps its history.",
             markdown=False,
         )
 
     async def _cmd_status(self, ctx: CommandContext) -> None:
-        info = await self.engine.describe(ctx.chat.key)
+        key = await self.conversation_key(ctx.chat)
+        info = await self.engine.describe(key)
         rl = rate_limit_text(self._rate_limit())
         state = self._chats.get(ctx.chat.key)
         waiting = state.waiting() if state else 0
@@ -895,7 +911,7 @@ class ChatBridge:
             lines.append(f"**Cost so far:** ${info.cost_usd:.4f} (API-equivalent)")
         running = state is not None and state.view is not None
         now = "working" if running else "idle"
-        if self.engine.pending_approvals(ctx.chat.key):
+        if self.engine.pending_approvals(key):
             now = "waiting for your approval"
         if waiting:
             now += f", {waiting} message(s) waiting"
@@ -913,16 +929,16 @@ class ChatBridge:
         await ctx.reply(usage_text(await self.engine.usage(hours=1)))
 
     async def _cmd_sessions(self, ctx: CommandContext) -> None:
-        sessions = await self.engine.cli_sessions(limit=10)
+        project = await self.projects.project(ctx.chat)
+        sessions = await self.engine.cli_sessions(limit=10, project=project.name)
         state = self._state(ctx.chat)
         state.sessions = [s.session_id for s in sessions]
         if not sessions:
-            await ctx.reply(f"No Claude Code sessions in {self.engine.workspace} yet.",
-                            markdown=False)
+            await ctx.reply(f"No Claude Code sessions in {project.path} yet.", markdown=False)
             return
-        info = await self.engine.describe(ctx.chat.key)
+        info = await self.engine.describe(await self.conversation_key(ctx.chat))
         mine = info.session_id if info else None
-        lines = [f"Recent Claude Code sessions in `{self.engine.workspace}`:", ""]
+        lines = [f"Recent Claude Code sessions in `{project.path}` ({project.name}):", ""]
         for number, s in enumerate(sessions, 1):
             title = _one_line(s.summary or s.first_prompt or "(no title)", 70)
             extra = [ago(s.last_modified / 1000)]
@@ -952,10 +968,12 @@ class ChatBridge:
         if self.busy(ctx.chat):
             await ctx.reply("A turn is running here; /stop it first.", markdown=False)
             return
-        await self.engine.attach_session(ctx.chat.key, session_id)
+        key = await self.conversation_key(ctx.chat)
+        await self.engine.attach_session(key, session_id)
         summary = ""
         with contextlib.suppress(Exception):
-            for s in await self.engine.cli_sessions(limit=50):
+            for s in await self.engine.cli_sessions(
+                    limit=50, project=self.engine.project_of(key).name):
                 if s.session_id == session_id:
                     summary = f": {_one_line(s.summary or s.first_prompt or '', 80)}"
         await ctx.reply(

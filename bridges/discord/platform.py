@@ -34,6 +34,7 @@ from bridges.common.approvals import Button
 from bridges.common.media import ogg_duration
 from bridges.common.platform import Chat, MessageId
 from bridges.discord.render import MAX_MESSAGE, discord_length, plain, render
+from gateway.engine.projects import base_key
 from gateway.engine.tools import FileKind
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class DiscordPlatform:
         return discord_length(text)
 
     def chat_for_key(self, key: str) -> Chat | None:
+        key = base_key(key)  # a conversation key names its project after the chat
         channel_id = parse_key(key)
         if channel_id is None:
             return None

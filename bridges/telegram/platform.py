@@ -26,6 +26,7 @@ from bridges.common.approvals import Button
 from bridges.common.media import ogg_duration
 from bridges.common.platform import Chat, MessageId
 from bridges.telegram.render import MAX_CAPTION, MAX_MESSAGE, render, telegram_length
+from gateway.engine.projects import base_key
 from gateway.engine.tools import FileKind
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class TelegramPlatform:
         return telegram_length(text)
 
     def chat_for_key(self, key: str) -> Chat | None:
+        key = base_key(key)  # a conversation key names its project after the chat
         parsed = parse_key(key)
         if parsed is None:
             return None

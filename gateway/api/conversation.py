@@ -31,6 +31,7 @@ from typing import Literal
 from gateway.api.convert import Conversation, fingerprint, message_fingerprint
 from gateway.api.functions import calls_fingerprint_text
 from gateway.engine.api import Pref, Preferences
+from gateway.engine.projects import base_key, project_key
 
 KEY_PREFIX = "openai:"
 Rule = Literal["header", "prompt_cache_key", "user", "continued", "new"]
@@ -111,8 +112,12 @@ async def plan_conversation(
     store: Preferences,
     claim: Callable[[str], bool],
     new_id: Callable[[], str] = new_conversation_id,
+    project: str | None = None,
 ) -> Plan:
     """Apply the three rules.
+
+    ``project``: the conversation's project (X-Project; None = default): part of the key,
+    so the same conversation id in another project is another conversation.
 
     ``claim(key)`` atomically reserves an automatic key for this request and returns False
     when another request already holds it (the caller releases it when the turn ends).
@@ -122,7 +127,7 @@ async def plan_conversation(
     named = explicit_id(header_id, prompt_cache_key, user)
     if named is not None:
         conversation_id, rule = named
-        key = KEY_PREFIX + conversation_id
+        key = project_key(KEY_PREFIX + conversation_id, project)
         if not conversation.history:
             # Only new messages: the client relies on the session for the history. Keep the
             # stored first message unless the session has none yet.
@@ -134,16 +139,16 @@ async def plan_conversation(
         return Plan(key, conversation_id, rule, not continues, first_user)
     if reply is not None and first_user is not None:
         for key in await store.find_keys(Pref.LAST_REPLY, reply):
-            if not key.startswith(KEY_PREFIX):
+            if not key.startswith(KEY_PREFIX) or project_key(base_key(key), project) != key:
                 continue
             meta = await store.get(key)
             if meta.get(Pref.FIRST_USER) != first_user or meta.get(Pref.LAST_REPLY) != reply:
                 continue
             if not claim(key):
                 continue  # another request is continuing it right now: its reply will change
-            return Plan(key, key[len(KEY_PREFIX) :], "continued", False, first_user)
+            return Plan(key, base_key(key)[len(KEY_PREFIX) :], "continued", False, first_user)
     conversation_id = new_id()
-    key = KEY_PREFIX + conversation_id
+    key = project_key(KEY_PREFIX + conversation_id, project)
     claim(key)
     return Plan(key, conversation_id, "new", bool(conversation.history), first_user)
 

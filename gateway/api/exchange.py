@@ -8,7 +8,7 @@ A dialect (Chat Completions in :mod:`gateway.api.routes`, Anthropic Messages in
   bodies parsed in a worker thread) and hands it to the dialect's parser;
 * :func:`stream_mode` / :func:`tool_mode` / :func:`header_id` / :func:`permission_mode`
   apply the gateway's own headers (``X-Stream-Mode``, ``X-Tool-Mode``,
-  ``X-Conversation-Id``/``X-Session-Id``, ``X-Permission-Mode``);
+  ``X-Conversation-Id``/``X-Session-Id``, ``X-Permission-Mode``, ``X-Project``);
 * :func:`run_exchange` resolves the model, plans the conversation with the one set of
   conversation rules (:mod:`gateway.api.conversation`: explicit keys, continuation from
   resent history, seeding with a transcript, client tool round trips that resume a
@@ -52,6 +52,7 @@ CONVERSATION_HEADERS = ("X-Conversation-Id", "X-Session-Id")
 STREAM_MODE_HEADER = "X-Stream-Mode"
 TOOL_MODE_HEADER = "X-Tool-Mode"
 PERMISSION_MODE_HEADER = "X-Permission-Mode"
+PROJECT_HEADER = "X-Project"
 #: how often a waiting handler checks whether its client is still connected
 DISCONNECT_POLL_SECONDS = 0.25
 #: bodies larger than this are parsed in a worker thread
@@ -154,6 +155,18 @@ def permission_mode(request: web.Request) -> PermissionMode | None:
     if not header:
         return None
     return PermissionMode.parse(header, what=f"{PERMISSION_MODE_HEADER} header value")
+
+
+def project(request: web.Request) -> str | None:
+    """``X-Project``: the project the conversation works in (``[[projects]]``; none = the
+    default, claude.workspace). An unknown name is a 400 that lists the valid ones."""
+    header = request.headers.get(PROJECT_HEADER, "").strip()
+    if not header:
+        return None
+    try:
+        return request.app[ENGINE].project(header).name
+    except GatewayError as exc:
+        raise GatewayError(exc.kind, f"{PROJECT_HEADER} header: {exc.message}") from None
 
 
 # --------------------------------------------------------------------------- the body
@@ -354,6 +367,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
     state = request.app[STATE]
     model = resolve_model(engine, turn.model)
     permissions = permission_mode(request)
+    chosen_project = project(request)
     keys = turn.keys
     plan = await plan_conversation(
         turn.conversation,
@@ -362,6 +376,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
         user=keys.user,
         store=engine.preferences,
         claim=state.claim,
+        project=chosen_project,
     )
     try:
         prompt = _prompt(turn, plan)

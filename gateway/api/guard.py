@@ -66,6 +66,7 @@ ALLOWED_HEADERS = (
     "X-Stream-Mode",
     "X-Tool-Mode",
     "X-Permission-Mode",
+    "X-Project",
 )
 #: response headers an allowed page's script may read
 EXPOSED_HEADERS = "X-Conversation-Id, Retry-After, X-Voice-Engine"

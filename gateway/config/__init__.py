@@ -52,6 +52,7 @@ from gateway.config.paths import (
     secret_env_var_names,
 )
 from gateway.config.sections import (
+    DEFAULT_PROJECT,
     FASTER_WHISPER_MODELS,
     MAX_JITTER_SECONDS,
     OPENAI_WHISPER_MODELS,
@@ -60,6 +61,7 @@ from gateway.config.sections import (
     LoggingSettings,
     ModelsSettings,
     NotifySettings,
+    ProjectSettings,
     SchedulerSettings,
     ScheduleSettings,
     ServerSettings,
@@ -76,6 +78,7 @@ __all__ = [
     "APP_NAME",
     "CONFIG_PATH_ENV_VAR",
     "DEFAULT_PORTS",
+    "DEFAULT_PROJECT",
     "DISCORD_TOKEN_ENV_VAR",
     "ENV_FILE_NAME",
     "ENV_NESTED_DELIMITER",
@@ -92,6 +95,7 @@ __all__ = [
     "LoggingSettings",
     "ModelsSettings",
     "NotifySettings",
+    "ProjectSettings",
     "ScheduleSettings",
     "SchedulerSettings",
     "ServerSettings",

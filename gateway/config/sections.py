@@ -236,6 +236,10 @@ class ClaudeSettings(_Section):
         description="A turn stops when its API-equivalent cost (as the CLI estimates it)"
         " passes this many USD (the CLI's --max-budget-usd); 0 = no limit.",
     )
+    worktrees_dir: Path = Field(
+        default=Path("~/claude-worktrees"),
+        description="Where the git worktrees of projects with worktree = true are created.",
+    )
 
     @field_validator("cli_path")
     @classmethod
@@ -257,6 +261,11 @@ class ClaudeSettings(_Section):
     @field_validator("workspace")
     @classmethod
     def _expand_workspace(cls, value: Path) -> Path:
+        return Path(_expand(str(value)))
+
+    @field_validator("worktrees_dir")
+    @classmethod
+    def _expand_worktrees_dir(cls, value: Path) -> Path:
         return Path(_expand(str(value)))
 
     @field_validator("send_file_dirs")
@@ -291,6 +300,73 @@ class ClaudeSettings(_Section):
                 " Raise activity_timeout or lower bash_max_timeout",
             )
         return self
+
+
+#: a project's name: letters, digits, "-", "_" and "." (it appears in conversation keys,
+#: branch and folder names); "default" is the name of ``claude.workspace``
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+DEFAULT_PROJECT = "default"
+
+
+class ProjectSettings(_Section):
+    """One ``[[projects]]`` entry: a folder chats and API clients can work in."""
+
+    name: str = Field(description='Unique name, used in /project <name> and X-Project.')
+    path: Path = Field(description="The project's folder (must exist).")
+    default_model: str = Field(
+        default="", description="Model of its conversations; empty = claude.default_model."
+    )
+    permission_mode: Literal[
+        "", "default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"
+    ] = Field(default="", description="Default mode of its chats; empty = the frontend's.")
+    append_system_prompt: str = Field(
+        default="", description="Text appended after claude.append_system_prompt."
+    )
+    worktree: bool = Field(
+        default=False,
+        description="true = each new conversation works in its own git worktree and branch"
+        " (under claude.worktrees_dir); the path must be a git repository.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not PROJECT_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "cmg_project_name",
+                "{name} is not a project name: 1-40 letters, digits, '-', '_' or '.',"
+                " starting with a letter or digit",
+                {"name": json.dumps(value)},
+            )
+        if value.lower() == DEFAULT_PROJECT:
+            raise PydanticCustomError(
+                "cmg_project_name",
+                '"default" is the name of claude.workspace; choose another name',
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _expand_path(cls, value: Path) -> Path:
+        if not str(value).strip():
+            raise PydanticCustomError("cmg_empty", "must not be empty")
+        return Path(_expand(str(value)))
+
+
+def _unique_project_names(
+    value: tuple[ProjectSettings, ...],
+) -> tuple[ProjectSettings, ...]:
+    seen: dict[str, int] = {}
+    for index, project in enumerate(value):
+        folded = project.name.lower()
+        if folded in seen:
+            raise _cross_field_error(
+                (str(index), "name"),
+                f"project {json.dumps(project.name)}: name: already used by projects"
+                f".{seen[folded]}; every project needs its own name",
+            )
+        seen[folded] = index
+    return value
 
 
 class ModelsSettings(_Section):
@@ -896,6 +972,9 @@ class ScheduleSettings(_Section):
     )
     timezone: str = Field(default="", description="IANA zone; empty = scheduler.timezone.")
     model: str = Field(default="", description="Model; empty = scheduler.model.")
+    project: str = Field(
+        default="", description="Project ([[projects]]) it works in; empty = default."
+    )
     session: Literal["fresh", "continue"] = Field(
         default="fresh",
         description="fresh = a new conversation each run; continue = every run continues the"
@@ -931,7 +1010,8 @@ class ScheduleSettings(_Section):
                 )
         return data
 
-    @field_validator("name", "cron", "prompt", "target", "timezone", "model", mode="before")
+    @field_validator("name", "cron", "prompt", "target", "timezone", "model", "project",
+                     mode="before")
     @classmethod
     def _text(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, str):

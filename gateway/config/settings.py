@@ -39,6 +39,7 @@ from gateway.config.sections import (
     LoggingSettings,
     ModelsSettings,
     NotifySettings,
+    ProjectSettings,
     SchedulerSettings,
     ScheduleSettings,
     ServerSettings,
@@ -47,6 +48,7 @@ from gateway.config.sections import (
     UsageSettings,
     VoiceSettings,
     _flatten,
+    _unique_project_names,
     _unique_schedule_names,
 )
 
@@ -150,6 +152,9 @@ class Settings(BaseSettings):
     schedules: Annotated[
         tuple[ScheduleSettings, ...], AfterValidator(_unique_schedule_names)
     ] = Field(default=(), description="Scheduled prompts ([[schedules]] entries).")
+    projects: Annotated[
+        tuple[ProjectSettings, ...], AfterValidator(_unique_project_names)
+    ] = Field(default=(), description="Projects besides claude.workspace ([[projects]]).")
 
     _config_file: Path | None = PrivateAttr(default=None)
     _env_file: Path | None = PrivateAttr(default=None)

@@ -48,6 +48,7 @@ from gateway.engine.events import (
 )
 from gateway.engine.permissions import PermissionMode, PermissionStore, Rule, RuleRow
 from gateway.engine.process import CliInfo, EngineConfig
+from gateway.engine.projects import Project, Worktree, base_key, project_key
 from gateway.engine.tools import FileSink, OutgoingFile
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "PermissionStore",
     "Pref",
     "Preferences",
+    "Project",
     "Prompt",
     "RateLimitStatus",
     "Rule",
@@ -102,4 +104,7 @@ __all__ = [
     "UsageWarning",
     "UsageWarningHandler",
     "Verdict",
+    "Worktree",
+    "base_key",
+    "project_key",
 ]

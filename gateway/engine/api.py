@@ -22,6 +22,7 @@ from claude_agent_sdk import SDKSessionInfo
 
 from gateway.engine.activity import ActivityEntry, ProcessReport, TranscriptEntry, TurnActivity
 from gateway.engine.approvals import ApprovalRequest, Approver, Decision, Settled
+from gateway.engine.config import Project
 from gateway.engine.events import (
     Event,
     Prompt,
@@ -31,10 +32,13 @@ from gateway.engine.events import (
     TurnOptions,
 )
 from gateway.engine.permissions import PermissionMode
+from gateway.engine.projects import Worktree, project_key
 from gateway.engine.tools import FileSink
 from gateway.store import Store
 
 T = TypeVar("T")
+
+__all__ = ["Project", "Worktree", "project_key"]
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,8 @@ class Pref(StrEnum):
     #: Discord: the digest of the slash commands last registered, and for which application
     COMMANDS_DIGEST = "digest"
     COMMANDS_APPLICATION = "application"
+    #: a chat: the project it works in (a [[projects]] name; none = the default)
+    PROJECT = "project"
 
 
 class Preferences(Protocol):
@@ -289,7 +295,35 @@ class EngineAPI(TurnRunner, Protocol):
 
     async def list_sessions(self) -> list[SessionInfo]: ...
 
-    async def cli_sessions(self, limit: int = 20) -> list[SDKSessionInfo]: ...
+    async def cli_sessions(
+        self, limit: int = 20, project: str | None = None
+    ) -> list[SDKSessionInfo]:
+        """Claude Code's sessions of ``project``'s folder (None: the default project)."""
+        ...
+
+    # ---------------------------------------------------------------- projects
+    # A conversation's project is part of its key: ``project_key(base, name)``.
+
+    def projects(self) -> list[Project]:
+        """Every project, ``default`` (claude.workspace) first."""
+        ...
+
+    def project(self, name: str | None) -> Project:
+        """The project ``name`` (None: default); unknown: INVALID_REQUEST naming the valid ones."""
+        ...
+
+    def project_of(self, key: str) -> Project:
+        """The project of a conversation key."""
+        ...
+
+    async def worktrees(self) -> list[Worktree]:
+        """The git worktrees made for conversations (``in_use``: one still works in it)."""
+        ...
+
+    async def remove_worktree(self, name: str) -> Worktree:
+        """Remove a finished conversation's worktree (its branch stays); refused while in use
+        or with uncommitted changes."""
+        ...
 
     # ---------------------------------------------------------------- permissions
     async def permission_mode(self, key: str) -> PermissionMode: ...

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import (
+    DEFAULT_PROJECT,
     ClaudeSettings,
     Settings,
     UsageSettings,
@@ -25,6 +26,19 @@ from gateway.config import (
 #: ``[claude]`` and ``[usage]`` with nothing set: the declared defaults.
 _CLAUDE = ClaudeSettings.model_construct()
 _USAGE = UsageSettings.model_construct()
+
+
+@dataclass(frozen=True)
+class Project:
+    """A folder conversations work in (``[[projects]]``; ``default`` is claude.workspace)."""
+
+    name: str
+    path: Path
+    default_model: str = ""
+    #: a CLI --permission-mode name; "" = the frontend's default
+    permission_mode: str = ""
+    append_system_prompt: str = ""
+    worktree: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,15 @@ class EngineConfig:
     usage_warn_at: tuple[float, ...] = tuple(_USAGE.warn_at)
     #: scheduler.max_daily_cost_usd, shown in usage reports (the scheduler enforces it)
     scheduled_daily_cost_cap_usd: float = 0.0
+    #: the projects besides the default one (claude.workspace)
+    projects: tuple[Project, ...] = ()
+    worktrees_dir: Path = _CLAUDE.worktrees_dir
+
+    def project_table(self) -> dict[str, Project]:
+        """Every project by name, ``default`` (the workspace) first."""
+        table = {DEFAULT_PROJECT: Project(DEFAULT_PROJECT, self.workspace)}
+        table.update((p.name, p) for p in self.projects)
+        return table
 
     @classmethod
     def from_settings(
@@ -95,6 +118,11 @@ class EngineConfig:
             "usage_timezone": settings.usage.timezone,
             "usage_warn_at": tuple(settings.usage.warn_at),
             "scheduled_daily_cost_cap_usd": settings.scheduler.max_daily_cost_usd,
+            "projects": tuple(
+                Project(p.name, p.path, p.default_model, p.permission_mode,
+                        p.append_system_prompt, p.worktree)
+                for p in settings.projects
+            ),
         })
 
 

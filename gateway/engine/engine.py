@@ -39,6 +39,7 @@ from gateway.engine.api import (
     UsageWarningHandler,
 )
 from gateway.engine.approvals import ApprovalRequest, Approver, Decision, Settled
+from gateway.engine.config import Project
 from gateway.engine.conversation import Conversation, ToolSet
 from gateway.engine.events import (
     Event,
@@ -53,6 +54,7 @@ from gateway.engine.launcher import Launcher, RunState
 from gateway.engine.models import ModelCatalog
 from gateway.engine.permissions import PermissionMode
 from gateway.engine.process import CliInfo, EngineConfig
+from gateway.engine.projects import Worktree
 from gateway.engine.runner import SHUTTING_DOWN, ConversationRunner
 from gateway.engine.session import EXPECTED_EXIT_FILTER, SDK_QUERY_LOGGER, ClientFactory
 from gateway.engine.tools import FileSink
@@ -95,6 +97,8 @@ class Engine:
         self._preferences = StorePreferences(store)
         #: permission modes, always-allow rules and approval requests
         self.gate = self._runner.gate
+        #: the configured projects (folders, worktrees)
+        self._projects = self._runner.projects
         self._launcher.permissions = self._runner.can_use_tool
         logging.getLogger(SDK_QUERY_LOGGER).addFilter(EXPECTED_EXIT_FILTER)
 
@@ -102,6 +106,7 @@ class Engine:
 
     async def start(self) -> None:
         """Find the CLI, check it runs, open the store and the workspace."""
+        self._projects.check_paths()
         cli = await self._launcher.find()
         try:
             self.config.workspace.mkdir(parents=True, exist_ok=True)
@@ -241,7 +246,7 @@ class Engine:
         ``None`` or ``""`` goes back to the configured default. Returns the CLI model value.
         """
         model = self.catalog.resolve(name)
-        await self.store.ensure_session(key, str(self.config.workspace))
+        await self.store.ensure_session(key, str(self._projects.of(key).path))
         await self.store.set_session_fields(key, model=model)
         return model
 
@@ -260,18 +265,42 @@ class Engine:
         conv = self._conversations.get(key)
         if conv is not None:
             await self._runner.evict(conv)
-        await self.store.ensure_session(key, str(self.config.workspace))
-        await self.store.set_session_fields(key, session_id=session_id)
+        # the CLI keeps sessions per folder: the project's own (worktrees have none of theirs)
+        cwd = str(self._projects.of(key).path)
+        await self.store.ensure_session(key, cwd)
+        await self.store.set_session_fields(key, session_id=session_id, cwd=cwd)
 
-    async def cli_sessions(self, limit: int = 20) -> list[SDKSessionInfo]:
-        """Claude Code's own sessions of the workspace, newest first, terminal ones included.
+    async def cli_sessions(
+        self, limit: int = 20, project: str | None = None
+    ) -> list[SDKSessionInfo]:
+        """Claude Code's own sessions of the project's folder (default: the workspace),
+        newest first, terminal ones included.
 
         Read from the CLI's transcripts under ``~/.claude/projects`` (or
         ``$CLAUDE_CONFIG_DIR``) of the gateway's own environment.
         """
-        return await asyncio.to_thread(
-            list_cli_sessions, directory=str(self.config.workspace), limit=limit
-        )
+        folder = self._projects.get(project).path
+        return await asyncio.to_thread(list_cli_sessions, directory=str(folder), limit=limit)
+
+    # ================================================================== projects
+
+    def projects(self) -> list[Project]:
+        return list(self._projects.table.values())
+
+    def project(self, name: str | None) -> Project:
+        return self._projects.get(name)
+
+    def project_of(self, key: str) -> Project:
+        return self._projects.of(key)
+
+    async def worktrees(self) -> list[Worktree]:
+        return await self._projects.worktrees(await self._in_use())
+
+    async def remove_worktree(self, name: str) -> Worktree:
+        return await self._projects.remove_worktree(name, await self._in_use())
+
+    async def _in_use(self) -> set[str]:
+        return {row.cwd for row in await self.store.list_sessions()}
 
     async def describe(self, key: str) -> SessionInfo | None:
         row = await self.store.get_session(key)
@@ -368,7 +397,9 @@ class Engine:
             busy=bool(conv and conv.current),
             queued=len(conv.pending) if conv else 0,
             pid=conv.live.pid if conv and conv.live else None,
-            default_model=self.config.default_model,
+            default_model=self._projects.of(row.key).default_model or self.config.default_model,
+            project=self._projects.of(row.key).name,
+            branch=self._projects.branch(row.key, row.cwd),
         )
 
 

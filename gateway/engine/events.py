@@ -261,6 +261,9 @@ class SessionInfo:
     pid: int | None = None
     #: the configured default model, used while the conversation has chosen none
     default_model: str | None = None
+    #: its project ("default" = claude.workspace) and, in a worktree project, its branch
+    project: str = "default"
+    branch: str | None = None
 
     @property
     def effective_model(self) -> str | None:

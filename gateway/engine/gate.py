@@ -84,6 +84,8 @@ class PermissionGate:
         self.broker = ApprovalBroker(timeout)
         self.workspace = workspace
         self._frontends: dict[str, Frontend] = {}
+        #: the default mode of the conversation's project, if its project sets one
+        self.project_default: Callable[[str], PermissionMode | None] = lambda key: None
 
     # ------------------------------------------------------------------ configuration
 
@@ -100,9 +102,9 @@ class PermissionGate:
     # ------------------------------------------------------------------ modes
 
     async def mode(self, key: str) -> PermissionMode:
-        """The conversation's mode: its own choice, else its frontend's default, else
-        ``claude.permission_mode``."""
-        chosen = await self.store.mode(key)
+        """The conversation's mode: its own choice, else its project's default, else its
+        frontend's default, else ``claude.permission_mode``."""
+        chosen = await self.store.mode(key) or self.project_default(key)
         if chosen is not None:
             return chosen
         frontend = self.frontend(key)

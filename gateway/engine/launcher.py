@@ -106,10 +106,12 @@ class Launcher:
 
     async def launch(
         self, model: str | None, system: str, toolset: ToolSet, resume: str | None,
-        profile: str,
+        profile: str, config: EngineConfig | None = None,
     ) -> CliSession:
-        """Start and connect a CLI process in a slot already taken (given back on failure)."""
+        """Start and connect a CLI process in a slot already taken (given back on failure).
+        ``config``: its project's (folder, appended prompt), default the engine's."""
         assert self.cli is not None
+        config = config or self.config
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         said = asyncio.Event()  # the CLI wrote to stderr
 
@@ -119,12 +121,12 @@ class Launcher:
 
         owner: dict[str, str] = {}
         broker = CallBroker()
-        prompt_file = await self._write_prompt_file(appended_system_text(self.config, system))
+        prompt_file = await self._write_prompt_file(appended_system_text(config, system))
         options = build_options(
-            self.config, cli_path=self.cli.path, model=model,
+            config, cli_path=self.cli.path, model=model,
             system_file=str(prompt_file) if prompt_file else None, resume=resume,
             env=self._env, stderr=on_stderr,
-            extra={**self._tools(profile, owner, toolset, broker),
+            extra={**self._tools(profile, owner, toolset, broker, config.workspace),
                    **self._permission_callback(owner)},
         )
         ready: asyncio.Future[tuple[ClaudeSDKClient, int | None]] = (
@@ -159,16 +161,18 @@ class Launcher:
         return {"can_use_tool": can_use_tool}
 
     def _tools(
-        self, profile: str, owner: dict[str, str], toolset: ToolSet, broker: CallBroker
+        self, profile: str, owner: dict[str, str], toolset: ToolSet, broker: CallBroker,
+        workspace: Path,
     ) -> dict[str, Any]:
         """Extra process options: the send_file tool for chat frontends, the client's tools."""
         extra: dict[str, Any] = {}
         servers: dict[str, Any] = {}
         sink = self.file_sinks.get(profile) if profile else None
         if sink is not None:
-            roots = (self.config.workspace, *self.config.send_file_dirs)
+            # confined to the project's folder (a worktree: its own) and send_file_dirs
+            roots = (workspace, *self.config.send_file_dirs)
             servers[SERVER_NAME] = {**send_file_server(
-                lambda: owner.get("key", ""), sink, cwd=self.config.workspace, roots=roots
+                lambda: owner.get("key", ""), sink, cwd=workspace, roots=roots
             ), "alwaysLoad": True}
             extra["allowed_tools"] = [SEND_FILE]
         if toolset.fingerprint:

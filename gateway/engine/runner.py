@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import (
@@ -61,6 +62,7 @@ from gateway.engine.models import ModelCatalog
 from gateway.engine.permissions import PermissionMode
 from gateway.engine.pool import ProcessPool, SpareKey
 from gateway.engine.process import EngineConfig
+from gateway.engine.projects import Projects
 from gateway.engine.session import (
     CliSession,
     alive,
@@ -113,6 +115,9 @@ class ConversationRunner:
             timeout=config.approval_timeout, workspace=config.workspace,
         )
         self._turn_gates: dict[str, TurnGate] = {}
+        #: which folder, model and prompt each conversation's project means
+        self.projects = Projects(config)
+        self.gate.project_default = self._project_mode
 
     # ================================================================== requests
 
@@ -322,9 +327,20 @@ class ConversationRunner:
 
     async def _run_turn(self, conv: Conversation, req: Request) -> None:
         """Run ``req`` to its end, retrying what may be retried (see :class:`Outcome`)."""
-        cwd = str(self.config.workspace)
+        project = self.projects.of(conv.key)
+        try:
+            workdir = await self.workdir(conv.key)
+        except GatewayError as exc:  # a worktree could not be made
+            req.emit(TurnError.from_exc(exc))
+            return
+        cwd = str(workdir)
         row = await self.store.ensure_session(conv.key, cwd)
-        model = req.model or row.model or self.catalog.default
+        if row.cwd != cwd:
+            await self.store.set_session_fields(conv.key, cwd=cwd)
+        pconf = self.projects.process_config(project, workdir)
+        model = req.model or row.model or (
+            self.catalog.resolve(project.default_model) if project.default_model
+            else self.catalog.default)
         system = req.options.system or ""
         system_hash = text_hash(system)
         toolset = ToolSet(req.options.tools, req.options.tool_mode)
@@ -350,7 +366,7 @@ class ConversationRunner:
             started_now = live is None
             if live is None:
                 try:
-                    live = await self.open_live(conv, model, system, toolset, resume)
+                    live = await self.open_live(conv, model, system, toolset, resume, pconf)
                 except GatewayError as exc:
                     if resume and fresh_retry_allowed and names_missing_session(exc.message):
                         await start_fresh(resume)
@@ -589,8 +605,17 @@ class ConversationRunner:
         return bool(self.config.max_turn_cost_usd) and live.cost_seen > live.cost_start
 
     def _project(self, conv: Conversation) -> str:
-        """The project a conversation's usage counts for: the workspace, for now."""
-        return str(self.config.workspace)
+        """The project a conversation's usage counts for (its name)."""
+        return self.projects.of(conv.key).name
+
+    def _project_mode(self, key: str) -> PermissionMode | None:
+        mode = self.projects.of(key).permission_mode
+        return PermissionMode.from_cli(mode) if mode else None
+
+    async def workdir(self, key: str) -> Path:
+        """The folder a conversation's processes run in: its project's (see
+        :class:`gateway.engine.projects.Projects`)."""
+        return await self.projects.workdir(key, self.store)
 
     async def _record_failed(self, conv: Conversation, error: TurnError, live: CliSession,
                              req: Request, translator: TurnTranslator) -> None:
@@ -641,13 +666,16 @@ class ConversationRunner:
 
     async def open_live(
         self, conv: Conversation, model: str | None, system: str, toolset: ToolSet,
-        resume: str | None,
+        resume: str | None, config: EngineConfig | None = None,
     ) -> CliSession:
-        """A process for ``conv``: a pre-started spare for a new session, else a new one."""
+        """A process for ``conv``: a pre-started spare for a new session, else a new one.
+        ``config``: its project's (spares are started for the default project only)."""
+        config = config or self.config
         profile = self.launcher.profile(conv.key)
         key: SpareKey = (model, text_hash(system), profile, toolset.fingerprint)
         live = None
-        if not resume:
+        default = config is self.config
+        if not resume and default:
             starting = self.pool.refilling(key)
             if starting is not None:  # a matching spare is on its way: cheaper to wait for it
                 await asyncio.wait([starting])
@@ -655,12 +683,13 @@ class ConversationRunner:
             live = self.pool.take_spare(key)
         if live is None:
             live = await self.pool.start(
-                lambda: self.launcher.launch(model, system, toolset, resume, profile),
+                lambda: self.launcher.launch(model, system, toolset, resume, profile,
+                                             config),
                 for_tenant=conv,
             )
         else:
             log.info("using a pre-started Claude Code (pid %s) for %s", live.pid, conv.key)
-        if not resume:
+        if not resume and default:
             # Not now: a process starting next to this first turn doubles its time (measured:
             # 389 -> 194 ms median; 700 -> 216 ms with a 200 KB prompt).
             conv.refill = (model, system, profile, toolset)

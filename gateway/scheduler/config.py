@@ -51,7 +51,7 @@ def config_jobs(schedules: Iterable[ScheduleSettings]) -> list[JobSpec]:
         JobSpec(
             name=job.name, cron=job.cron, prompt=job.prompt, target=job.target,
             timezone=job.timezone, model=job.model or None, session=SessionMode(job.session),
-            jitter=job.jitter, enabled=job.enabled,
+            jitter=job.jitter, enabled=job.enabled, project=job.project.strip(),
         )
         for job in schedules
     ]

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.engine.projects import project_key
 from gateway.scheduler.cron import CronError, cron_trigger, parse_timezone
 
 #: A job's name: also part of its conversation key ``cron:<name>``.
@@ -69,11 +70,13 @@ class JobSpec:
     created_by: str = ""
     created_in: str = ""
     created_at: float = 0.0
+    #: the project ([[projects]]) its turns work in; "" = the default (config jobs only)
+    project: str = ""
 
     @property
     def key(self) -> str:
-        """The engine conversation this job's turns run in."""
-        return f"cron:{self.name}"
+        """The engine conversation this job's turns run in (in its project)."""
+        return project_key(f"cron:{self.name}", self.project)
 
     @property
     def read_only(self) -> bool:

@@ -325,6 +325,10 @@ class Scheduler:
         except GatewayError as exc:
             field = "model" if spec.model else "scheduler.model"
             return f"{field}: {exc.message}"
+        try:
+            self.engine.project(spec.project or None)
+        except GatewayError as exc:
+            return f"project: {exc.message}"
         return None
 
     def _model(self, spec: JobSpec) -> str | None:
