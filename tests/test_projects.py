@@ -22,7 +22,15 @@ from gateway.store import Store
 from tests.conftest import EngineFactory, system_binary
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import FakeTelegram
-from tests.telegram_support import OWNER, STRANGER, BridgeFactory, answer, idle, texts
+from tests.telegram_support import (
+    OWNER,
+    STRANGER,
+    BridgeFactory,
+    answer,
+    idle,
+    status_messages,
+    texts,
+)
 from tests.test_api_routes import serve
 from tests.test_discord import BridgeFactory as DiscordFactory
 from tests.test_discord import answer as discord_answer
@@ -98,9 +106,13 @@ async def test_a_missing_or_file_project_path_stops_start_up_with_one_line(
 ) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    for path, problem in ((tmp_path / "gone", "does not exist"), (a_file, "is not a directory")):
+    for path, problem, tree in (
+        (tmp_path / "gone", "does not exist", False),
+        (a_file, "is not a directory", False),
+        (tmp_path, "is no git repository (worktree = true needs one)", True),
+    ):
         with pytest.raises(GatewayError) as caught:
-            await make_engine(projects=(Project("web", path),))
+            await make_engine(projects=(Project("web", path, worktree=tree),))
         assert caught.value.kind is ErrorKind.CONFIG
         assert str(caught.value) == f"project 'web': path {path} {problem}"
 
@@ -134,9 +146,11 @@ async def test_telegram_each_project_is_its_own_session_in_its_own_folder(
 
     tg.user_text(OWNER, "/project webapp")
     await tg.wait_for(lambda: any("now works in webapp" in t for t in texts(tg, OWNER)))
-    tg.user_text(OWNER, "hello webapp")
-    await answer(tg, OWNER, "echo: hello webapp")
+    tg.user_text(OWNER, "SLOW hello webapp")  # slow: the status message shows
+    await answer(tg, OWNER, "echo: SLOW hello webapp")
     await idle(bridge, OWNER)
+    shown = [line for m in status_messages(tg, OWNER) for line in m.history]
+    assert any("📁 webapp" in line for line in shown), shown
     web_request = fake_api.requests()[-1]
     assert RULES in web_request["system_text"] and str(webapp.path) in web_request["system_text"]
     default = await engine.describe(f"telegram:{OWNER}")

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from gateway.config import ClaudeSettings, load_settings
-from gateway.engine import EngineConfig
+from gateway.engine import EngineConfig, Project
 from gateway.scheduler import JobSpec, SchedulerConfig, SessionMode, config_jobs
 
 CLAUDE = """
@@ -30,6 +30,15 @@ hybrid_hidden_tools = ["WebFetch"]
 env = { HTTPS_PROXY = "http://proxy:3128" }
 max_turn_cost_usd = 0.5
 approval_timeout = 45
+worktrees_dir = "~/trees"
+
+[[projects]]
+name = "web"
+path = "~/src/web"
+default_model = "opus"
+permission_mode = "plan"
+append_system_prompt = "Lint first."
+worktree = true
 
 [models]
 aliases = { fast = "haiku" }
@@ -84,6 +93,8 @@ def test_engine_config_takes_every_claude_setting(tmp_path: Path) -> None:
         usage_timezone="Europe/Berlin",
         usage_warn_at=(0.5, 0.9),
         scheduled_daily_cost_cap_usd=2.0,
+        worktrees_dir=home / "trees",
+        projects=(Project("web", home / "src" / "web", "opus", "plan", "Lint first.", True),),
     )
     # every [claude] key the engine has a field for is one this test sets to a non-default
     shared = {f.name for f in dataclasses.fields(EngineConfig)} & set(ClaudeSettings.model_fields)
@@ -94,7 +105,9 @@ def test_engine_config_takes_every_claude_setting(tmp_path: Path) -> None:
 def test_engine_config_defaults_are_the_sections(tmp_path: Path) -> None:
     settings = load_settings(None, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")
     built = EngineConfig.from_settings(settings, environ={})
-    by_hand = EngineConfig(workspace=settings.claude.workspace)
+    # (paths are expanded against the settings' HOME)
+    by_hand = EngineConfig(workspace=settings.claude.workspace,
+                           worktrees_dir=settings.claude.worktrees_dir)
     assert dataclasses.replace(built, secret_env_vars=frozenset()) == by_hand
 
 
@@ -105,7 +118,7 @@ def test_scheduler_config_and_jobs_take_every_setting(tmp_path: Path) -> None:
         'timezone = "Europe/Paris"\nmax_daily_cost_usd = 1.5\n\n'
         '[[schedules]]\nname = "morning"\ncron = "0 8 * * 1-5"\n'
         'prompt = "News"\ntarget = "log"\ntimezone = "UTC"\nmodel = "opus"\n'
-        'session = "continue"\njitter = 3\nenabled = false\n'
+        'session = "continue"\njitter = 3\nenabled = false\nproject = "web"\n'
         '\n[[schedules]]\nname = "plain"\ncron = "0 9 * * *"\nprompt = "Hi"\ntarget = "log"\n'
     )
     settings = load_settings(path, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")
@@ -116,7 +129,7 @@ def test_scheduler_config_and_jobs_take_every_setting(tmp_path: Path) -> None:
     assert config_jobs(settings.schedules) == [
         JobSpec(name="morning", cron="0 8 * * 1-5", prompt="News", target="log",
                 timezone="UTC", model="opus", session=SessionMode.CONTINUE, jitter=3,
-                enabled=False),
+                enabled=False, project="web"),
         JobSpec(name="plain", cron="0 9 * * *", prompt="Hi", target="log"),
     ]
     defaults = load_settings(None, env={"HOME": str(tmp_path)}, env_file=tmp_path / "none")

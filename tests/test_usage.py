@@ -238,7 +238,7 @@ async def test_usage_in_telegram_and_over_http_adds_up_to_what_the_cli_reported(
                      "cost_usd": pytest.approx(info.cost_usd)}
     assert body["today"]["by_frontend"]["telegram"]["turns"] == 2
     assert sum(m["turns"] for m in body["today"]["by_model"].values()) == 2
-    assert body["today"]["by_project"] == {str(engine.workspace): today}
+    assert body["today"]["by_project"] == {"default": today}  # the project's name
     assert sum(b["turns"] for b in body["hourly"]["buckets"]) == 2
     five = next(w for w in body["windows"] if w["window"] == "five_hour")
     assert five["utilization"] == 0.85 and five["resets_at_epoch"] == resets_at

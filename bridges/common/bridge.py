@@ -692,6 +692,7 @@ class ChatBridge:
         reached_claude = cancelled = False
         try:
             await view.start()
+            view.project = self.engine.project_of(turn.key or chat.key).name
             async for event in events:
                 if isinstance(event, TurnStarted) and not reached_claude:
                     reached_claude = True

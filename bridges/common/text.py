@@ -147,10 +147,14 @@ def rate_limit_text(info: RateLimitStatus | None, now: float | None = None) -> s
     return text + f" (reported {ago(info.seen_at, now)})"
 
 
-def status_text(activity: str, elapsed: float, *, tools: int = 0, queued: int = 0) -> str:
-    """The single status message shown while Claude works."""
+def status_text(activity: str, elapsed: float, *, tools: int = 0, queued: int = 0,
+                project: str = "") -> str:
+    """The single status message shown while Claude works (``project``: named unless it
+    is the default one)."""
     lines = [f"⚙️ {activity}"]
     meta = [f"⏱ {duration(elapsed)}"]
+    if project and project != "default":
+        meta.insert(0, f"📁 {project}")
     if tools > 1:
         meta.append(f"{tools} steps")
     if queued:

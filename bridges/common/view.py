@@ -173,6 +173,8 @@ class TurnView:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: the chat's project, shown in the status message (set by the bridge)
+        self.project = ""
         # status
         self._activity: str | None = None
         self._tools = 0
@@ -339,7 +341,8 @@ class TurnView:
             if now - self._started < self.settings.status_delay:
                 return None
             activity = "Thinking…"
-        return status_text(activity, now - self._started, tools=self._tools, queued=self.queued)
+        return status_text(activity, now - self._started, tools=self._tools, queued=self.queued,
+                           project=self.project)
 
     async def _show_status(self, text: str) -> None:
         if self._status_id is None:

@@ -81,6 +81,8 @@ class Projects:
                 problem = "does not exist"
             elif not path.is_dir():
                 problem = "is not a directory"
+            elif project.worktree and not (path / ".git").exists():
+                problem = "is no git repository (worktree = true needs one)"
             else:
                 continue
             raise GatewayError(
