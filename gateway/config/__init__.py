@@ -52,7 +52,6 @@ from gateway.config.paths import (
     secret_env_var_names,
 )
 from gateway.config.sections import (
-    DEFAULT_PROJECT,
     FASTER_WHISPER_MODELS,
     MAX_JITTER_SECONDS,
     OPENAI_WHISPER_MODELS,
@@ -72,6 +71,7 @@ from gateway.config.sections import (
 )
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError
+from gateway.keys import DEFAULT_PROJECT
 
 __all__ = [
     "API_KEYS_ENV_VAR",

@@ -26,6 +26,7 @@ from pydantic_settings import NoDecode
 
 from gateway.config.hosts import normalize_host, normalize_origin, open_bind_problem
 from gateway.config.paths import _LOAD_INPUTS, _expand, default_data_dir
+from gateway.keys import DEFAULT_PROJECT
 
 # --------------------------------------------------------------------------- sections
 
@@ -305,7 +306,6 @@ class ClaudeSettings(_Section):
 #: a project's name: letters, digits, "-", "_" and "." (it appears in conversation keys,
 #: branch and folder names); "default" is the name of ``claude.workspace``
 PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
-DEFAULT_PROJECT = "default"
 
 
 class ProjectSettings(_Section):

@@ -17,29 +17,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gateway.config import DEFAULT_PROJECT
 from gateway.engine.config import EngineConfig, Project
-
-__all__ = ["PROJECT_SEPARATOR", "Project", "Projects", "Worktree", "base_key", "project_key"]
 from gateway.errors import ErrorKind, GatewayError
+from gateway.keys import DEFAULT_PROJECT, PROJECT_SEPARATOR, base_key, project_key
 from gateway.store import Store
 
+__all__ = ["PROJECT_SEPARATOR", "Project", "Projects", "Worktree", "base_key", "project_key"]
+
 log = logging.getLogger(__name__)
-
-#: between a frontend's key and the project's name
-PROJECT_SEPARATOR = "|"
-
-
-def project_key(base: str, project: str | None) -> str:
-    """The conversation key of ``base`` (a chat, an API conversation) in ``project``."""
-    if not project or project == DEFAULT_PROJECT:
-        return base
-    return f"{base}{PROJECT_SEPARATOR}{project}"
-
-
-def base_key(key: str) -> str:
-    """The frontend's key of a conversation key (the chat, without its project)."""
-    return key.partition(PROJECT_SEPARATOR)[0]
 
 
 class Projects:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.engine.projects import project_key
+from gateway.keys import project_key
 from gateway.scheduler.cron import CronError, cron_trigger, parse_timezone
 
 #: A job's name: also part of its conversation key ``cron:<name>``.
