@@ -19,6 +19,7 @@ from gateway.api.conversation import (
     plan_conversation,
 )
 from gateway.api.convert import (
+    ERROR_TABLE,
     HISTORY_CLOSE,
     HISTORY_OPEN,
     SSE_DONE,
@@ -679,3 +680,8 @@ def test_api_config_from_settings() -> None:
         api_config_from_settings(unchecked)
     with pytest.raises(ValidationError, match="on_disconnect"):
         ServerSettings(on_disconnect="explode")  # type: ignore[arg-type]
+
+
+def test_every_error_kind_has_its_http_status() -> None:
+    """One table maps kinds to HTTP: a kind added without a row would be a bare 500."""
+    assert set(ERROR_TABLE) == set(ErrorKind)

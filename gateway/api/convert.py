@@ -439,6 +439,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str, str, int | None]] = {
     # 4xx: not the gateway's fault, and clients (openai, OpenClaw) do not retry it on their own
     ErrorKind.INVALID_OUTPUT: (422, "invalid_response_error", "invalid_json_output", None),
     ErrorKind.UNAVAILABLE: (503, "server_error", "unavailable", None),
+    # Telegram's or Discord's servers down: met by the bridges, listed so no kind lacks a row
+    ErrorKind.PLATFORM_UNAVAILABLE: (503, "server_error", "platform_unavailable", 30),
     ErrorKind.INTERNAL: (500, "server_error", "internal_error", None),
 }
 
