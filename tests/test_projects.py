@@ -15,11 +15,12 @@ import pytest
 
 from gateway.api import ApiConfig, create_app
 from gateway.config import load_settings
-from gateway.engine import Engine, EngineConfig, Pref, Project
+from gateway.engine import Engine, EngineConfig, OutgoingFile, Pref, Project, TurnResult
+from gateway.engine.tools import SEND_FILE
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig
 from gateway.store import Store
-from tests.conftest import EngineFactory, system_binary
+from tests.conftest import EngineFactory, collect, file_sink, system_binary
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import FakeTelegram
 from tests.telegram_support import (
@@ -335,3 +336,32 @@ async def test_a_scheduled_job_works_in_its_project_and_an_unknown_one_is_held(
     info = await engine.describe("cron:lint|webapp")
     assert info is not None and info.cwd == str(webapp.path) and info.turns == 1
     assert RULES in fake_api.requests()[-1]["system_text"]
+
+
+# ----------------------------------------------------------------------------- send_file
+
+
+@pytest.mark.cli
+async def test_send_file_is_confined_to_the_project_folder(
+    make_engine: EngineFactory, fake_api: FakeAnthropic, webapp: Project,
+) -> None:
+    # (not in plan mode, which lets Claude read only)
+    engine = await make_engine(projects=(replace(webapp, permission_mode=""),),
+                               spare_processes=0)
+    sent = file_sink(engine, "chat:")
+    (webapp.path / "build.log").write_text("ok")
+    engine.workspace.mkdir(parents=True, exist_ok=True)
+    (engine.workspace / "private.txt").write_text("the default project's file")
+    fake_api.script({"tool_use": {"name": SEND_FILE, "input": {"path": "build.log"}}},
+                    match="send the log")
+    fake_api.script({"tool_use": {"name": SEND_FILE,
+                                  "input": {"path": str(engine.workspace / "private.txt")}}},
+                    match="send the other")
+    events = await collect(engine, "chat:1|webapp", "send the log")
+    assert isinstance(events[-1], TurnResult)
+    assert sent == [OutgoingFile("chat:1|webapp", (webapp.path / "build.log").resolve(), "",
+                                 "file")]
+    await collect(engine, "chat:1|webapp", "send the other")
+    assert len(sent) == 1
+    result = fake_api.requests()[-1]["tool_results"][0]
+    assert result["is_error"] and "outside the folders" in result["content"]
