@@ -218,6 +218,9 @@ async def test_a_running_turn_shows_its_tool_and_the_stop_button_stops_it(
         assert tool.startswith("▶ Bash: Running timeout 30 tail -f /dev/null · "), tool
         await asyncio.sleep(1.2)  # the elapsed time counts up in the page
         assert any(ch.isdigit() for ch in await tab.page.inner_text(f"{row} .elapsed"))
+        meta = tab.page.locator(f"{row} .meta")
+        assert (await meta.inner_text()).startswith("default · ")  # its project, by name
+        assert await meta.get_attribute("title") == str(gateway.engine.workspace)
         # no message body shown until the owner expands the conversation
         assert "wait for me" not in await tab.page.inner_text("#conversations")
         await tab.page.screenshot(path=str(artefacts / "running.png"), full_page=True)

@@ -125,7 +125,8 @@ class WaitingApproval(_Model):
 class ConversationStatus(_Model):
     key: str
     frontend: str  # the part of the key before the first ":" (openai, telegram, cron, …)
-    project: str  # Claude Code's working directory
+    project: str  # its project's name ("default" = claude.workspace; see [[projects]])
+    folder: str  # Claude Code's working directory (the project's folder or its worktree)
     model: str | None
     state: Literal["idle", "starting", "running", "waiting_approval", "queued"]
     #: the tool call waiting for a person's yes or no (state waiting_approval)
@@ -272,7 +273,8 @@ def _conversation(
     return ConversationStatus(
         key=info.key,
         frontend=info.key.split(":", 1)[0],
-        project=info.cwd,
+        project=info.project,
+        folder=info.cwd,
         model=info.effective_model,
         state=_state(info, turn, approval),
         approval=None if approval is None else WaitingApproval(

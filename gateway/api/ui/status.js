@@ -186,8 +186,8 @@
     }
     if (c.queued) li.append(el("div", { class: "meta" }, c.queued + " waiting"));
     const t = c.tokens;
-    li.append(el("div", { class: "meta", title: c.project },
-      c.project.split("/").filter(Boolean).pop() + " · " + (c.model || "default model") + " · " + c.turns + " turn" + (c.turns === 1 ? "" : "s") + " · " +
+    li.append(el("div", { class: "meta", title: c.folder },
+      c.project + " · " + (c.model || "default model") + " · " + c.turns + " turn" + (c.turns === 1 ? "" : "s") + " · " +
       tokens(t.input + t.cache_read + t.cache_creation) + " in / " + tokens(t.output) + " out · " +
       money(c.cost_usd) + " · " + ago(c.last_activity) + (c.live ? " · process " + c.pid : "")));
     if (expanded.has(c.key)) li.append(expanded.get(c.key));
