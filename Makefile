@@ -15,6 +15,10 @@ RUN_STAMP  := $(VENV)/.installed-$(if $(EXTRAS),$(subst $(comma),+,$(subst $() ,
 RUN_SPEC   := .$(if $(EXTRAS),[$(subst $() ,,$(EXTRAS))])
 TEST_STAMP := $(VENV)/.installed-test
 
+# Two pytest workers; each takes a whole test file (module fixtures, the modules' own coverage
+# checks). PYTEST_WORKERS= runs the suite in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 .PHONY: run test lint clean
 
 define install
@@ -41,7 +45,7 @@ test: $(TEST_STAMP)
 	@bash scripts/node-tools.sh
 	$(VENV)/bin/ruff check gateway bridges tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check gateway bridges tests bench
