@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,10 @@ async def test_a_cli_that_cannot_start_is_a_warning_and_a_typed_error(
     assert gw.engine.live_pids() == {} and gw.fake.requests() == []
 
 
+def _ended(pid: int) -> bool:
+    return pid not in child_pids()
+
+
 # (user text, HTTP status, error code, Retry-After header)
 FAULTS: list[tuple[str, int, str, str | None]] = [
     ("FAIL_500 now", 502, "upstream_error", None),
@@ -214,8 +219,7 @@ async def test_upstream_faults_in_a_row_leave_no_process_behind(
         assert now <= live, f"after {text!r}: stray processes {now - live}"
         if code == "timeout":
             # SIGKILL goes out before the 504; the kernel ends the process a moment later
-            await wait_for(lambda gone=pid: gone not in child_pids(),
-                           "the stalled CLI to end", within=5)
+            await wait_for(partial(_ended, pid), "the stalled CLI to end", within=5)
             assert 3.5 < elapsed < 10, elapsed
         if text.startswith("HANG"):
             assert "timed out" in body["error"]["message"].lower(), body
