@@ -69,6 +69,7 @@ class Request:
     def can_take(self, options: TurnOptions, model: str | None, prompt: Prompt) -> bool:
         """Whether a coalescing prompt may join this queued request (same choices)."""
         return (self.options.coalesce and options == self.options and model == self.model
+                and options.fork_at is None  # each fork is a turn of its own
                 and not self.started and not self.abandoned and not self.done
                 and not prompt.tool_results and not self.prompt.tool_results)
 

@@ -33,6 +33,31 @@ class StreamMode(StrEnum):
 
 
 @dataclass(frozen=True)
+class TurnMark:
+    """A point in a CLI session's transcript at the END of one turn: a turn started with
+    ``TurnOptions(fork_at=mark)`` continues from exactly there, in a new session that holds
+    this turn and everything before it, and nothing after.
+
+    ``message_id`` is the ``uuid`` of the turn's last top-level assistant message (the
+    answer's ``AssistantMessage.uuid``; what the CLI loads with ``--resume-session-at``).
+    Measured with the bundled CLI 2.1.332 against tests/fake_anthropic.py: that uuid is the
+    last conversation entry of the turn in the transcript (``~/.claude/projects/<cwd>/
+    <session>.jsonl``; only a ``prompt_snapshot`` attachment and bookkeeping rows without
+    a uuid follow it), and ``--resume S --fork-session --resume-session-at=<it>`` sent the
+    API exactly the turns up to it (with a Bash call: its tool_use and tool_result too) in
+    a new session id, leaving S's transcript unchanged. The result's ``uuid`` is NOT a
+    transcript entry (``No message found with message.uuid of: …``, exit 1). Sub-agents'
+    messages are never taken (the CLI writes them to the sub-agent's own side-chain).
+
+    A mark is only a pair of ids: it may be taken to any conversation of the same project
+    folder (transcripts are per folder).
+    """
+
+    session_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
 class ImagePart:
     """An image for Claude; reaches the CLI as a native base64 image block."""
 
@@ -108,6 +133,13 @@ class TurnOptions:
     #: a mode stricter than the conversation's for this turn (the HTTP API's
     #: X-Permission-Mode); a laxer one is ignored. None: the conversation's mode
     permission_mode: PermissionMode | None = None
+    #: start this turn from that point (a :class:`TurnMark` of any conversation): the
+    #: conversation's process ends, a new one forks the mark's session there (a new
+    #: session id, which becomes the conversation's), and the prompt goes on from it. The
+    #: mark's session stays as it was. A mark whose transcript is gone: the turn runs in
+    #: a new session without history, after Notice("session_reset") whose data has
+    #: ``fork_at``. Never coalesces, never uses a pre-started process.
+    fork_at: TurnMark | None = None
 
 
 # --------------------------------------------------------------------------- output
@@ -209,6 +241,10 @@ class TurnResult:
     duration_api_ms: int
     num_turns: int
     stop_reason: str | None = None
+    #: where this turn ended in its session: give it as ``TurnOptions.fork_at`` to go on
+    #: from here later. None only when the CLI reported no top-level assistant message with
+    #: a uuid in the turn (a CLI too old to send uuids; a result without a model reply)
+    mark: TurnMark | None = None
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,11 @@ class Launcher:
 
     async def launch(
         self, model: str | None, system: str, toolset: ToolSet, resume: str | None,
-        profile: str, config: EngineConfig | None = None,
+        profile: str, config: EngineConfig | None = None, fork_at: str | None = None,
     ) -> CliSession:
         """Start and connect a CLI process in a slot already taken (given back on failure).
-        ``config``: its project's (folder, appended prompt), default the engine's."""
+        ``config``: its project's (folder, appended prompt), default the engine's.
+        ``fork_at``: a message of ``resume`` to fork that session at (see build_options)."""
         assert self.cli is not None
         config = config or self.config
         stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -125,7 +126,7 @@ class Launcher:
         options = build_options(
             config, cli_path=self.cli.path, model=model,
             system_file=str(prompt_file) if prompt_file else None, resume=resume,
-            env=self._env, stderr=on_stderr,
+            fork_at=fork_at, env=self._env, stderr=on_stderr,
             extra={**self._tools(profile, owner, toolset, broker, config.workspace),
                    **self._permission_callback(owner)},
         )

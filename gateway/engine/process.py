@@ -157,6 +157,7 @@ def build_options(
     env: Mapping[str, str],
     stderr: Callable[[str], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    fork_at: str | None = None,
 ) -> ClaudeAgentOptions:
     """Options for one CLI process: full Claude Code prompt plus appended instructions.
 
@@ -171,6 +172,11 @@ def build_options(
     record on every resume, so a process started for a *changed* system text (a client's
     new ``system`` message, the owner's edited ``append_system_prompt``) would still send
     the old one (measured with 2.1.332).
+
+    ``fork_at`` (a message uuid of the session ``resume``, see
+    :class:`~gateway.engine.events.TurnMark`): the process loads that session only up to
+    and including the message and continues it in a new session id (``--fork-session
+    --resume-session-at``); the resumed session's transcript is left as it was.
     """
     extra_args: dict[str, str | None] = {}
     if system_file:
@@ -182,6 +188,8 @@ def build_options(
         cwd=str(config.workspace),
         cli_path=cli_path,
         resume=resume,
+        fork_session=bool(resume and fork_at),
+        resume_session_at=fork_at if resume else None,
         include_partial_messages=True,
         env=dict(env),
         max_buffer_size=MAX_LINE_BYTES,

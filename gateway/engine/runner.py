@@ -52,6 +52,7 @@ from gateway.engine.events import (
     RateLimitStatus,
     ToolCallsRequested,
     TurnError,
+    TurnMark,
     TurnOptions,
     TurnResult,
     TurnStarted,
@@ -344,17 +345,21 @@ class ConversationRunner:
         system = req.options.system or ""
         system_hash = text_hash(system)
         toolset = ToolSet(req.options.tools, req.options.tool_mode)
-        resume = row.session_id
+        #: a fork starts from its mark's session, whichever conversation that was
+        fork = req.options.fork_at
+        resume = fork.session_id if fork is not None else row.session_id
         fresh_retry_allowed = True
         stale_retry_allowed = True
 
         async def start_fresh(lost: str) -> None:
-            nonlocal resume, fresh_retry_allowed
+            nonlocal resume, fresh_retry_allowed, fork
             fresh_retry_allowed = False
-            req.emit(session_reset_notice(lost))
+            req.emit(session_reset_notice(lost, fork))
             await self.store.set_session_fields(conv.key, session_id=None)
-            resume = None
+            resume = fork = None
 
+        if fork is not None:  # the process holds the session as it is now, not the mark's
+            await self.close_live(conv, kill=False)
         while True:
             live = conv.live
             if live is not None and (live.dead or self._spent_budget(live)
@@ -366,7 +371,8 @@ class ConversationRunner:
             started_now = live is None
             if live is None:
                 try:
-                    live = await self.open_live(conv, model, system, toolset, resume, pconf)
+                    live = await self.open_live(conv, model, system, toolset, resume, pconf,
+                                                fork=fork)
                 except GatewayError as exc:
                     if resume and fresh_retry_allowed and names_missing_session(exc.message):
                         await start_fresh(resume)
@@ -666,11 +672,17 @@ class ConversationRunner:
 
     async def open_live(
         self, conv: Conversation, model: str | None, system: str, toolset: ToolSet,
-        resume: str | None, config: EngineConfig | None = None,
+        resume: str | None, config: EngineConfig | None = None, *,
+        fork: TurnMark | None = None,
     ) -> CliSession:
         """A process for ``conv``: a pre-started spare for a new session, else a new one.
-        ``config``: its project's (spares are started for the default project only)."""
+        ``config``: its project's (spares are started for the default project only).
+        ``fork``: the process forks that mark's session there instead of resuming
+        ``resume`` (never a spare: a spare is a new session)."""
         config = config or self.config
+        fork_at = None
+        if fork is not None:
+            resume, fork_at = fork.session_id, fork.message_id
         profile = self.launcher.profile(conv.key)
         key: SpareKey = (model, text_hash(system), profile, toolset.fingerprint)
         live = None
@@ -684,7 +696,7 @@ class ConversationRunner:
         if live is None:
             live = await self.pool.start(
                 lambda: self.launcher.launch(model, system, toolset, resume, profile,
-                                             config),
+                                             config, fork_at=fork_at),
                 for_tenant=conv,
             )
         else:
@@ -697,7 +709,11 @@ class ConversationRunner:
         if resume:  # the CLI's running cost total goes on from what its transcript saved
             live.cost_seen = live.cost_start = await self.ledger.baseline(resume)
         conv.live = live
-        log.info("Claude Code for %s: pid %s, resume %s", conv.key, live.pid, resume)
+        if fork_at:
+            log.info("Claude Code for %s: pid %s, fork of %s at %s", conv.key, live.pid,
+                     resume, fork_at)
+        else:
+            log.info("Claude Code for %s: pid %s, resume %s", conv.key, live.pid, resume)
         return live
 
     async def close_live(self, conv: Conversation, *, kill: bool) -> None:
@@ -732,7 +748,15 @@ def fail_pending(conv: Conversation, error: TurnError) -> None:
         conv.pending.popleft().emit(error)
 
 
-def session_reset_notice(session_id: str) -> Notice:
+def session_reset_notice(session_id: str, fork: TurnMark | None = None) -> Notice:
+    if fork is not None:
+        return Notice(
+            "session_reset",
+            f"Claude Code could not go back to message {fork.message_id} of session"
+            f" {session_id} (its transcript is gone or no longer holds it); this"
+            " conversation continues in a new session without the earlier history.",
+            {"lost_session_id": session_id, "fork_at": fork.message_id},
+        )
     return Notice(
         "session_reset",
         f"Claude Code could not find session {session_id} (its transcript is gone);"

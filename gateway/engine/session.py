@@ -238,12 +238,16 @@ def _running(proc: psutil.Process) -> bool:
 #: CLI nor claude-agent-sdk gives this case a code or a subtype of its own, so this text is
 #: the only signal; it is matched here and nowhere else.
 _NO_CONVERSATION = "No conversation found"
+#: What it says when ``--resume-session-at`` names a message its transcript lacks (measured
+#: with 2.1.332: a ``result`` with ``is_error``, "No message found with message.uuid of:
+#: <uuid>", exit 1): the fork point is gone, like a missing session.
+_NO_MESSAGE = "No message found with message.uuid"
 
 
 def names_missing_session(text: str) -> bool:
     """Whether CLI output (a result's error, stderr, a start failure) says the session to
-    resume does not exist."""
-    return _NO_CONVERSATION in text
+    resume (or the message of it to resume at) does not exist."""
+    return _NO_CONVERSATION in text or _NO_MESSAGE in text
 
 
 def stderr_text(lines: deque[str]) -> str:

@@ -59,6 +59,7 @@ from gateway.engine.events import (
     ToolFinished,
     ToolStarted,
     TurnError,
+    TurnMark,
     TurnResult,
     Usage,
 )
@@ -91,6 +92,8 @@ class TurnTranslator:
     #: by its budget or an error still spent what it spent)
     result_usage: Usage | None = None
     result_total_cost: float | None = None
+    #: the uuid of the turn's latest top-level assistant message (see TurnMark)
+    last_message_id: str | None = None
 
     _answer: list[str] = field(default_factory=list)
     _step: int = 0
@@ -230,6 +233,8 @@ class TurnTranslator:
             ).strip()
         if msg.model and msg.model != "<synthetic>" and msg.parent_tool_use_id is None:
             self.model = msg.model
+        if msg.uuid and msg.parent_tool_use_id is None:
+            self.last_message_id = msg.uuid
         out: list[Event] = []
         for block in msg.content:
             if isinstance(block, ToolUseBlock):
@@ -323,9 +328,17 @@ class TurnTranslator:
                 duration_api_ms=int(msg.duration_api_ms or 0),
                 num_turns=int(msg.num_turns or 0),
                 stop_reason=msg.stop_reason,
+                mark=self.mark,
             )
         )
         return out
+
+    @property
+    def mark(self) -> TurnMark | None:
+        """Where the turn stands in its session now (see :class:`TurnMark`)."""
+        if not self.session_id or not self.last_message_id:
+            return None
+        return TurnMark(self.session_id, self.last_message_id)
 
     # ------------------------------------------------------------------ errors
 
