@@ -23,12 +23,15 @@ from gateway.engine import (
     Event,
     Notice,
     Prompt,
+    ToolResult,
+    TurnError,
     TurnMark,
     TurnOptions,
     TurnResult,
 )
 from gateway.engine.conversation import Request
 from gateway.engine.translate import TurnTranslator
+from gateway.errors import ErrorKind
 from gateway.store import Store
 from tests.fake_anthropic import SYSTEM_REMINDER, FakeAnthropic, bundled_cli, cli_env
 
@@ -229,6 +232,8 @@ async def test_a_fork_never_takes_the_spare_and_the_spare_still_serves(
     _, forked = await turn(engine, "f:s2", "spare fork", fork_at=r1.mark)
     assert [t for r, t in dialogue(last_request(api, "spare fork")) if r == "user"] == [
         "spare source", "spare fork"], "a spare (a new session) would have no history"
+    # a forked process counts its cost from 0: its first turn (reading more) costs more
+    assert forked.cost_usd >= r1.cost_usd > 0
     _, fresh = await turn(engine, "f:s3", "spare fresh")
     assert fresh.session_id not in (r1.session_id, forked.session_id)
     assert [t for r, t in dialogue(last_request(api, "spare fresh")) if r == "user"] == [
@@ -260,3 +265,21 @@ def test_the_mark_is_the_last_top_level_assistant_message_of_the_turn() -> None:
     no_uuid = TurnTranslator()
     no_uuid.feed(AssistantMessage([TextBlock("a")], "m", session_id="sess"))
     assert result(no_uuid).mark is None
+
+
+@shared_loop
+async def test_a_fork_at_something_not_a_mark_is_refused_before_it_starts(
+    engine: Engine
+) -> None:
+    good = "00000000-0000-4000-8000-000000000000"
+    cases = [
+        (TurnMark("--help", good), Prompt("x"), "session by its UUID"),
+        (TurnMark(good, "not-a-uuid"), Prompt("x"), "message by its UUID"),
+        (TurnMark(good, good), Prompt(tool_results=(ToolResult("call_1", "42"),)),
+         "cannot do both"),
+    ]
+    for mark, prompt, says in cases:
+        events = [e async for e in engine.turn("f:bad", prompt, TurnOptions(fork_at=mark))]
+        assert len(events) == 1 and isinstance(events[0], TurnError), events
+        assert events[0].kind is ErrorKind.INVALID_REQUEST and says in events[0].message
+    assert await engine.describe("f:bad") is None, "nothing started"

@@ -47,6 +47,7 @@ from gateway.engine.events import (
     RateLimitStatus,
     SessionInfo,
     TurnError,
+    TurnMark,
     TurnOptions,
     Usage,
 )
@@ -219,7 +220,7 @@ class Engine:
         :class:`TurnOptions`.
         """
         options = options or TurnOptions()
-        early = self._refuse(prompt)
+        early = self._refuse(prompt) or refuse_fork(options.fork_at, prompt)
         if early is None:
             try:
                 model = self.catalog.resolve(options.model) if options.model else None
@@ -401,6 +402,24 @@ class Engine:
             project=self._projects.of(row.key).name,
             branch=self._projects.branch(row.key, row.cwd),
         )
+
+
+def refuse_fork(mark: TurnMark | None, prompt: Prompt) -> TurnError | None:
+    """Why a turn cannot fork at ``mark`` (None: it can, or it does not fork)."""
+    if mark is None:
+        return None
+    if prompt.tool_results:
+        return TurnError(ErrorKind.INVALID_REQUEST,
+                         "Tool results continue the running turn; a fork starts a new one,"
+                         " so a turn cannot do both.")
+    for what, value in (("session", mark.session_id), ("message", mark.message_id)):
+        try:
+            uuid.UUID(value)
+        except (ValueError, TypeError, AttributeError):
+            return TurnError(ErrorKind.INVALID_REQUEST,
+                             f"fork_at must name the {what} by its UUID (a TurnResult's"
+                             f" mark); {str(value)[:80]!r} is not one.")
+    return None
 
 
 class StorePreferences:

@@ -42,12 +42,14 @@ class TurnMark:
     answer's ``AssistantMessage.uuid``; what the CLI loads with ``--resume-session-at``).
     Measured with the bundled CLI 2.1.332 against tests/fake_anthropic.py: that uuid is the
     last conversation entry of the turn in the transcript (``~/.claude/projects/<cwd>/
-    <session>.jsonl``; only a ``prompt_snapshot`` attachment and bookkeeping rows without
-    a uuid follow it), and ``--resume S --fork-session --resume-session-at=<it>`` sent the
+    <session>.jsonl``; in the engine's processes only rows without a uuid follow it:
+    ``last-prompt``, ``queue-operation``, ``cost-state``), and ``--resume S --fork-session
+    --resume-session-at=<it>`` (the SDK's ``fork_session``/``resume_session_at``) sent the
     API exactly the turns up to it (with a Bash call: its tool_use and tool_result too) in
     a new session id, leaving S's transcript unchanged. The result's ``uuid`` is NOT a
     transcript entry (``No message found with message.uuid of: …``, exit 1). Sub-agents'
     messages are never taken (the CLI writes them to the sub-agent's own side-chain).
+    tests/test_engine_fork.py checks these facts on every run.
 
     A mark is only a pair of ids: it may be taken to any conversation of the same project
     folder (transcripts are per folder).

@@ -706,7 +706,10 @@ class ConversationRunner:
             # 389 -> 194 ms median; 700 -> 216 ms with a 200 KB prompt).
             conv.refill = (model, system, profile, toolset)
         live.owner["key"] = conv.key
-        if resume:  # the CLI's running cost total goes on from what its transcript saved
+        if resume and not fork_at:
+            # the CLI's running cost total goes on from what its transcript saved; a fork's
+            # starts at 0 (measured with 2.1.332: its first result's total_cost_usd was that
+            # turn's cost alone, after three turns of the source session)
             live.cost_seen = live.cost_start = await self.ledger.baseline(resume)
         conv.live = live
         if fork_at:
