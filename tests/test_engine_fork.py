@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import pytest_asyncio
 from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
@@ -143,6 +144,10 @@ async def test_a_fork_into_another_key_holds_the_turns_up_to_the_mark_only(
     ], "turns 1-2 as real history (the tool call too), not turn 3, nothing seeded"
     assert source.read_bytes() == before, "the source transcript is left as it was"
     b_mark = check_mark(config, b1)
+    # the fork's transcript is a copy of the kept entries, uuids and all
+    kept = assistant_uuids(transcript(config, b1.session_id))
+    assert kept[:-1] == assistant_uuids(source)[:len(kept) - 1]
+    assert marks[0].message_id in kept and marks[1].message_id == kept[-2]
     info = await engine.describe("f:b")
     assert info is not None and info.session_id == b1.session_id
 
@@ -205,8 +210,15 @@ async def test_a_fork_whose_point_is_gone_answers_in_a_new_session_and_says_so(
     _, r1 = await turn(engine, f"f:gone-{lost}", f"soon gone {lost}")
     mark = check_mark(config, r1)
     if lost == "transcript":
+        _, kept = await turn(engine, "f:kept", "forked before", fork_at=mark)
         await engine.reset(f"f:gone-{lost}")
         transcript(config, mark.session_id).unlink()
+        # a fork made before goes on without its source (a new process resumes it)
+        psutil.Process(engine.live_pids()["f:kept"]).kill()
+        _, later = await turn(engine, "f:kept", "forked after")
+        assert later.session_id == kept.session_id
+        assert [t for r, t in dialogue(last_request(api, "forked after")) if r == "user"] \
+            == ["soon gone transcript", "forked before", "forked after"]
     else:  # the session is there, the message is not (a rewritten transcript)
         mark = replace(mark, message_id="00000000-0000-4000-8000-000000000000")
     events, result = await turn(engine, f"f:lost-{lost}", f"still answered {lost}",

@@ -49,6 +49,9 @@ class TurnMark:
     a new session id, leaving S's transcript unchanged. The result's ``uuid`` is NOT a
     transcript entry (``No message found with message.uuid of: …``, exit 1). Sub-agents'
     messages are never taken (the CLI writes them to the sub-agent's own side-chain).
+    The fork's own transcript is a self-contained copy of the kept entries with their
+    uuids unchanged, so a mark of a kept turn is also valid with the fork's session id, and
+    deleting the source transcript later does not harm the fork.
     tests/test_engine_fork.py checks these facts on every run.
 
     A mark is only a pair of ids: it may be taken to any conversation of the same project
