@@ -19,11 +19,14 @@ import pytest_asyncio
 from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
 
 from gateway.engine import (
+    ClientTool,
     Engine,
     EngineConfig,
     Event,
     Notice,
     Prompt,
+    ToolCallsRequested,
+    ToolMode,
     ToolResult,
     TurnError,
     TurnMark,
@@ -77,6 +80,10 @@ async def turn(engine: Engine, key: str, text: str,
     events = [e async for e in engine.turn(key, Prompt(text=text), options)]
     assert isinstance(events[-1], TurnResult), events[-1]
     return events, events[-1]
+
+
+WEATHER = ClientTool("get_weather", "The weather of a city.", {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 
 
 def dialogue(request: dict[str, Any]) -> list[tuple[str, str]]:
@@ -287,11 +294,31 @@ async def test_a_fork_at_something_not_a_mark_is_refused_before_it_starts(
     cases = [
         (TurnMark("--help", good), Prompt("x"), "session by its UUID"),
         (TurnMark(good, "not-a-uuid"), Prompt("x"), "message by its UUID"),
-        (TurnMark(good, good), Prompt(tool_results=(ToolResult("call_1", "42"),)),
-         "cannot do both"),
     ]
     for mark, prompt, says in cases:
         events = [e async for e in engine.turn("f:bad", prompt, TurnOptions(fork_at=mark))]
         assert len(events) == 1 and isinstance(events[0], TurnError), events
         assert events[0].kind is ErrorKind.INVALID_REQUEST and says in events[0].message
     assert await engine.describe("f:bad") is None, "nothing started"
+
+
+@shared_loop
+async def test_tool_results_with_a_fork_go_to_the_fork_not_to_the_suspended_turn(
+    engine: Engine, api: FakeAnthropic
+) -> None:
+    tools = TurnOptions(tools=(WEATHER,), tool_mode=ToolMode.CLIENT)
+    _, first = await turn(engine, "f:tools", "tools one")
+    assert first.mark is not None
+    api.script({"tool_use": {"name": "mcp__client__get_weather", "input": {"city": "Oslo"}}},
+               match="weather in Oslo")
+    calls = [e async for e in engine.turn("f:tools", Prompt("weather in Oslo?"), tools)]
+    assert isinstance(calls[-1], ToolCallsRequested)
+    (call,) = calls[-1].calls
+    results = Prompt(tool_results=(ToolResult(call.call_id, "snow"),))
+    events = [e async for e in engine.turn("f:tools", results,
+                                           replace(tools, fork_at=first.mark))]
+    assert isinstance(events[-1], TurnResult), events[-1]
+    said = f"[result of tool call {call.call_id}]\nsnow"
+    assert events[-1].text == f"echo: {said}"
+    assert [t for r, t in dialogue(api.requests()[-1]) if r == "user"] == ["tools one", said]
+    assert events[-1].session_id != first.session_id

@@ -220,7 +220,7 @@ class Engine:
         :class:`TurnOptions`.
         """
         options = options or TurnOptions()
-        early = self._refuse(prompt) or refuse_fork(options.fork_at, prompt)
+        early = self._refuse(prompt) or refuse_fork(options.fork_at)
         if early is None:
             try:
                 model = self.catalog.resolve(options.model) if options.model else None
@@ -404,14 +404,10 @@ class Engine:
         )
 
 
-def refuse_fork(mark: TurnMark | None, prompt: Prompt) -> TurnError | None:
+def refuse_fork(mark: TurnMark | None) -> TurnError | None:
     """Why a turn cannot fork at ``mark`` (None: it can, or it does not fork)."""
     if mark is None:
         return None
-    if prompt.tool_results:
-        return TurnError(ErrorKind.INVALID_REQUEST,
-                         "Tool results continue the running turn; a fork starts a new one,"
-                         " so a turn cannot do both.")
     for what, value in (("session", mark.session_id), ("message", mark.message_id)):
         try:
             uuid.UUID(value)

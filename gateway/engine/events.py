@@ -143,7 +143,9 @@ class TurnOptions:
     #: session id, which becomes the conversation's), and the prompt goes on from it. The
     #: mark's session stays as it was. A mark whose transcript is gone: the turn runs in
     #: a new session without history, after Notice("session_reset") whose data has
-    #: ``fork_at``. Never coalesces, never uses a pre-started process.
+    #: ``fork_at``. Never coalesces, never uses a pre-started process; tool results in
+    #: its prompt go to the new session as text (a turn suspended in client tool calls
+    #: ends first, as it does for any new message).
     fork_at: TurnMark | None = None
 
 

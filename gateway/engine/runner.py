@@ -565,9 +565,12 @@ class ConversationRunner:
             while conv.pending and conv.pending[0].abandoned:
                 conv.pending.popleft()
             if conv.pending:
-                if conv.pending[0].prompt.tool_results:
+                nxt = conv.pending[0]
+                if nxt.prompt.tool_results and nxt.options.fork_at is None:
                     return conv.pending.popleft()
-                return None  # a new message instead of results: it runs after this turn
+                # a new message instead of results (or results for another branch: a
+                # fork's go to its new session as text): it runs after this turn
+                return None
             conv.wake.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
