@@ -369,17 +369,21 @@ class Gateway(HttpSystem):
 
     async def ready_for_new(self) -> None:
         """The gateway refills its spare in the background; the next new conversation is
-        measured once it is there (or once it evidently will not be: no free slot)."""
+        measured once it is there (or once it evidently will not be: no free slot, which
+        the report counts)."""
         deadline = time.perf_counter() + 15
         while time.perf_counter() < deadline:
             status = await self.health()
             if status.get("spare_processes", 0) >= 1:
                 return
             if status.get("live_processes", 0) >= self.max_live:  # no slot for a spare
-                return
+                break
             await asyncio.sleep(0.1)
+        self.without_spare += 1
 
     max_live = 0
+    #: new conversations measured while the gateway had no spare process ready
+    without_spare = 0
 
 
 class ResponsesGateway(Gateway):
@@ -520,8 +524,10 @@ async def start_node_proxy(tmp: Path, cli: str, env: dict[str, str]) -> HttpSyst
 
 async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
                         parallel: int, name: str = "gateway",
-                        kind: type[Gateway] = Gateway) -> Gateway:
-    """This gateway in its own process, from a temporary config file."""
+                        kind: type[Gateway] = Gateway, *, extra_config: str = "",
+                        extra_env: dict[str, str] | None = None) -> Gateway:
+    """This gateway in its own process, from a temporary config file (``extra_config``:
+    more TOML sections, ``extra_env``: more environment, e.g. a bot token)."""
     port = free_port()
     config = tmp / f"{name}.toml"
     log = tmp / f"{name}.log"
@@ -539,12 +545,14 @@ async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
         f"data_dir = {json.dumps(str(tmp / f'{name}-data'))}\n"
         "[logging]\n"
         'level = "WARNING"\n'
+        + extra_config
     )
     gw_env = {k: v for k, v in env.items()
               if not k.upper().startswith("CMG_") and k not in {
                   "GATEWAY_API_KEYS", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN",
                   "TELEGRAM_NOTIFY_ID", "CLAUDE_MAX_GATEWAY_CONFIG"}}
     gw_env["PYTHONPATH"] = str(ROOT)
+    gw_env.update(extra_env or {})
     proc = launch([sys.executable, "-m", "gateway.cli", "--config", str(config)], log, gw_env,
                   ROOT)
     system = kind(name, f"http://127.0.0.1:{port}", proc, log)
@@ -864,6 +872,10 @@ def render(meta: dict[str, Any], table: str, cpu: str, memory_rows: list[str],
         f" load average {meta['load_before'][0]} before / {meta['load_after'][0]} after"
         f" (1 min); {meta['date']}.",
         "",
+        *(["New conversations measured with no spare CLI ready (the pool was full, so"
+           " each paid an eviction and a cold start): " + ", ".join(
+               f"{name} {count}" for name, count in meta["without_spare"].items()), ""]
+          if meta["without_spare"] else []),
         table,
         "",
         "CPU ms per turn by process (means; all processes of the run):",
@@ -919,10 +931,16 @@ async def main(args: argparse.Namespace) -> int:
                     node = await start_node_proxy(tmp, cli, envs[name])
                     systems.append(node)
                 elif name in ("gateway", "responses", "messages"):
-                    # room for every new conversation of the first-turn and history
-                    # scenarios (+ the warm-up) and the spare, so none of them evicts
-                    max_live = max(args.first_turns + args.history_samples + 1,
-                                   args.concurrency + 1) + 2
+                    # room for every conversation the run opens (the warm-up, the
+                    # first turns, the follow-up and concurrent conversations, the
+                    # histories; the HTTP clients cannot close one) and the spare, so no
+                    # new conversation finds the pool full: there would be no spare then,
+                    # and it would pay an eviction and a cold CLI start (that was the
+                    # 785 ms 200 KB row of 2026-12-01 after 14 live CLIs)
+                    max_live = (1 + args.first_turns * ("first" in args.scenarios)
+                                + args.conversations * ("followup" in args.scenarios)
+                                + args.concurrency * ("concurrent" in args.scenarios)
+                                + args.history_samples * ("history" in args.scenarios) + 2)
                     kind = {"gateway": Gateway, "responses": ResponsesGateway,
                             "messages": MessagesGateway}[name]
                     started_gateway = await start_gateway(tmp, cli, envs[name], max_live,
@@ -992,6 +1010,8 @@ async def main(args: argparse.Namespace) -> int:
         "wall_seconds": round(time.time() - started, 1),
         "settle_seconds": round(run.settle_total, 1),
         "setup_errors": run.setup_errors, "args": vars(args),
+        "without_spare": {s.name: s.without_spare for s in systems
+                          if isinstance(s, Gateway) and s.without_spare},
     }
     cpu, cpu_stats = cpu_table(run.samples, wanted)
     report = render(meta, table, cpu, memory_rows, target_rows)

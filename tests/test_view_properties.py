@@ -19,7 +19,8 @@ Properties:
   what ``finish()`` returns is the final text, and ``finish()`` returns within its budget;
 * when the final text differs from what was streamed, the chat is repaired to show it;
 * an answer too long for messages arrives whole as a file;
-* at most one platform call is in flight at a time.
+* at most one call that changes the chat is in flight at a time (the typing action runs
+  beside them, one at a time itself).
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ class FlakyPlatform:
         self.problems: list[str] = []
         self.in_flight = 0
         self.most_in_flight = 0
+        self.typing_in_flight = 0
+        self.most_typing_in_flight = 0
         self.floods = 0
         self._ids = itertools.count(1)
 
@@ -237,8 +240,20 @@ class FlakyPlatform:
             return True
 
     async def typing(self, chat: Chat) -> None:
-        async with self._call():
-            pass
+        """Runs beside the other calls (the view sends it in a task of its own, so its
+        round trip never delays the answer); it shows nothing, so it cannot race them."""
+        self.typing_in_flight += 1
+        self.most_typing_in_flight = max(self.most_typing_in_flight, self.typing_in_flight)
+        try:
+            await asyncio.sleep(self.rnd.uniform(0, self.latency))
+            loop = asyncio.get_running_loop()
+            if self.down_from is not None and loop.time() >= self.down_from:
+                raise NetworkDown("the platform is down")
+            if self.rnd.random() < self.fail_rate:
+                raise NetworkDown("connection reset")
+            await self._way_back()
+        finally:
+            self.typing_in_flight -= 1
 
     async def send_file(self, chat: Chat, path: Path, caption: str, kind: FileKind) -> None:
         async with self._call():
@@ -507,7 +522,8 @@ def test_every_character_reaches_the_chat_once_in_order(case: Case) -> None:
     assert outcome.rest == "", describe(outcome, case)
     assert carries(platform.answer_messages(), case.answer), describe(outcome, case)
     assert platform.problems == []
-    assert platform.most_in_flight == 1, "one platform call at a time"
+    assert platform.most_in_flight == 1, "one call that changes the chat at a time"
+    assert platform.most_typing_in_flight <= 1, "one typing action at a time"
     assert not any(m.silent and not m.deleted for m in platform.chat.values()), "status gone"
 
 

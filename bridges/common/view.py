@@ -15,7 +15,9 @@ sees of it:
   arrives as a Markdown file.
 
 All sending happens in one background task (the *pump*), so edits never race each other;
-``on_event`` only appends to the answer and updates state.
+``on_event`` only appends to the answer and updates state. Only the typing action runs in a
+task of its own beside it (it shows nothing that could race, and its round trip must not
+sit in front of the first answer text).
 
 Nothing of the answer is lost, whatever the timing (``tests/test_view_properties.py``
 checks it on thousands of random timings, failures and chunkings):
@@ -172,6 +174,7 @@ class TurnView:
         self._started = clock()
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._typing_task: asyncio.Task[Any] | None = None
         self._closing = False
         #: the chat's project, shown in the status message (set by the bridge)
         self.project = ""
@@ -256,6 +259,7 @@ class TurnView:
         budget = _Budget.of(self.settings.delivery_budget, hard=True)
         if self._pump_task is not None:
             await self._stop_pump(budget)
+        await self._stop_typing()  # the answer is here: no typing after it
         rest = ""
         try:
             if isinstance(final, TurnResult):
@@ -294,8 +298,22 @@ class TurnView:
 
     # ------------------------------------------------------------------ the pump
 
+    def _send_typing(self) -> None:
+        """Renew the typing indicator in a task of its own: its round trip (~100 ms to
+        Telegram) never sits in front of the first answer text. One at a time."""
+        if self._typing_task is None or self._typing_task.done():
+            self._typing_task = asyncio.create_task(self._safe(self.platform.typing(self.chat)),
+                                                    name=f"typing {self.chat.key}")
+
+    async def _stop_typing(self) -> None:
+        task, self._typing_task = self._typing_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _pump(self) -> None:
-        await self._safe(self.platform.typing(self.chat))
+        self._send_typing()
         self._next_typing = self._clock() + self.platform.typing_interval
         while not self._closing:
             now = self._clock()
@@ -319,7 +337,7 @@ class TurnView:
                 self._next_status = self._clock() + self.settings.status_interval
                 continue
             if now >= self._next_typing:
-                await self._safe(self.platform.typing(self.chat))
+                self._send_typing()
                 self._next_typing = now + self.platform.typing_interval
             dues = [self._next_typing]
             if self._dirty and not self._overflow:

@@ -1,0 +1,317 @@
+"""Telegram end to end: from an update arriving at the Bot API to the first answer text the
+person sees, against a warm CLI driven directly (the floor), side by side in one run.
+
+* telegram: this gateway as its own process (``python -m gateway.cli``, a temporary config
+  with ``[telegram] base_url`` pointing at ``tests/fake_telegram.py``), the real Telegram
+  bridge (python-telegram-bot, long polling) and the real CLI against
+  ``tests/fake_anthropic.py``. The fake Bot API answers every call in ``--latency`` seconds
+  (100 ms by default, half before the call takes effect, half after: a round trip).
+* floor: the same prompt to a warm streaming-input CLI driven over its pipes
+  (``bench/_common.py`` ``WarmCli``): a pre-started one for a new conversation, the
+  conversation's own one for a follow-up; its time to the first answer token.
+
+When the clock starts and stops, honestly:
+
+* **arrived**: the moment the fake makes the update available to ``getUpdates`` while the
+  bridge's long poll waits there (the bench waits until it does), so python-telegram-bot
+  gets it half a round trip later, as it would from Telegram;
+* **visible**: the moment the fake *receives* the first call that carries answer text (a
+  ``sendMessageDraft`` preview in a private chat, or a ``sendMessage``/``editMessageText``
+  with the answer); that call's own response time is not the person's wait. The figure
+  "applied" adds the half round trip until the fake applies it.
+
+Also printed: when python-telegram-bot had the update (its next ``getUpdates`` arrives),
+when the typing action arrived, and the end of the turn (the final ``sendMessage``).
+
+Scenarios, in a rotating order, each turn after the machine's child processes are quiet:
+
+* first: the first message of a new private chat (a new conversation: the gateway's spare
+  CLI) against a pre-started CLI's first turn;
+* followup: turns 2.. of a chat against turns 2.. of the floor's own warm CLI.
+
+Target (issue #23): first visible answer text ≤ the floor's time to first token + 50 ms.
+
+    .venv/bin/python bench/telegram_e2e.py                    # ~2 minutes
+    .venv/bin/python bench/telegram_e2e.py --first 4 --conversations 2 --turns 4   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import FakeApiProcess, WarmCli, load_average, ms, quiesce, summary
+from compare import MODEL_CLI, Gateway, start_gateway
+
+from tests.fake_anthropic import bundled_cli, cli_env
+from tests.fake_telegram import Call, FakeTelegram
+
+#: The calls that can carry answer text.
+TEXT_METHODS = ("sendMessageDraft", "sendMessage", "editMessageText")
+#: How the bridge's own messages start (status, notices): never answer text.
+NOT_ANSWER = ("⚙️", "⏳", "⚠️", "✅", "💭")
+FIRST_CHAT = 50_000
+FOLLOW_CHAT = 60_000
+TURN_TIMEOUT = 60.0
+
+
+@dataclass
+class Sample:
+    scenario: str
+    system: str
+    #: seconds from the update (or the floor's write) to the first answer text
+    first: float | None
+    #: to the end of the reply
+    total: float | None = None
+    #: the telegram figures: PTB has the update, the typing action, first text applied
+    got_update: float | None = None
+    typing: float | None = None
+    applied: float | None = None
+    error: str | None = None
+    calls: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _chat_of(call: Call) -> int | None:
+    value = call.params.get("chat_id")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _answer_text(call: Call) -> str:
+    text = call.params.get("text")
+    if call.method not in TEXT_METHODS or not isinstance(text, str) or not text.strip():
+        return ""
+    return "" if text.startswith(NOT_ANSWER) else text
+
+
+class TelegramSide:
+    def __init__(self, tg: FakeTelegram, gateway: Gateway, latency: float) -> None:
+        self.tg, self.gateway, self.latency = tg, gateway, latency
+
+    async def parked(self) -> None:
+        """Wait until the bridge's long poll waits in the fake for the next update."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            polls = self.tg.calls_of("getUpdates")
+            if polls and time.time() - polls[-1].at > self.latency / 2 + 0.03:
+                return
+            await asyncio.sleep(0.01)
+        raise RuntimeError("the bridge's long poll never waited in the fake Bot API")
+
+    async def turn(self, scenario: str, chat_id: int, text: str) -> Sample:
+        await self.parked()
+        start = len(self.tg.calls)
+        arrived = time.time()
+        self.tg.user_text(chat_id, text)
+        deadline = time.monotonic() + TURN_TIMEOUT
+        final: Call | None = None
+        while final is None:
+            if time.monotonic() > deadline:
+                return Sample(scenario, "telegram", None, error="no answer within"
+                              f" {TURN_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.005)
+            final = next((c for c in self.tg.calls[start:] if c.method == "sendMessage"
+                          and _chat_of(c) == chat_id and _answer_text(c)), None)
+        calls = self.tg.calls[start:]
+        first = next(c for c in calls if _chat_of(c) == chat_id and _answer_text(c))
+        poll = next((c for c in calls if c.method == "getUpdates"), None)
+        typing = next((c for c in calls if c.method == "sendChatAction"
+                       and _chat_of(c) == chat_id), None)
+        return Sample(
+            scenario, "telegram", first.at - arrived, final.at - arrived,
+            got_update=poll.at - arrived if poll else None,
+            typing=typing.at - arrived if typing else None,
+            applied=first.at - arrived + self.latency / 2,
+            calls=[(c.method, round((c.at - arrived) * 1000, 1)) for c in calls],
+        )
+
+
+async def floor_turn(scenario: str, cli: WarmCli, text: str) -> Sample:
+    timing = await cli.turn(text)
+    return Sample(scenario, "floor", timing.ttft, timing.total)
+
+
+def table(samples: list[Sample]) -> list[str]:
+    rows = ["| scenario | system | n | errors | first text p50 ms | p95 | min | max"
+            " | end p50 ms |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for scenario in ("first", "followup"):
+        for system in ("floor", "telegram"):
+            mine = [s for s in samples if s.scenario == scenario and s.system == system]
+            if not mine:
+                continue
+            ok = [s for s in mine if s.error is None and s.first is not None]
+            first = summary([s.first for s in ok if s.first is not None])
+            end = summary([s.total for s in ok if s.total is not None])
+            rows.append(f"| {scenario} | {system} | {len(mine)} | {len(mine) - len(ok)}"
+                        f" | {ms(first['median'])} | {ms(first['p95'])} | {ms(first['min'])}"
+                        f" | {ms(first['max'])} | {ms(end['median'])} |")
+    return rows
+
+
+def steps(samples: list[Sample]) -> list[str]:
+    rows = ["| scenario | PTB has the update p50 ms | typing arrives p50 ms"
+            " | first text received p50 ms | first text applied p50 ms |",
+            "|---|--:|--:|--:|--:|"]
+    for scenario in ("first", "followup"):
+        mine = [s for s in samples if s.scenario == scenario and s.system == "telegram"
+                and s.error is None]
+        if not mine:
+            continue
+
+        def p50(values: list[float | None]) -> str:
+            got = [v for v in values if v is not None]
+            return ms(statistics.median(got)) if got else "—"
+
+        rows.append(f"| {scenario} | {p50([s.got_update for s in mine])}"
+                    f" | {p50([s.typing for s in mine])} | {p50([s.first for s in mine])}"
+                    f" | {p50([s.applied for s in mine])} |")
+    return rows
+
+
+def verdict(samples: list[Sample], pairs: list[tuple[Sample, Sample]]) -> list[str]:
+    rows = ["| scenario | floor TTFT p50 | telegram first text p50 | difference of p50s"
+            " | per-pair difference p50 (min–max) | target ≤ +50 ms |",
+            "|---|--:|--:|--:|--:|:-:|"]
+    for scenario in ("first", "followup"):
+        mine = [(f, t) for f, t in pairs if f.scenario == scenario
+                and f.first is not None and t.first is not None]
+        if not mine:
+            continue
+        floor = statistics.median([f.first for f, _ in mine if f.first is not None])
+        tele = statistics.median([t.first for _, t in mine if t.first is not None])
+        diffs = [t.first - f.first for f, t in mine if t.first is not None
+                 and f.first is not None]
+        diff = tele - floor
+        rows.append(f"| {scenario} | {ms(floor)} | {ms(tele)} | {ms(diff)}"
+                    f" | {ms(statistics.median(diffs))} ({ms(min(diffs))}–{ms(max(diffs))})"
+                    f" | {'yes' if diff <= 0.050 else 'no'} |")
+    return rows
+
+
+async def main(args: argparse.Namespace) -> int:
+    cli = args.cli or bundled_cli()
+    load_before = load_average()
+    samples: list[Sample] = []
+    pairs: list[tuple[Sample, Sample]] = []
+    users = [FIRST_CHAT + i for i in range(args.first + 1)] + \
+        [FOLLOW_CHAT + c for c in range(args.conversations)]
+    with tempfile.TemporaryDirectory(prefix="cmg-bench-tg-") as tmp_name, \
+            FakeApiProcess() as fake:
+        tmp = Path(tmp_name)
+        for name in ("floor", "gateway"):
+            (tmp / f"home-{name}").mkdir()
+            (tmp / f"work-{name}").mkdir()
+        env_floor = cli_env(fake.base_url, str(tmp / "home-floor"), api_timeout_ms=60000)
+        env_gw = cli_env(fake.base_url, str(tmp / "home-gateway"), api_timeout_ms=60000)
+        async with FakeTelegram(latency=args.latency) as tg:
+            extra = ("[telegram]\n"
+                     f"base_url = {json.dumps(tg.base_url)}\n"
+                     f"allowed_users = {json.dumps(users)}\n"
+                     "poll_timeout = 30\n")
+            gateway = await start_gateway(
+                tmp, cli, env_gw, max_live=args.first + args.conversations + 4, parallel=4,
+                extra_config=extra, extra_env={"TELEGRAM_BOT_TOKEN": tg.token})
+            floor_spare: WarmCli | None = None
+            live: list[WarmCli] = []
+            try:
+                side = TelegramSide(tg, gateway, args.latency)
+                await side.parked()
+                # warm both once (page cache, first-run files in each HOME): not measured
+                await side.turn("warmup", FIRST_CHAT + args.first, "warm up")
+                warm = await WarmCli(cli, env_floor, tmp / "work-floor", MODEL_CLI).start()
+                await warm.turn("warm up")
+                live.append(warm)
+
+                async def spare() -> WarmCli:
+                    return await WarmCli(cli, env_floor, tmp / "work-floor", MODEL_CLI).start()
+
+                print("… first turns", file=sys.stderr, flush=True)
+                for i in range(args.first):
+                    text = f"Hello! This is new conversation number {i}. Who are you?"
+                    floor_spare = floor_spare or await spare()
+                    await gateway.ready_for_new()
+                    pair: dict[str, Sample] = {}
+                    for system in (("floor", "telegram") if i % 2 == 0
+                                   else ("telegram", "floor")):
+                        await quiesce()
+                        if system == "floor":
+                            proc, floor_spare = floor_spare, None
+                            assert proc is not None
+                            live.append(proc)
+                            pair[system] = await floor_turn("first", proc, text)
+                        else:
+                            pair[system] = await side.turn("first", FIRST_CHAT + i, text)
+                    samples += pair.values()
+                    pairs.append((pair["floor"], pair["telegram"]))
+                    for proc in live[1:]:
+                        await proc.stop()
+                    del live[1:]
+
+                print("… follow-ups", file=sys.stderr, flush=True)
+                for c in range(args.conversations):
+                    chat = FOLLOW_CHAT + c
+                    opening = f"Conversation {c}: let us talk about the weather in Lisbon."
+                    conv = await spare()
+                    live.append(conv)
+                    await conv.turn(opening)
+                    await quiesce()
+                    await side.turn("setup", chat, opening)
+                    for t in range(1, args.turns):
+                        text = f"Turn {t + 1} of conversation {c}: and what about tomorrow?"
+                        pair = {}
+                        for system in (("floor", "telegram") if (c + t) % 2 == 0
+                                       else ("telegram", "floor")):
+                            await quiesce()
+                            if system == "floor":
+                                pair[system] = await floor_turn("followup", conv, text)
+                            else:
+                                pair[system] = await side.turn("followup", chat, text)
+                        samples += pair.values()
+                        pairs.append((pair["floor"], pair["telegram"]))
+                    await conv.stop()
+                    live.remove(conv)
+            finally:
+                for proc in [*live, *([floor_spare] if floor_spare else [])]:
+                    await proc.stop()
+                await gateway.stop()
+    load_after = load_average()
+    print(f"## Telegram end to end (fake Bot API at {args.latency * 1000:.0f} ms a call)\n")
+    print(f"load average {load_before} before, {load_after} after;"
+          f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("\n".join(table(samples)) + "\n")
+    print("\n".join(steps(samples)) + "\n")
+    print("\n".join(verdict(samples, pairs)))
+    errors = [s for s in samples if s.error]
+    for s in errors:
+        print(f"error: {s.scenario} {s.system}: {s.error}")
+    if args.calls:
+        for s in samples:
+            if s.system == "telegram":
+                print(s.scenario, s.calls)
+    return 1 if errors else 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first", type=int, default=8, help="first turns of new chats")
+    parser.add_argument("--conversations", type=int, default=3, help="chats with follow-ups")
+    parser.add_argument("--turns", type=int, default=6, help="turns per chat (first unmeasured)")
+    parser.add_argument("--latency", type=float, default=0.1,
+                        help="seconds the fake Bot API takes per call")
+    parser.add_argument("--cli", help="the Claude Code CLI (default: the bundled one)")
+    parser.add_argument("--calls", action="store_true",
+                        help="print every Bot API call of each measured turn, ms after arrival")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
