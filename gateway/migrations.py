@@ -280,3 +280,28 @@ CREATE TABLE usage_warnings (
     PRIMARY KEY (window_type, resets_at, level)
 );
 """)
+
+
+@migration
+def m006_api_turns(db: sqlite3.Connection) -> None:
+    """The API's turn record (gateway/api/turn_store.py): per conversation key and turn, the
+    fingerprints of the turn's input and reply as the client saw them, the chained
+    fingerprint of everything up to it, and the CLI session's mark at its end (session and
+    message id), so a regenerated or edited history forks the session there. Fingerprints
+    only, never text; ``owner`` is the hash of the API key that made it."""
+    _script(db, """
+CREATE TABLE api_turns (
+    key        TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    owner      TEXT NOT NULL,
+    users      TEXT NOT NULL,
+    reply      TEXT NOT NULL,
+    chain      TEXT NOT NULL,
+    session_id TEXT,
+    message_id TEXT,
+    at         REAL NOT NULL,
+    PRIMARY KEY (key, idx)
+);
+CREATE INDEX api_turns_reply ON api_turns (reply);
+CREATE INDEX api_turns_chain ON api_turns (chain);
+""")

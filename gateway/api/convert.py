@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.api.fields import invalid, parse_choice
 from gateway.api.functions import openai_tool_calls, tool_results
+from gateway.api.normalize import normalize_text
 from gateway.api.structured import ResponseFormat
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.client_tools import ToolCall as EngineToolCall
@@ -261,15 +262,6 @@ def build_prompt(conversation: Conversation, *, seed: bool, results: bool = Fals
 
 
 # --------------------------------------------------------------------------- fingerprints
-
-_DIRECTIVE = re.compile(r"\[\[\s*[a-z_]+(?:\s*:[^\]]*)?\s*\]\]")
-
-
-def normalize_text(text: str) -> str:
-    """What two copies of one message have in common: whitespace collapsed, chat-client
-    reply directives such as OpenClaw's ``[[reply_to_current]]`` removed."""
-    return " ".join(_DIRECTIVE.sub(" ", text).split())
-
 
 def fingerprint(text: str, images: Sequence[ImagePart] = ()) -> str:
     """sha256 of the normalised text (and image data): what the store keeps, never the text."""

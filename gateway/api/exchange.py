@@ -33,11 +33,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway.api.config import ApiConfig
-from gateway.api.conversation import Plan, plan_conversation
+from gateway.api.conversation import Plan, plan_conversation, transcript_part
 from gateway.api.convert import Conversation, build_prompt, parse_stream_mode
 from gateway.api.functions import parse_tool_mode
-from gateway.api.http import CONFIG, read_body, refuse_when_full
+from gateway.api.http import CONFIG, key_owner, read_body, refuse_when_full
+from gateway.api.lineage import Lineage
 from gateway.api.turn import TurnPump
+from gateway.api.turn_store import TurnStore
 from gateway.engine.api import EngineAPI, Preferences, TurnRunner
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.events import Event, Prompt, StreamMode, TurnOptions
@@ -67,6 +69,8 @@ class ApiState:
     active_requests: int = 0
     claimed: set[str] = field(default_factory=set)  # automatic keys with a turn in flight
     pumps: set[TurnPump] = field(default_factory=set)
+    #: requests by how their history related to their conversation (``/health``)
+    lineage: dict[Lineage, int] = field(default_factory=lambda: dict.fromkeys(Lineage, 0))
 
     def claim(self, key: str) -> bool:
         if key in self.claimed:
@@ -351,7 +355,8 @@ def resolve_model(engine: EngineAPI, name: str) -> str | None:
 
 def _prompt(turn: TurnRequest, plan: Plan) -> Prompt:
     conversation = turn.conversation
-    prompt = build_prompt(conversation, seed=plan.seed, results=turn.functions)
+    prompt = build_prompt(transcript_part(conversation, plan), seed=plan.seed,
+                          results=turn.functions)
     if prompt.is_empty():
         raise GatewayError(
             ErrorKind.INVALID_REQUEST,
@@ -369,14 +374,17 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
     permissions = permission_mode(request)
     chosen_project = project(request)
     keys = turn.keys
+    records = engine.tables(TurnStore)
     plan = await plan_conversation(
         turn.conversation,
         header_id=keys.header_id,
         prompt_cache_key=keys.prompt_cache_key,
         user=keys.user,
         store=engine.preferences,
+        records=records,
         claim=state.claim,
         project=chosen_project,
+        owner=key_owner(request),
     )
     try:
         prompt = _prompt(turn, plan)
@@ -385,16 +393,20 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
             model=model, mode=turn.mode, system=turn.conversation.system, origin=turn.origin,
             tools=turn.tools if functions else (), tool_mode=turn.tool_mode,
             tool_choice=turn.tool_choice if functions else "auto",
-            permission_mode=permissions,
+            permission_mode=permissions, fork_at=plan.fork_at,
         )
+        if plan.fresh:  # the named conversation's session does not hold this branch
+            await engine.reset(plan.key)
     except BaseException:
         if plan.claimed:
             state.release(plan.key)
         raise
-    log.info("chat %s rule=%s seed=%s", plan.key, plan.rule, plan.seed)
+    state.lineage[plan.lineage] += 1
+    log.info("chat %s rule=%s lineage=%s turn=%d fork=%s seed=%s", plan.key, plan.rule,
+             plan.lineage, plan.turn, plan.fork_at is not None, plan.seed)
     runner: TurnRunner = engine if turn.runner is None else turn.runner(engine)
     pump = start_pump(state, runner, engine.preferences, plan, prompt, options,
-                      shown=turn.reply_text)
+                      shown=turn.reply_text, records=records)
     return Exchange(request, pump, request.app[CONFIG])
 
 
@@ -424,12 +436,14 @@ def start_pump(
     options: TurnOptions,
     *,
     shown: Callable[[str], str] | None = None,
+    records: TurnStore | None = None,
 ) -> TurnPump:
     def done(pump: TurnPump) -> None:
         state.pumps.discard(pump)
         if plan.claimed:
             state.release(plan.key)
 
-    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done, shown=shown)
+    pump = TurnPump(engine, preferences, plan, prompt, options, on_done=done, shown=shown,
+                    records=records)
     state.pumps.add(pump)
     return pump

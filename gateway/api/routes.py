@@ -152,6 +152,7 @@ async def health(request: web.Request) -> web.Response:
         body["problems"] = problems
     if not full:
         return web.json_response(_public(body), status=200 if ok else 503)
+    body["conversations"] = {"lineage": {str(k): n for k, n in request.app[STATE].lineage.items()}}
     for name, provider in request.app.get(STATUS_PROVIDERS, {}).items():
         try:
             body[name] = provider()

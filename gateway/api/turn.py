@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.api.conversation import Plan, meta_after_turn
-from gateway.api.convert import render_event
+from gateway.api.convert import fingerprint, render_event
 from gateway.api.functions import calls_fingerprint_text
+from gateway.api.turn_store import TurnStore
 from gateway.engine.api import Preferences, TurnRunner
 from gateway.engine.events import (
     Event,
@@ -25,6 +26,7 @@ from gateway.engine.events import (
     StreamMode,
     ToolCallsRequested,
     TurnError,
+    TurnMark,
     TurnOptions,
     TurnResult,
     TurnStarted,
@@ -52,10 +54,12 @@ class TurnPump:
         *,
         on_done: Callable[[TurnPump], None],
         shown: Callable[[str], str] | None = None,
+        records: TurnStore | None = None,
     ) -> None:
         """``on_done`` is called when the final event is known and again when the task ends.
         ``shown`` maps the answer to what the client is shown of it (e.g. cut at a stop
-        sequence): the conversation is remembered by that."""
+        sequence): the conversation is remembered by that, in its preferences and in its
+        turn record (``records``)."""
         self.plan = plan
         self.mode: StreamMode = options.mode
         self._engine = engine
@@ -64,6 +68,7 @@ class TurnPump:
         self._options = options
         self._on_done = on_done
         self._shown = shown
+        self._records = records
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._rendered: list[str] = []
         self._cancel_error: TurnError | None = None
@@ -93,12 +98,13 @@ class TurnPump:
                 if final:
                     continue  # nothing may follow the final event; drain quietly
                 if isinstance(event, TurnResult):
-                    await self._remember(self._show(answer_text("".join(self._rendered), event)))
+                    await self._remember(self._show(answer_text("".join(self._rendered), event)),
+                                         event.mark)
                     final = True
                 elif isinstance(event, ToolCallsRequested):
                     calls = [(c.name, c.arguments) for c in event.calls]
                     text = self._show("".join(self._rendered))
-                    await self._remember(calls_fingerprint_text(text, calls))
+                    await self._remember(calls_fingerprint_text(text, calls), None)
                     final = True
                 elif isinstance(event, TurnError):
                     final = True
@@ -142,9 +148,16 @@ class TurnPump:
     def _show(self, text: str) -> str:
         return text if self._shown is None else self._shown(text)
 
-    async def _remember(self, reply: str) -> None:
+    async def _remember(self, reply: str, mark: TurnMark | None) -> None:
+        """Store what the client received: the reply's fingerprint on the key, and the turn
+        (with the session's ``mark`` at its end; None after a client tool call, whose turn
+        goes on) in the record."""
+        plan = self.plan
         try:
-            await self._preferences.set(self.plan.key, meta_after_turn(self.plan, reply))
+            await self._preferences.set(plan.key, meta_after_turn(plan, reply))
+            if self._records is not None:
+                await self._records.commit(plan.key, plan.owner, plan.unchanged,
+                                           plan.record_after(fingerprint(reply), mark))
         except Exception:
             # The answer still reaches the client; the next request may start a new session.
-            log.exception("could not store conversation metadata for %s", self.plan.key)
+            log.exception("could not store conversation metadata for %s", plan.key)

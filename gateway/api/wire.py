@@ -67,6 +67,11 @@ class Health(BaseModel):
     rate_limit: dict[str, Any] | None = Field(
         description="The last rate-limit status the CLI reported."
     )
+    conversations: dict[str, dict[str, int]] | None = Field(
+        default=None,
+        description="lineage: chat requests since start by how their history related to "
+        "their conversation (new, continuation, regenerate, edit, compaction, diverged).",
+    )
 
 
 class HealthPublic(BaseModel):

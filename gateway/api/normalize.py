@@ -1,0 +1,49 @@
+"""What two copies of one message have in common: the one place that decides it.
+
+The gateway recognises a conversation by fingerprints (sha256) of its messages, computed on
+both sides: of the reply when the gateway sends it, and of the copy the client resends with
+its history. Real clients change that copy a little, and each change is undone here:
+
+* whitespace: chat UIs trim it, re-wrap lines or collapse blank lines -> collapsed to one
+  space, ends trimmed;
+* OpenClaw's reply directives, which it strips from what it stores: ``[[reply_to_current]]``,
+  ``[[reply_to:<id>]]``, ``[[audio_as_voice]]``, ``MEDIA:<path>`` lines (the attachment is
+  sent apart), and a reply that is only ``NO_REPLY`` (its silent token);
+* OpenClaw's internal-context blocks (``<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>`` ...
+  ``<<<END_OPENCLAW_INTERNAL_CONTEXT>>>``), sent with a turn but never stored in its history;
+* a leading reasoning block (``<think>``, ``<thinking>``, ``<thought>``), which UIs drop.
+
+Nothing else is changed: case, punctuation and wording count, so ``ok`` and ``OK!`` stay
+different messages.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INTERNAL_CONTEXT = re.compile(
+    r"<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>.*?<<<END_OPENCLAW_INTERNAL_CONTEXT>>>", re.DOTALL
+)
+_DIRECTIVE = re.compile(
+    r"\[\[\s*(?:reply_to_current|audio_as_voice|reply_to\s*:[^\]\n]*)\s*\]\]", re.IGNORECASE
+)
+_MEDIA_LINE = re.compile(r"^[ \t]*MEDIA:[^\n]*$", re.IGNORECASE | re.MULTILINE)
+_REASONING = re.compile(
+    r"^\s*<\s*(think|thinking|thought)\b[^<>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL
+)
+_SILENT = re.compile(r"^\W*NO_REPLY(?:\s+NO_REPLY)*\W*$")
+
+
+def normalize_text(text: str) -> str:
+    """``text`` without what clients add or strip on their own (see the module docstring)."""
+    if "<<<" in text:
+        text = _INTERNAL_CONTEXT.sub(" ", text)
+    if "[[" in text:
+        text = _DIRECTIVE.sub(" ", text)
+    if "MEDIA:" in text.upper():
+        text = _MEDIA_LINE.sub(" ", text)
+    if "<" in text:
+        while (stripped := _REASONING.sub("", text, count=1)) != text:
+            text = stripped
+    text = " ".join(text.split())
+    return "" if _SILENT.match(text) else text
