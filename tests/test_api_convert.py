@@ -29,13 +29,13 @@ from gateway.api.convert import (
     fingerprint,
     finish_reason,
     http_error,
-    normalize_text,
     parse_data_url,
     render_event,
     split_conversation,
     sse,
     usage_to_openai,
 )
+from gateway.api.normalize import normalize_text
 from gateway.config import ServerSettings, Settings
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.api import Pref
@@ -45,9 +45,11 @@ from gateway.engine.events import (
     TextDelta,
     ToolFinished,
     ToolStarted,
+    TurnMark,
     Usage,
 )
 from gateway.errors import ConfigError, ErrorKind, GatewayError
+from tests.test_lineage import MemoryRecords
 
 OPENCLAW = Path(__file__).parent / "data" / "openclaw-requests"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32).decode()
@@ -407,6 +409,7 @@ async def plan(
     header: str | None = None,
     pck: str | None = None,
     user_field: str | None = None,
+    records: MemoryRecords | None = None,
 ) -> Plan:
     return await plan_conversation(
         c,
@@ -414,9 +417,17 @@ async def plan(
         prompt_cache_key=pck,
         user=user_field,
         store=store or FakeMeta(),
+        records=records or MemoryRecords(),
         claim=claims or Claims(),
         new_id=lambda: "auto:new",
     )
+
+
+def remember(p: Plan, reply: str, store: FakeMeta, records: MemoryRecords) -> None:
+    """What the turn stores once its client received ``reply``."""
+    store.meta.setdefault(p.key, {}).update(meta_after_turn(p, reply))
+    records.commit(p.key, p.owner, p.unchanged,
+                   p.record_after(fingerprint(reply), TurnMark("s1", "m1")))
 
 
 def test_explicit_id_precedence() -> None:
@@ -464,17 +475,20 @@ async def test_rule1_delta_only_client_keeps_first_user() -> None:
     assert p.first_user == fingerprint("first")
 
 
+async def _first_turn(first: str, reply: str) -> tuple[Plan, FakeMeta, MemoryRecords]:
+    """A conversation that had one turn: ``first`` answered with ``reply``."""
+    store, records = FakeMeta(), MemoryRecords()
+    p = await plan_conversation(conv(user(first)), header_id=None, prompt_cache_key=None,
+                                user=None, store=store, records=records, claim=Claims(),
+                                new_id=lambda: "auto:old")
+    remember(p, reply, store, records)
+    return p, store, records
+
+
 async def test_rule2_continues_the_session_whose_last_reply_matches() -> None:
+    _, store, records = await _first_turn("hello", "Hi there!")
     c = conv(user("  hello\n"), assistant("Hi there!  "), user("next"))
-    store = FakeMeta(
-        {
-            "openai:auto:old": {
-                Pref.FIRST_USER: fingerprint("hello"),
-                Pref.LAST_REPLY: fingerprint("Hi there!"),
-            }
-        }
-    )
-    p = await plan(c, store)
+    p = await plan(c, store, records=records)
     assert (p.key, p.rule, p.seed, p.conversation_id) == (
         "openai:auto:old",
         "continued",
@@ -485,38 +499,24 @@ async def test_rule2_continues_the_session_whose_last_reply_matches() -> None:
 
 
 async def test_rule2_mismatched_first_user_or_reply_starts_a_new_seeded_session() -> None:
-    store = FakeMeta(
-        {
-            "openai:auto:old": {
-                Pref.FIRST_USER: fingerprint("hello"),
-                Pref.LAST_REPLY: fingerprint("Hi there!"),
-            }
-        }
-    )
+    _, store, records = await _first_turn("hello", "Hi there!")
     other_first = conv(user("different"), assistant("Hi there!"), user("next"))
-    p = await plan(other_first, store)
+    p = await plan(other_first, store, records=records)
     assert (p.key, p.rule, p.seed) == ("openai:auto:new", "new", True)
     other_reply = conv(user("hello"), assistant("Something else"), user("next"))
-    assert (await plan(other_reply, store)).rule == "new"
+    assert (await plan(other_reply, store, records=records)).rule == "new"
     # keys of other frontends are never continued
-    foreign = FakeMeta({"telegram:1": dict(store.meta["openai:auto:old"])})
-    assert (await plan(conv(user("hello"), assistant("Hi there!"), user("x")), foreign)).rule == (
-        "new"
-    )
+    foreign = MemoryRecords()
+    foreign.commit("telegram:1", "", 0, records.records["openai:auto:old"])
+    meta = FakeMeta({"telegram:1": dict(store.meta["openai:auto:old"])})
+    c = conv(user("hello"), assistant("Hi there!"), user("x"))
+    assert (await plan(c, meta, records=foreign)).rule == "new"
 
 
 async def test_rule2_one_request_at_a_time() -> None:
+    _, store, records = await _first_turn("hello", "Hi there!")
     c = conv(user("hello"), assistant("Hi there!"), user("next"))
-    store = FakeMeta(
-        {
-            "openai:auto:old": {
-                Pref.FIRST_USER: fingerprint("hello"),
-                Pref.LAST_REPLY: fingerprint("Hi there!"),
-            }
-        }
-    )
-    claims = Claims("openai:auto:old")
-    p = await plan(c, store, claims)
+    p = await plan(c, store, Claims("openai:auto:old"), records=records)
     assert p.rule == "new" and p.seed
 
 
@@ -530,13 +530,14 @@ async def test_rule3_first_request_has_nothing_to_seed() -> None:
 
 
 async def test_openclaw_turn2_continues_turn1_despite_the_internal_context() -> None:
+    store, records = FakeMeta(), MemoryRecords()
     turn1 = split_conversation(parse_chat_request(openclaw("turn1.json")).messages)
-    p1 = await plan(turn1)
+    p1 = await plan(turn1, store, records=records)
     assert p1.rule == "new" and not p1.seed
     # The session answered turn 1 with the reply that turn2.json carries.
-    store = FakeMeta({p1.key: meta_after_turn(p1, "STUB-REPLY #1: hello from stub")})
+    remember(p1, "STUB-REPLY #1: hello from stub", store, records)
     turn2 = split_conversation(parse_chat_request(openclaw("turn2.json")).messages)
-    p2 = await plan(turn2, store)
+    p2 = await plan(turn2, store, records=records)
     assert (p2.key, p2.rule, p2.seed) == (p1.key, "continued", False)
     text = build_prompt(turn2, seed=p2.seed).text
     assert "Second message: what word?" in text

@@ -41,11 +41,14 @@ from gateway.api.convert import (
     HISTORY_CLOSE,
     HISTORY_OPEN,
     build_prompt,
+    fingerprint,
     split_conversation,
 )
 from gateway.engine.api import Pref
+from gateway.engine.events import TurnMark
 from gateway.engine.tools import resolve_outgoing
 from gateway.errors import ErrorKind, GatewayError
+from tests.test_lineage import MemoryRecords
 from tests.test_telegram_split import markdown
 
 #: examples per property; FUZZ_EXAMPLES=5000 for a long run
@@ -147,12 +150,13 @@ class MemoryMeta:
         self.meta.setdefault(key, {}).update(values)
 
 
-async def _plan(messages: list[dict[str, Any]], store: MemoryMeta,
+async def _plan(messages: list[dict[str, Any]], store: MemoryMeta, records: MemoryRecords,
                 header: str | None = None) -> tuple[Any, Any]:
     conversation = split_conversation(parse_chat_request(
         {"model": "sonnet", "messages": messages}).messages)
     plan = await plan_conversation(conversation, header_id=header, prompt_cache_key=None,
-                                   user=None, store=store, claim=lambda key: True)
+                                   user=None, store=store, records=records,
+                                   claim=lambda key: True)
     return plan, conversation
 
 
@@ -167,26 +171,28 @@ def test_the_next_request_continues_the_session_with_only_the_new_message(
     history: list[str], reply: str, follow_up: str, reformat: bool, header: str | None
 ) -> None:
     async def run() -> None:
-        store = MemoryMeta()
+        store, records = MemoryMeta(), MemoryRecords()
         # turn 1: the client's history ends with a user message
         first = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
                  for i, t in enumerate(history)]
         if first[-1]["role"] == "assistant":
             first.append({"role": "user", "content": "and?"})
-        plan1, _ = await _plan(first, store, header)
+        plan1, _ = await _plan(first, store, records, header)
         store.remember(plan1.key, meta_after_turn(plan1, reply))
+        records.commit(plan1.key, plan1.owner, plan1.unchanged,
+                       plan1.record_after(fingerprint(reply), TurnMark("s", "m")))
         # turn 2: the whole history again, the reply (maybe re-wrapped by the client), more
         echoed = " \n".join(reply.split()) + "\n" if reformat else reply
         second = [*first, {"role": "assistant", "content": echoed},
                   {"role": "user", "content": follow_up}]
-        plan2, conversation = await _plan(second, store, header)
+        plan2, conversation = await _plan(second, store, records, header)
         assert plan2.key == plan1.key
         assert not plan2.seed
         assert build_prompt(conversation, seed=plan2.seed).text == follow_up
         # an edited reply: a new session (or the pinned one) seeded with everything
         edited = [*first, {"role": "assistant", "content": reply + " (edited)"},
                   {"role": "user", "content": follow_up}]
-        plan3, conversation = await _plan(edited, store, header)
+        plan3, conversation = await _plan(edited, store, records, header)
         assert plan3.seed
         if header is None:
             assert plan3.key != plan1.key

@@ -224,6 +224,10 @@ def classify(
     its new messages), and a compaction needs one matching recent turn instead of two."""
     n, m = len(client), len(record)
     if n == 0:
+        if keyed and m == 1 and new_users == record[0].users:
+            # the first answer asked again: a fresh session (a client that sends only its
+            # new messages would not repeat its only one)
+            return Decision(Lineage.REGENERATE, 0, None, True, None, (), 0)
         if keyed and m:
             return Decision(Lineage.CONTINUATION, m, None, False, None, tuple(record), m)
         return Decision(Lineage.NEW, 0, None, bool(m), None, (), 0)
@@ -233,7 +237,7 @@ def classify(
         keep = extend(record, _unmarked(client[m:]))
         return Decision(Lineage.CONTINUATION, m, None, False, m if n > m else None, keep, m)
     s = _suffix(client, record, p) if p < n else 0
-    if s and record[m - s:] and m - s > p and _compacted(client[n - s:], keyed):
+    if s and m - s > p and _compacted(client[n - s:], keyed):
         keep = extend(record[:p], _unmarked(client[p:n - s]))
         keep = extend(keep, [(r.users, r.reply, r.session_id, r.message_id)
                              for r in record[m - s:]])
