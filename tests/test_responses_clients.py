@@ -1,7 +1,7 @@
 """Real npm clients against the real gateway (real CLI, fake Anthropic API): Codex CLI with
 a custom ``wire_api = "responses"`` provider, and OpenClaw with an ``openai-responses`` and
 an ``anthropic-messages`` provider. In each, two turns continue ONE CLI session of the
-gateway.
+gateway, also when OpenClaw strips its reply directives from the history it resends.
 
 One gateway and one ``openclaw gateway run`` process serve the module (OpenClaw takes
 seconds to start); the clients run as subprocesses of the event loop that serves the
@@ -204,3 +204,18 @@ async def test_openclaw_anthropic_messages_two_turns_in_one_session(
     second = await openclaw.turn("messages", "oc-messages", "openclaw messages two")
     assert "openclaw messages two" in second
     continued_in_one_session(api, "openclaw messages one", "openclaw messages two")
+
+
+async def test_openclaw_history_without_its_reply_directives_continues_the_session(
+    api: Api, openclaw: OpenClaw
+) -> None:
+    """Claude answers with OpenClaw's reply directives; OpenClaw strips them from the history
+    it keeps and resends, and that history still continues the same session with no
+    transcript (gateway/api/normalize.py undoes exactly that)."""
+    api.fake.script({"text": "[[reply_to_current]] Directive answer one.\n\n[[audio_as_voice]]"},
+                    match="openclaw directive 1")
+    answer = await openclaw.turn("responses", "oc-directives", "openclaw directive 1")
+    assert "Directive answer one." in answer and "[[" not in answer
+    await openclaw.turn("responses", "oc-directives", "openclaw directive 2")
+    request = continued_in_one_session(api, "openclaw directive 1", "openclaw directive 2")
+    assert "Directive answer one." in json.dumps(request["messages"][:-1])
