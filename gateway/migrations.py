@@ -305,3 +305,13 @@ CREATE TABLE api_turns (
 CREATE INDEX api_turns_reply ON api_turns (reply);
 CREATE INDEX api_turns_chain ON api_turns (chain);
 """)
+
+
+@migration
+def m007_api_responses_mark(db: sqlite3.Connection) -> None:
+    """A stored response's mark in its CLI session (session and message id at the end of its
+    turn), so ``previous_response_id`` naming an older response forks the session there."""
+    _script(db, """
+ALTER TABLE api_responses ADD COLUMN session_id TEXT;
+ALTER TABLE api_responses ADD COLUMN message_id TEXT;
+""")

@@ -136,10 +136,20 @@ async def test_previous_response_id_continues_the_same_cli_session(api: Api) -> 
     assert "conversation_history" not in json.dumps(seen["messages"])
     assert second.parse().previous_response_id == first.parse().id
 
-    # an earlier response of the conversation cannot be continued (a session cannot branch)
-    status, _, body = await api.post({"model": "sonnet", "input": "branch",
-                                      "previous_response_id": first.parse().id})
-    assert status == 400 and "not the latest response" in body["error"]["message"]
+    # an earlier response of the conversation forks its session where that response ended
+    branch = await api.client.responses.with_raw_response.create(
+        model="claude-sonnet-4", input="a branch from the first answer",
+        previous_response_id=first.parse().id)
+    assert branch.headers["x-conversation-id"] == conversation  # the key moves to the fork
+    seen = json.dumps(api.seen("a branch from the first")["messages"])
+    assert "remember the word tangerine" in seen and "which word" not in seen
+    # and the older branch is still there to go on from
+    await api.client.responses.create(
+        model="claude-sonnet-4", input="back on the second answer",
+        previous_response_id=second.parse().id)
+    seen = json.dumps(api.seen("back on the second")["messages"])
+    assert "which word did I ask" in seen and "a branch from" not in seen
+    assert "conversation_history" not in seen
 
     # nor one whose conversation was reset since
     await api.engine.reset(f"openai:{conversation}")

@@ -57,6 +57,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=~-]{1,128}$")
 _OWN_ID = re.compile(r"^(?:auto|h|pck|u):")
 
 
+@dataclass(frozen=True)
+class Branch:
+    """A point the client named to go on from (Responses: an older ``previous_response_id``):
+    the CLI session's mark there and the fingerprint of the reply that ended there."""
+
+    mark: TurnMark
+    reply: str
+
+
 class TurnRecords(Protocol):
     """The turn record the planner reads (:class:`gateway.api.turn_store.TurnStore`)."""
 
@@ -196,13 +205,14 @@ async def plan_conversation(
     new_id: Callable[[], str] = new_conversation_id,
     project: str | None = None,
     owner: str = "",
+    branch: Branch | None = None,
 ) -> Plan:
     """Find the conversation and classify the request in it.
 
     ``project``: the conversation's project (X-Project; None = default): part of the key,
     so the same conversation id in another project is another conversation. ``owner``: the
     hash of the API key that made the request; a conversation made with another key is
-    never found without naming it.
+    never found without naming it. ``branch``: the named conversation goes on from there.
 
     ``claim(key)`` atomically reserves an automatic key for this request and returns False
     when another request already holds it (the caller releases it when the turn ends).
@@ -217,6 +227,9 @@ async def plan_conversation(
         if not client and Pref.FIRST_USER in meta:
             first_user = None  # only new messages: keep the conversation's first one
         record = await _record(records, key, meta)
+        if branch is not None:
+            return _branch(key, conversation_id, rule, branch, record, client, first_user,
+                           new_users, owner)
         if not record and Pref.LAST_REPLY in meta:
             return _legacy(key, conversation_id, rule, meta, client, first_user, new_users,
                            owner)
@@ -250,6 +263,25 @@ async def plan_conversation(
     decision = classify(client, new_users, (), keyed=False)
     return _plan(key, conversation_id, "new", decision, (), client, first_user, new_users,
                  owner)
+
+
+def _branch(
+    key: str, conversation_id: str, rule: Rule, branch: Branch,
+    record: Sequence[RecordTurn], client: Sequence[ClientTurn], first_user: str | None,
+    new_users: str, owner: str,
+) -> Plan:
+    """A named conversation continued from an earlier point of it: the key moves to a fork
+    at that mark; its record is kept up to that turn when it still holds it."""
+    mark = branch.mark
+    k = next((i for i in range(len(record), 0, -1)
+              if record[i - 1].reply == branch.reply
+              and (record[i - 1].session_id, record[i - 1].message_id)
+              == (mark.session_id, mark.message_id)), 0)
+    again = k < len(record) and not client and new_users == record[k].users
+    keep = extend(record[:k], [(t.users, t.reply, None, None) for t in client])
+    return Plan(key, conversation_id, rule, bool(client), first_user,
+                lineage=Lineage.REGENERATE if again else Lineage.EDIT, turn=k, fork_at=mark,
+                keep=keep, unchanged=k, new_users=new_users, owner=owner)
 
 
 def _legacy(

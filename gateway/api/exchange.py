@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway.api.config import ApiConfig
-from gateway.api.conversation import Plan, plan_conversation, transcript_part
+from gateway.api.conversation import Branch, Plan, plan_conversation, transcript_part
 from gateway.api.convert import Conversation, build_prompt, parse_stream_mode
 from gateway.api.functions import parse_tool_mode
 from gateway.api.http import CONFIG, key_owner, read_body, refuse_when_full
@@ -100,6 +100,8 @@ class KeyCandidates:
     header_id: str | None = None  # X-Conversation-Id / X-Session-Id
     prompt_cache_key: str | None = None  # prompt_cache_key (Chat, Responses)
     user: str | None = None  # user (Chat), metadata.user_id (Messages)
+    #: the named conversation goes on from an earlier point (Responses' older response)
+    branch: Branch | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
         claim=state.claim,
         project=chosen_project,
         owner=key_owner(request),
+        branch=keys.branch,
     )
     try:
         prompt = _prompt(turn, plan)

@@ -4,8 +4,8 @@ The dialect only translates; the conversation rules, the turn and disconnects ar
 shared exchange's (:mod:`gateway.api.exchange`), so a Responses client rides the same warm
 CLI sessions as a Chat Completions one:
 
-* **Which session.** ``previous_response_id`` names the conversation of that response (it
-  must be the conversation's latest: a CLI session cannot branch); else
+* **Which session.** ``previous_response_id`` names the conversation of that response (an
+  older response of it forks the CLI session where that response ended); else
   ``X-Conversation-Id``, ``prompt_cache_key`` (Codex sends its session id) or ``user``;
   else the resent history continues the session whose last reply it ends with (OpenClaw
   sends ``store: false`` and the whole history every turn); else a new session, seeded
@@ -39,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.access import STREAM_ERROR
+from gateway.api.conversation import Branch
 from gateway.api.convert import (
     Conversation,
     HttpError,
@@ -414,14 +415,19 @@ async def _planned_keys(request: web.Request, body: ResponsesRequest) -> KeyCand
             f"the conversation of {row.id} was reset; resend the whole history without "
             "previous_response_id to start a new one",
         )
+    branch = None
     if meta[Pref.LAST_REPLY] != row.reply:
-        raise invalid(
-            "previous_response_id",
-            f"{row.id} is not the latest response of its conversation; the gateway continues "
-            "a conversation only from its latest response (a CLI session cannot branch): "
-            "resend the whole history without previous_response_id to start a new one",
-        )
-    return KeyCandidates(row.conversation_id, body.prompt_cache_key, body.user)
+        mark = row.mark
+        if mark is None:
+            raise invalid(
+                "previous_response_id",
+                f"{row.id} is not the latest response of its conversation and was made before "
+                "the gateway kept where each response ended; continue from the latest one, or "
+                "resend the whole history without previous_response_id",
+            )
+        # an older response: the conversation forks its session there
+        branch = Branch(mark, row.reply)
+    return KeyCandidates(row.conversation_id, body.prompt_cache_key, body.user, branch)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -458,7 +464,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             meta = await request.app[ENGINE].preferences.get(key)
             await store.add(id=response.id, owner=owner, conversation_key=key,
                             conversation_id=exchange.conversation_id,
-                            reply=meta.get(Pref.LAST_REPLY, ""), body=response.model_dump_json())
+                            reply=meta.get(Pref.LAST_REPLY, ""), body=response.model_dump_json(),
+                            mark=exchange.pump.mark)
         except Exception:
             log.exception("could not record response %s", response.id)
 

@@ -1,8 +1,9 @@
-"""The Responses API's table group (``api_responses``, migration 3), opened through
+"""The Responses API's table group (``api_responses``, migrations 3 and 7), opened through
 :meth:`gateway.engine.api.EngineAPI.tables`.
 
 A row maps a response made with ``store: true`` to the conversation (engine key and
-conversation id) and the turn it answered, for ``previous_response_id``, and keeps the
+conversation id), the turn it answered and the CLI session's mark at its end, for
+``previous_response_id`` (an older response forks the session there), and keeps the
 response object for ``GET /v1/responses/{id}``. Each row has an ``owner`` (a hash of the API key
 that made it, empty without keys): another key neither reads nor continues it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gateway.engine.events import TurnMark
 from gateway.store import Tables
 
 
@@ -27,6 +29,15 @@ class ResponseRow:
     reply: str
     body: str  # the response object as JSON
     created_at: float
+    #: the CLI session's mark at the end of the response's turn (None: not known)
+    session_id: str | None = None
+    message_id: str | None = None
+
+    @property
+    def mark(self) -> TurnMark | None:
+        if self.session_id is None or self.message_id is None:
+            return None
+        return TurnMark(self.session_id, self.message_id)
 
 
 class ResponseStore(Tables):
@@ -37,7 +48,7 @@ class ResponseStore(Tables):
 
     async def add(
         self, *, id: str, owner: str, conversation_key: str, conversation_id: str,
-        reply: str, body: str,
+        reply: str, body: str, mark: TurnMark | None = None,
     ) -> int:
         """Record a finished response; returns its turn number in the conversation."""
 
@@ -50,8 +61,11 @@ class ResponseStore(Tables):
             ).fetchone()
             cursor = db.execute(
                 "INSERT INTO api_responses (id, owner, conversation_key, conversation_id, turn,"
-                " reply, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (id, owner, conversation_key, conversation_id, turn, reply, body, time.time()),
+                " reply, body, created_at, session_id, message_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, owner, conversation_key, conversation_id, turn, reply, body, time.time(),
+                 None if mark is None else mark.session_id,
+                 None if mark is None else mark.message_id),
             )
             db.execute("DELETE FROM api_responses WHERE rowid <= ?",
                        ((cursor.lastrowid or 0) - self.keep_rows,))
@@ -66,7 +80,8 @@ class ResponseStore(Tables):
         def run() -> ResponseRow | None:
             row = self._db().execute(
                 "SELECT id, owner, conversation_key, conversation_id, turn, reply, body,"
-                " created_at FROM api_responses WHERE id = ? AND owner = ?", (id, owner),
+                " created_at, session_id, message_id FROM api_responses"
+                " WHERE id = ? AND owner = ?", (id, owner),
             ).fetchone()
             return None if row is None else ResponseRow(*row)
 

@@ -69,6 +69,8 @@ class TurnPump:
         self._on_done = on_done
         self._shown = shown
         self._records = records
+        #: the session's mark at the end of the turn, once it ended
+        self.mark: TurnMark | None = None
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._rendered: list[str] = []
         self._cancel_error: TurnError | None = None
@@ -153,6 +155,7 @@ class TurnPump:
         (with the session's ``mark`` at its end; None after a client tool call, whose turn
         goes on) in the record."""
         plan = self.plan
+        self.mark = mark
         try:
             await self._preferences.set(plan.key, meta_after_turn(plan, reply))
             if self._records is not None:
