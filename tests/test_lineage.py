@@ -43,8 +43,10 @@ from gateway.api.lineage import (
     extend,
 )
 from gateway.api.normalize import normalize_text
+from gateway.api.turn_store import TurnStore
 from gateway.engine.api import Pref
 from gateway.engine.events import TurnMark
+from gateway.store import Store
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FAST = settings(max_examples=EXAMPLES, deadline=None,
@@ -412,3 +414,30 @@ def test_openclaw_turn_two_is_turn_one_plus_one() -> None:
     assert len(turns) == 1 and turns[0].users == first and second != first
     assert turns[0].reply == fingerprint("STUB-REPLY #1: hello from stub")
     assert KEY_PREFIX == "openai:"
+
+
+async def test_the_turn_store_keeps_fingerprints_per_key_and_owner(tmp_path: Path) -> None:
+    """gateway/api/turn_store.py on the real database: commits rewind and extend a record,
+    candidates are found by chain or reply and only for their owner, and the records used
+    longest ago are dropped whole past keep_rows."""
+    store = Store(tmp_path / "gateway.sqlite3")
+    await store.open()
+    try:
+        turns = TurnStore(store)
+        record = extend((), [(f"u{i}", f"r{i}", "s", f"m{i}") for i in range(3)])
+        await turns.commit("openai:a", "me", 0, record)
+        assert await turns.load("openai:a") == record
+        rewound = extend(record[:1], [("u9", "r9", "s", "m9")])
+        await turns.commit("openai:a", "me", 1, rewound)
+        assert await turns.load("openai:a") == rewound
+        await turns.commit("openai:b", "someone else", 0, record)
+        assert await turns.candidates("me", [record[0].chain], None) == ["openai:a"]
+        assert await turns.candidates("me", [], "r9") == ["openai:a"]
+        assert await turns.candidates("me", [record[2].chain], "r2") == []
+        assert await turns.candidates("someone else", [record[2].chain], None) == ["openai:b"]
+        turns.keep_rows, turns.prune_every = 3, 1
+        await turns.commit("openai:c", "me", 0, record)  # 7 rows: a and b go
+        assert await turns.load("openai:a") == () and await turns.load("openai:b") == ()
+        assert await turns.load("openai:c") == record
+    finally:
+        await store.close()
