@@ -9,6 +9,7 @@ words, so their conversations never meet but where a test makes them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +183,18 @@ async def test_an_explicit_key_moves_to_the_fork(gw: Served) -> None:
     assert cid == "h:lineage-pinned"
     assert [t for _, t in gw.seen("pinned 4")] == [*history[:4], "pinned question 3", answer,
                                                    "pinned 4"]
+    # a history that shares nothing with it: the key's session is replaced by a new one,
+    # seeded with that history (the old one would hold messages this client no longer has)
+    info = await gw.engine.describe("openai:h:lineage-pinned")
+    assert info is not None and info.session_id
+    _, cid = await ask(client, chat("unrelated start", "unrelated answer", "unrelated next"),
+                       pin)
+    assert cid == "h:lineage-pinned"
+    (request,) = [r for r in gw.fake.requests() if "unrelated next" in r["last_user_text"]]
+    assert len(dialogue(request)) == 1 and "pinned question" not in json.dumps(request)
+    assert HISTORY_OPEN in request["last_user_text"]
+    after = await gw.engine.describe("openai:h:lineage-pinned")
+    assert after is not None and after.session_id not in (None, info.session_id)
 
 
 async def test_a_compacted_history_continues_the_same_session(gw: Served) -> None:
