@@ -33,7 +33,10 @@ Figures: time to the first answer token (TTFT) and to the end of the reply, erro
 the server process and of its CLI processes (psutil), the gateway's idle RSS (no voice
 model is loaded unless a voice request arrives). Prints a Markdown report and writes it with
 every raw sample to bench/results/compare-<time>.json (and .md); bench/results/ is
-git-ignored, the README keeps the table of record.
+git-ignored, the README keeps the table of record. Each gateway gets a ``max_live_sessions``
+with room for every conversation the run opens and its spare; a new conversation measured
+while a gateway had no spare ready anyway is counted at the top of the report (a full pool
+has none: such a turn pays an eviction and a cold CLI start).
 
     .venv/bin/python bench/compare.py                  # the full run, ~4 minutes
     .venv/bin/python bench/compare.py --quick          # fewer turns, for a smoke test
@@ -525,9 +528,11 @@ async def start_node_proxy(tmp: Path, cli: str, env: dict[str, str]) -> HttpSyst
 async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
                         parallel: int, name: str = "gateway",
                         kind: type[Gateway] = Gateway, *, extra_config: str = "",
-                        extra_env: dict[str, str] | None = None) -> Gateway:
+                        extra_env: dict[str, str] | None = None,
+                        root: Path = ROOT) -> Gateway:
     """This gateway in its own process, from a temporary config file (``extra_config``:
-    more TOML sections, ``extra_env``: more environment, e.g. a bot token)."""
+    more TOML sections, ``extra_env``: more environment, e.g. a bot token; ``root``: the
+    checkout whose code runs, for a before/after run)."""
     port = free_port()
     config = tmp / f"{name}.toml"
     log = tmp / f"{name}.log"
@@ -551,10 +556,10 @@ async def start_gateway(tmp: Path, cli: str, env: dict[str, str], max_live: int,
               if not k.upper().startswith("CMG_") and k not in {
                   "GATEWAY_API_KEYS", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN",
                   "TELEGRAM_NOTIFY_ID", "CLAUDE_MAX_GATEWAY_CONFIG"}}
-    gw_env["PYTHONPATH"] = str(ROOT)
+    gw_env["PYTHONPATH"] = str(root)
     gw_env.update(extra_env or {})
     proc = launch([sys.executable, "-m", "gateway.cli", "--config", str(config)], log, gw_env,
-                  ROOT)
+                  root)
     system = kind(name, f"http://127.0.0.1:{port}", proc, log)
     system.max_live = max_live
     try:

@@ -39,12 +39,15 @@ first text shows with the last token, not the first: a policy, not a round trip)
     .venv/bin/python bench/telegram_e2e.py                    # ~2 minutes
     .venv/bin/python bench/telegram_e2e.py --first 4 --conversations 2 --turns 4   # quick
     .venv/bin/python bench/telegram_e2e.py --calls     # also every Bot API call of each turn
+    git worktree add /tmp/before <commit>              # before/after, side by side:
+    .venv/bin/python bench/telegram_e2e.py --before /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -53,7 +56,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import FakeApiProcess, WarmCli, load_average, ms, quiesce, summary
+from _common import ROOT, FakeApiProcess, WarmCli, load_average, ms, quiesce, summary
 from compare import MODEL_CLI, Gateway, start_gateway
 
 from tests.fake_anthropic import bundled_cli, cli_env
@@ -100,8 +103,8 @@ def _answer_text(call: Call) -> str:
 
 
 class TelegramSide:
-    def __init__(self, tg: FakeTelegram, gateway: Gateway, latency: float) -> None:
-        self.tg, self.gateway, self.latency = tg, gateway, latency
+    def __init__(self, name: str, tg: FakeTelegram, gateway: Gateway, latency: float) -> None:
+        self.name, self.tg, self.gateway, self.latency = name, tg, gateway, latency
 
     async def parked(self) -> None:
         """Wait until the bridge's long poll waits in the fake for the next update."""
@@ -122,7 +125,7 @@ class TelegramSide:
         final: Call | None = None
         while final is None:
             if time.monotonic() > deadline:
-                return Sample(scenario, "telegram", None, error="no answer within"
+                return Sample(scenario, self.name, None, error="no answer within"
                               f" {TURN_TIMEOUT:.0f} s")
             await asyncio.sleep(0.005)
             final = next((c for c in self.tg.calls[start:] if c.method == "sendMessage"
@@ -133,7 +136,7 @@ class TelegramSide:
         typing = next((c for c in calls if c.method == "sendChatAction"
                        and _chat_of(c) == chat_id), None)
         return Sample(
-            scenario, "telegram", first.at - arrived, final.at - arrived,
+            scenario, self.name, first.at - arrived, final.at - arrived,
             got_update=poll.at - arrived if poll else None,
             typing=typing.at - arrived if typing else None,
             applied=first.at - arrived + self.latency / 2,
@@ -146,11 +149,11 @@ async def floor_turn(scenario: str, cli: WarmCli, text: str) -> Sample:
     return Sample(scenario, "floor", timing.ttft, timing.total)
 
 
-def table(samples: list[Sample]) -> list[str]:
+def table(samples: list[Sample], systems: list[str]) -> list[str]:
     rows = ["| scenario | system | n | errors | first text p50 ms | p95 | min | max"
             " | end p50 ms |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for scenario in ("first", "followup"):
-        for system in ("floor", "telegram"):
+        for system in ["floor", *systems]:
             mine = [s for s in samples if s.scenario == scenario and s.system == system]
             if not mine:
                 continue
@@ -163,12 +166,12 @@ def table(samples: list[Sample]) -> list[str]:
     return rows
 
 
-def steps(samples: list[Sample]) -> list[str]:
-    rows = ["| scenario | PTB has the update p50 ms | typing arrives p50 ms"
+def steps(samples: list[Sample], systems: list[str]) -> list[str]:
+    rows = ["| scenario | system | PTB has the update p50 ms | typing arrives p50 ms"
             " | first text received p50 ms | first text applied p50 ms |",
-            "|---|--:|--:|--:|--:|"]
-    for scenario in ("first", "followup"):
-        mine = [s for s in samples if s.scenario == scenario and s.system == "telegram"
+            "|---|---|--:|--:|--:|--:|"]
+    for scenario, system in ((sc, sy) for sc in ("first", "followup") for sy in systems):
+        mine = [s for s in samples if s.scenario == scenario and s.system == system
                 and s.error is None]
         if not mine:
             continue
@@ -177,18 +180,18 @@ def steps(samples: list[Sample]) -> list[str]:
             got = [v for v in values if v is not None]
             return ms(statistics.median(got)) if got else "—"
 
-        rows.append(f"| {scenario} | {p50([s.got_update for s in mine])}"
+        rows.append(f"| {scenario} | {system} | {p50([s.got_update for s in mine])}"
                     f" | {p50([s.typing for s in mine])} | {p50([s.first for s in mine])}"
                     f" | {p50([s.applied for s in mine])} |")
     return rows
 
 
-def verdict(samples: list[Sample], pairs: list[tuple[Sample, Sample]]) -> list[str]:
-    rows = ["| scenario | floor TTFT p50 | telegram first text p50 | difference of p50s"
+def verdict(pairs: list[tuple[Sample, Sample]], systems: list[str]) -> list[str]:
+    rows = ["| scenario | system | floor TTFT p50 | first text p50 | difference of p50s"
             " | per-pair difference p50 (min–max) | target ≤ +50 ms |",
-            "|---|--:|--:|--:|--:|:-:|"]
-    for scenario in ("first", "followup"):
-        mine = [(f, t) for f, t in pairs if f.scenario == scenario
+            "|---|---|--:|--:|--:|--:|:-:|"]
+    for scenario, system in ((sc, sy) for sc in ("first", "followup") for sy in systems):
+        mine = [(f, t) for f, t in pairs if f.scenario == scenario and t.system == system
                 and f.first is not None and t.first is not None]
         if not mine:
             continue
@@ -197,7 +200,7 @@ def verdict(samples: list[Sample], pairs: list[tuple[Sample, Sample]]) -> list[s
         diffs = [t.first - f.first for f, t in mine if t.first is not None
                  and f.first is not None]
         diff = tele - floor
-        rows.append(f"| {scenario} | {ms(floor)} | {ms(tele)} | {ms(diff)}"
+        rows.append(f"| {scenario} | {system} | {ms(floor)} | {ms(tele)} | {ms(diff)}"
                     f" | {ms(statistics.median(diffs))} ({ms(min(diffs))}–{ms(max(diffs))})"
                     f" | {'yes' if diff <= 0.050 else 'no'} |")
     return rows
@@ -213,26 +216,34 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="cmg-bench-tg-") as tmp_name, \
             FakeApiProcess(chunk_delay=args.chunk_delay) as fake:
         tmp = Path(tmp_name)
-        for name in ("floor", "gateway"):
-            (tmp / f"home-{name}").mkdir()
-            (tmp / f"work-{name}").mkdir()
+        (tmp / "home-floor").mkdir()
+        (tmp / "work-floor").mkdir()
         env_floor = cli_env(fake.base_url, str(tmp / "home-floor"), api_timeout_ms=60000)
-        env_gw = cli_env(fake.base_url, str(tmp / "home-gateway"), api_timeout_ms=60000)
-        async with FakeTelegram(latency=args.latency) as tg:
-            extra = ("[telegram]\n"
-                     f"base_url = {json.dumps(tg.base_url)}\n"
-                     f"allowed_users = {json.dumps(users)}\n"
-                     "poll_timeout = 30\n")
-            gateway = await start_gateway(
-                tmp, cli, env_gw, max_live=args.first + args.conversations + 4, parallel=4,
-                extra_config=extra, extra_env={"TELEGRAM_BOT_TOKEN": tg.token})
+        names = ["telegram", *(["before"] if args.before else [])]
+        roots: dict[str, Path] = {"telegram": ROOT, "before": args.before or ROOT}
+        async with contextlib.AsyncExitStack() as stack:
+            sides: list[TelegramSide] = []
+            for name in names:
+                tg = await stack.enter_async_context(FakeTelegram(latency=args.latency))
+                extra = ("[telegram]\n"
+                         f"base_url = {json.dumps(tg.base_url)}\n"
+                         f"allowed_users = {json.dumps(users)}\n"
+                         "poll_timeout = 30\n")
+                (tmp / f"home-{name}").mkdir(exist_ok=True)
+                env_gw = cli_env(fake.base_url, str(tmp / f"home-{name}"), api_timeout_ms=60000)
+                gateway = await start_gateway(
+                    tmp, cli, env_gw, max_live=args.first + args.conversations + 4,
+                    parallel=4, name=name, extra_config=extra,
+                    extra_env={"TELEGRAM_BOT_TOKEN": tg.token}, root=roots[name])
+                stack.push_async_callback(gateway.stop)
+                sides.append(TelegramSide(name, tg, gateway, args.latency))
             floor_spare: WarmCli | None = None
             live: list[WarmCli] = []
             try:
-                side = TelegramSide(tg, gateway, args.latency)
-                await side.parked()
-                # warm both once (page cache, first-run files in each HOME): not measured
-                await side.turn("warmup", FIRST_CHAT + args.first, "warm up")
+                for side in sides:
+                    await side.parked()
+                    # warm each once (page cache, first-run files in each HOME): not measured
+                    await side.turn("warmup", FIRST_CHAT + args.first, "warm up")
                 warm = await WarmCli(cli, env_floor, tmp / "work-floor", MODEL_CLI).start()
                 await warm.turn("warm up")
                 live.append(warm)
@@ -240,24 +251,29 @@ async def main(args: argparse.Namespace) -> int:
                 async def spare() -> WarmCli:
                     return await WarmCli(cli, env_floor, tmp / "work-floor", MODEL_CLI).start()
 
+                def rotate(k: int) -> list[TelegramSide | None]:
+                    order: list[TelegramSide | None] = [None, *sides]  # None: the floor
+                    k %= len(order)
+                    return order[k:] + order[:k]
+
                 print("… first turns", file=sys.stderr, flush=True)
                 for i in range(args.first):
                     text = f"Hello! This is new conversation number {i}. Who are you?"
                     floor_spare = floor_spare or await spare()
-                    await gateway.ready_for_new()
-                    pair: dict[str, Sample] = {}
-                    for system in (("floor", "telegram") if i % 2 == 0
-                                   else ("telegram", "floor")):
+                    for side in sides:
+                        await side.gateway.ready_for_new()
+                    got: dict[str, Sample] = {}
+                    for who in rotate(i):
                         await quiesce()
-                        if system == "floor":
+                        if who is None:
                             proc, floor_spare = floor_spare, None
                             assert proc is not None
                             live.append(proc)
-                            pair[system] = await floor_turn("first", proc, text)
+                            got["floor"] = await floor_turn("first", proc, text)
                         else:
-                            pair[system] = await side.turn("first", FIRST_CHAT + i, text)
-                    samples += pair.values()
-                    pairs.append((pair["floor"], pair["telegram"]))
+                            got[who.name] = await who.turn("first", FIRST_CHAT + i, text)
+                    samples += got.values()
+                    pairs += [(got["floor"], got[name]) for name in names]
                     for proc in live[1:]:
                         await proc.stop()
                     del live[1:]
@@ -269,40 +285,41 @@ async def main(args: argparse.Namespace) -> int:
                     conv = await spare()
                     live.append(conv)
                     await conv.turn(opening)
-                    await quiesce()
-                    await side.turn("setup", chat, opening)
+                    for side in sides:
+                        await quiesce()
+                        await side.turn("setup", chat, opening)
                     for t in range(1, args.turns):
                         text = f"Turn {t + 1} of conversation {c}: and what about tomorrow?"
-                        pair = {}
-                        for system in (("floor", "telegram") if (c + t) % 2 == 0
-                                       else ("telegram", "floor")):
+                        got = {}
+                        for who in rotate(c + t):
                             await quiesce()
-                            if system == "floor":
-                                pair[system] = await floor_turn("followup", conv, text)
+                            if who is None:
+                                got["floor"] = await floor_turn("followup", conv, text)
                             else:
-                                pair[system] = await side.turn("followup", chat, text)
-                        samples += pair.values()
-                        pairs.append((pair["floor"], pair["telegram"]))
+                                got[who.name] = await who.turn("followup", chat, text)
+                        samples += got.values()
+                        pairs += [(got["floor"], got[name]) for name in names]
                     await conv.stop()
                     live.remove(conv)
             finally:
                 for proc in [*live, *([floor_spare] if floor_spare else [])]:
                     await proc.stop()
-                await gateway.stop()
     load_after = load_average()
     print(f"## Telegram end to end (fake Bot API at {args.latency * 1000:.0f} ms a call)\n")
     print(f"load average {load_before} before, {load_after} after;"
           f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
-    print("\n".join(table(samples)) + "\n")
-    print("\n".join(steps(samples)) + "\n")
-    print("\n".join(verdict(samples, pairs)))
+    if args.before:
+        print(f"before: the gateway of {roots['before']}, side by side\n")
+    print("\n".join(table(samples, names)) + "\n")
+    print("\n".join(steps(samples, names)) + "\n")
+    print("\n".join(verdict(pairs, names)))
     errors = [s for s in samples if s.error]
     for s in errors:
         print(f"error: {s.scenario} {s.system}: {s.error}")
     if args.calls:
         for s in samples:
-            if s.system == "telegram":
-                print(s.scenario, s.calls)
+            if s.system != "floor":
+                print(s.scenario, s.system, s.calls)
     return 1 if errors else 0
 
 
@@ -317,6 +334,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds between the fake API's text deltas (the answer is then"
                         " held back until its step ends, as smart streaming does)")
     parser.add_argument("--cli", help="the Claude Code CLI (default: the bundled one)")
+    parser.add_argument("--before", metavar="CHECKOUT", type=lambda p: Path(p).resolve(),
+                        help="also run the gateway of another checkout (e.g. an older commit"
+                        " from `git worktree add`), side by side, as system 'before'")
     parser.add_argument("--calls", action="store_true",
                         help="print every Bot API call of each measured turn, ms after arrival")
     return parser.parse_args()
