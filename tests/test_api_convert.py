@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
 from gateway.api.conversation import (
     Plan,
     explicit_id,
+    first_user_fingerprint,
     meta_after_turn,
     plan_conversation,
 )
@@ -25,6 +27,7 @@ from gateway.api.convert import (
     SSE_DONE,
     ChunkFactory,
     Conversation,
+    Message,
     build_prompt,
     fingerprint,
     finish_reason,
@@ -35,7 +38,8 @@ from gateway.api.convert import (
     sse,
     usage_to_openai,
 )
-from gateway.api.normalize import normalize_text
+from gateway.api.exchange import decode_json
+from gateway.api.normalize import collapse_whitespace, normalize_text
 from gateway.config import ServerSettings, Settings
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.api import Pref
@@ -686,3 +690,59 @@ def test_api_config_from_settings() -> None:
 def test_every_error_kind_has_its_http_status() -> None:
     """One table maps kinds to HTTP: a kind added without a row would be a bare 500."""
     assert set(ERROR_TABLE) == set(ErrorKind)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
+    (b'{"x": NaN}', "nan"),
+    (b'{"t": "\\ud83d\\ude00 \\ud800 half"}', {"t": "\U0001f600 \ufffd half"}),
+    (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),  # a UTF-8 BOM, as the stdlib took it
+    (b"[" * 500 + b"]" * 500, "deep"),  # deeper than the fast parser goes
+    (b'{"a": 1,}', "body: invalid JSON (Expecting property name enclosed in double quotes at"
+                   " line 1 column 9)"),
+    (b'{"a": "\xff"}', "body: is not UTF-8 JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "body: JSON nested too deeply"),
+    (b"1" * 5000, "body: a JSON number is too long"),
+])
+def test_decode_json_takes_and_refuses_what_the_stdlib_did(raw: bytes, expected: Any) -> None:
+    """The fast parser reads valid bodies; whatever it refuses is decided by the stdlib's
+    as before, so what was accepted still is and a 400 keeps its words."""
+    if isinstance(expected, str) and expected.startswith("body:"):
+        with pytest.raises(GatewayError) as caught:
+            decode_json(raw)
+        assert caught.value.kind is ErrorKind.INVALID_REQUEST
+        assert caught.value.message == expected
+        return
+    value = decode_json(raw)
+    if expected == "nan":
+        assert value["x"] != value["x"]
+    elif expected == "deep":
+        assert value == json.loads(raw)
+    else:
+        assert value == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "  ", "a", " a  b\t\tc\n\nd \r\n", "x\x1cy\x1dz\x1e\x1f!", "\x0b\x0cfeed\x00nul",
+    "caf\u00e9  au\u00a0lait\u2003!\x85", "  lots" + " " * 37 + "of   spaces  ",
+])
+def test_collapse_whitespace_is_str_split_and_join(text: str) -> None:
+    """The byte-wise fast path (ASCII) gives what ``" ".join(text.split())`` gave, so the
+    fingerprints stored before still match."""
+    reference = " ".join(text.split())
+    assert collapse_whitespace(text) == reference
+    assert fingerprint(text) == hashlib.sha256(reference.encode()).hexdigest()
+
+
+def test_conversation_fingerprints_each_message_once() -> None:
+    conversation = split_conversation([
+        Message("user", "first", index=0), Message("assistant", "one", index=1),
+        Message("user", "second", index=2), Message("assistant", "two", index=3),
+        Message("user", "new", index=4),
+    ])
+    assert conversation.fingerprint(0) == fingerprint("first") == first_user_fingerprint(
+        conversation)
+    assert conversation.fingerprint(3) == fingerprint("two")
+    assert sorted(conversation._fingerprints) == [0, 3]  # computed on demand, then kept
+    conversation._fingerprints[0] = "cached"
+    assert first_user_fingerprint(conversation) == "cached"

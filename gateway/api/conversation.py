@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from gateway.api.convert import Conversation, fingerprint, message_fingerprint
+from gateway.api.convert import Conversation, fingerprint
 from gateway.api.lineage import (
     ClientTurn,
     Decision,
@@ -149,8 +149,8 @@ def new_conversation_id() -> str:
 
 
 def first_user_fingerprint(conversation: Conversation) -> str | None:
-    first = conversation.first_user
-    return None if first is None else message_fingerprint(first)
+    first = conversation.first_user_index
+    return None if first is None else conversation.fingerprint(first)
 
 
 async def _record(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api.fields import invalid, parse_choice
-from gateway.api.functions import openai_tool_calls, tool_results
+from gateway.api.functions import calls_fingerprint_text, openai_tool_calls, tool_results
 from gateway.api.normalize import normalize_text
 from gateway.api.structured import ResponseFormat
 from gateway.engine.client_tools import ClientTool, ToolMode
@@ -144,6 +144,8 @@ class Conversation:
     history: tuple[Message, ...]  # up to and including the last assistant message
     new: tuple[Message, ...]  # after the last assistant message: this turn's input
     messages: tuple[Message, ...] = field(default=(), repr=False)  # all non-system messages
+    _fingerprints: dict[int, str] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def last_reply(self) -> Message | None:
@@ -152,7 +154,23 @@ class Conversation:
 
     @property
     def first_user(self) -> Message | None:
-        return next((m for m in self.messages if m.role == "user"), None)
+        i = self.first_user_index
+        return None if i is None else self.messages[i]
+
+    @property
+    def first_user_index(self) -> int | None:
+        """The place of the first ``user`` message in :attr:`messages`."""
+        return next((i for i, m in enumerate(self.messages) if m.role == "user"), None)
+
+    def fingerprint(self, i: int) -> str:
+        """The fingerprint of ``messages[i]`` (:func:`message_fingerprint`), computed at most
+        once per request however many rules ask: the history a client resends is read once.
+        ``messages[:len(history)]`` is the history, so ``fingerprint(len(history) - 1)`` is
+        the last reply's."""
+        found = self._fingerprints.get(i)
+        if found is None:
+            found = self._fingerprints[i] = message_fingerprint(self.messages[i])
+        return found
 
 
 def split_conversation(messages: Sequence[Message]) -> Conversation:
@@ -272,6 +290,12 @@ def fingerprint(text: str, images: Sequence[ImagePart] = ()) -> str:
 
 
 def message_fingerprint(message: Message) -> str:
+    """A user or tool message by its text and images; an assistant message by its text and
+    its tool calls (:func:`~gateway.api.functions.calls_fingerprint_text`: what the gateway
+    stores for the reply it sent)."""
+    if message.role == "assistant":
+        calls = [(c.name, c.arguments) for c in message.tool_calls]
+        return fingerprint(calls_fingerprint_text(message.text, calls))
     return fingerprint(message.text, message.images)
 
 

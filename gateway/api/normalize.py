@@ -45,5 +45,21 @@ def normalize_text(text: str) -> str:
     if "<" in text:
         while (stripped := _REASONING.sub("", text, count=1)) != text:
             text = stripped
-    text = " ".join(text.split())
+    text = collapse_whitespace(text)
     return "" if _SILENT.match(text) else text
+
+
+#: the ASCII characters ``str.split()`` splits at, each as a space
+_ASCII_SPACES = bytes.maketrans(b"\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f", b" " * 9)
+
+
+def collapse_whitespace(text: str) -> str:
+    """``" ".join(text.split())``, without a string per word: an ASCII text (most of a
+    resent history) is collapsed as bytes, several times faster (every message of a 1 MB
+    history is normalised on every request) with the same result."""
+    if not text.isascii():
+        return " ".join(text.split())
+    data = text.encode("ascii").translate(_ASCII_SPACES)
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data.strip(b" ").decode("ascii")
