@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from gateway.api import normalize
 from gateway.api.chat_wire import parse_chat_request
 from gateway.api.config import ApiConfig, api_config_from_settings, check_bind
 from gateway.api.conversation import (
@@ -746,3 +747,24 @@ def test_conversation_fingerprints_each_message_once() -> None:
     assert sorted(conversation._fingerprints) == [0, 3]  # computed on demand, then kept
     conversation._fingerprints[0] = "cached"
     assert first_user_fingerprint(conversation) == "cached"
+
+
+def test_long_texts_are_normalised_once_within_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resent history's long messages are looked up, not normalised again; the memory it
+    takes stays within its budget (oldest dropped first), and a dropped text is normalised
+    anew to the same result."""
+    seen = normalize._Seen()
+    monkeypatch.setattr(normalize, "_SEEN", seen)
+    monkeypatch.setattr(normalize._Seen, "BUDGET_CHARS", 10_000)
+    texts = [f"message {i}:  " + "word  " * 400 for i in range(6)]  # ~2.4 KB each
+    calls: list[str] = []
+    real = normalize._normalize
+    monkeypatch.setattr(normalize, "_normalize", lambda t: calls.append(t) or real(t))
+    first = [normalize_text(t) for t in texts]
+    assert first == [real(t) for t in texts] and len(calls) == 6
+    assert seen._chars <= 10_000
+    calls.clear()
+    assert [normalize_text(t.encode().decode()) for t in texts[-2:]] == first[-2:]
+    assert calls == []  # equal texts (new objects, as in the next request) are found
+    assert normalize_text(texts[0]) == first[0] and calls == [texts[0]]  # dropped: redone
+    assert normalize_text("short  text") == "short text" and calls[-1] == "short  text"

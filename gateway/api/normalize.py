@@ -20,6 +20,8 @@ different messages.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 
 _INTERNAL_CONTEXT = re.compile(
     r"<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>.*?<<<END_OPENCLAW_INTERNAL_CONTEXT>>>", re.DOTALL
@@ -34,8 +36,56 @@ _REASONING = re.compile(
 _SILENT = re.compile(r"^\W*NO_REPLY(?:\s+NO_REPLY)*\W*$")
 
 
+class _Seen:
+    """Long texts already normalised, newest last, within a budget of characters: a client
+    resends its whole history every turn, so all but its newest messages were normalised
+    on the previous request (a 1 MB history: a dictionary look-up per message instead of
+    normalising 1 MB again). Thread-safe: a large body is parsed in a worker thread."""
+
+    MIN_CHARS = 1024  # shorter texts are normalised faster than they are looked up
+    BUDGET_CHARS = 4 << 20  # the texts and their normalised forms together
+
+    def __init__(self) -> None:
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> str | None:
+        with self._lock:
+            found = self._texts.get(text)
+            if found is not None:
+                self._texts.move_to_end(text)
+            return found
+
+    def put(self, text: str, normalized: str) -> None:
+        size = len(text) + len(normalized)
+        if size > self.BUDGET_CHARS:
+            return
+        with self._lock:
+            if text in self._texts:
+                return
+            self._texts[text] = normalized
+            self._chars += size
+            while self._chars > self.BUDGET_CHARS:
+                old, old_normalized = self._texts.popitem(last=False)
+                self._chars -= len(old) + len(old_normalized)
+
+
+_SEEN = _Seen()
+
+
 def normalize_text(text: str) -> str:
     """``text`` without what clients add or strip on their own (see the module docstring)."""
+    if len(text) < _Seen.MIN_CHARS:
+        return _normalize(text)
+    found = _SEEN.get(text)
+    if found is None:
+        found = _normalize(text)
+        _SEEN.put(text, found)
+    return found
+
+
+def _normalize(text: str) -> str:
     if "<<<" in text:
         text = _INTERNAL_CONTEXT.sub(" ", text)
     if "[[" in text:
