@@ -443,6 +443,8 @@ def _arguments(value: Any) -> str:
 
 
 def _calls(message: AssistantMessage) -> tuple[ToolCall, ...]:
+    if not message.get("tool_calls") and not message.get("function_call"):
+        return ()
     calls = [
         ToolCall(
             id=str(call.get("id") or ""),
@@ -462,6 +464,9 @@ def _calls(message: AssistantMessage) -> tuple[ToolCall, ...]:
 def _message(message: Any, index: int) -> Message:
     role = message["role"]
     content = message.get("content")
+    if isinstance(content, str) and role in ("user", "system", "developer"):
+        # most of a resent history: no parts, images or calls to look at
+        return Message(role=role, text=content, name=message.get("name"), index=index)
     tool_calls: tuple[ToolCall, ...] = ()
     if role == "assistant":
         tool_calls = _calls(message)
