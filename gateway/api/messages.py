@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -437,8 +437,12 @@ def _cut(stops: Sequence[str]) -> Callable[[str], str] | None:
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(usage: Usage) -> AnthropicUsage:
-    return AnthropicUsage(
+U = TypeVar("U", bound=AnthropicDeltaUsage)
+
+
+def _usage(kind: type[U], usage: Usage) -> U:
+    """The engine's counts as a message's usage or a ``message_delta``'s."""
+    return kind(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_creation_input_tokens=usage.cache_creation_tokens,
@@ -480,7 +484,7 @@ class _Answer:
                 usage: Usage, stop_sequence: str | None = None) -> AnthropicMessage:
         return AnthropicMessage(id=self.id, model=self.model, content=content,
                                 stop_reason=stop_reason, stop_sequence=stop_sequence,
-                                usage=_usage(usage))
+                                usage=_usage(AnthropicUsage, usage))
 
 
 async def _complete(exchange: Exchange, answer: _Answer) -> web.StreamResponse:
@@ -576,11 +580,7 @@ class _Stream:
         stop = self.scanner.hit
         delta = AnthropicMessageDelta(stop_reason="stop_sequence" if stop else reason,
                                       stop_sequence=stop)
-        totals = AnthropicDeltaUsage(
-            output_tokens=usage.output_tokens, input_tokens=usage.input_tokens,
-            cache_creation_input_tokens=usage.cache_creation_tokens,
-            cache_read_input_tokens=usage.cache_read_tokens)
-        await self.send(MessageDeltaEvent(delta=delta, usage=totals))
+        await self.send(MessageDeltaEvent(delta=delta, usage=_usage(AnthropicDeltaUsage, usage)))
         await self.send(MessageStopEvent())
         return await self.exchange.end_stream()
 

@@ -210,11 +210,19 @@ StopReason = Literal[
 ]
 
 
-class AnthropicUsage(BaseModel):
-    input_tokens: int
+class AnthropicDeltaUsage(BaseModel):
+    """The usage of ``message_delta`` (cumulative, as the API sends it)."""
+
+    input_tokens: int | None = None
     output_tokens: int
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+
+
+class AnthropicUsage(AnthropicDeltaUsage):
+    """The usage of a message: the same counts, the input always given."""
+
+    input_tokens: int
 
 
 class AnthropicTextBlock(BaseModel):
@@ -286,15 +294,6 @@ class ContentBlockStopEvent(BaseModel):
 class AnthropicMessageDelta(BaseModel):
     stop_reason: StopReason | None
     stop_sequence: str | None = None
-
-
-class AnthropicDeltaUsage(BaseModel):
-    """The usage of ``message_delta`` (cumulative, as the API sends it)."""
-
-    output_tokens: int
-    input_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
 
 
 class MessageDeltaEvent(BaseModel):
