@@ -38,6 +38,9 @@ with room for every conversation the run opens and its spare; a new conversation
 while a gateway had no spare ready anyway is counted at the top of the report (a full pool
 has none: such a turn pays an eviction and a cold CLI start).
 
+The cost of a resent history per dialect (tiny vs ~1 MB, raw bytes vs the official client)
+is measured apart, by bench/history_cost.py.
+
     .venv/bin/python bench/compare.py                  # the full run, ~4 minutes
     .venv/bin/python bench/compare.py --quick          # fewer turns, for a smoke test
 """

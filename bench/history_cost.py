@@ -22,9 +22,15 @@ rotating order after the machine has gone quiet:
             the request, parsing each event into its models) shows beside the raw figure.
 
 Every turn checks that the gateway continued the conversation (the same X-Conversation-Id),
-so nothing here measures a transcript seeding by mistake. Prints a Markdown table: median
-(p95) time to the end of the reply, the 1 MB / tiny ratio against 1.25×, and each dialect's
-overhead over the floor against "10 % or 15 ms" for the raw and the client figures.
+so nothing here measures a transcript seeding by mistake. Prints two Markdown tables:
+
+* median (p95) time to the end of the reply, the 1 MB / tiny ratio against 1.25×, and each
+  dialect's overhead over the floor against "10 % or 15 ms" for the raw and the client
+  figures;
+* CPU ms per turn of the gateway process and of this client (psutil, means): on a busy
+  machine wall times wander, CPU times much less, and the client's column shows what a
+  client library itself costs (the `openai` client parses every streamed event into its
+  models: for /v1/responses that is most of the turn's CPU).
 
     .venv/bin/python bench/history_cost.py                 # ~2 minutes
     .venv/bin/python bench/history_cost.py --rounds 4      # a quick look
@@ -44,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from _common import (  # also puts the repository root on sys.path
     FakeApiProcess,
     Timing,
@@ -99,6 +106,20 @@ def text_of(dialect: str, event: dict[str, Any]) -> str:
 
 
 @dataclass
+class Sample:
+    """One measured turn, and the CPU seconds the gateway process and this client used."""
+
+    total: float
+    server_cpu: float
+    client_cpu: float
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
 class Conv:
     """One dialect's warm conversation: its first user message and the last reply."""
 
@@ -107,7 +128,7 @@ class Conv:
     reply: str = ""
     conversation_id: str | None = None
     turns: int = 0
-    samples: dict[str, list[Timing]] = field(default_factory=dict)
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
 
     def messages(self, text: str, padding: list[dict[str, str]]) -> list[dict[str, str]]:
         return [self.first, *padding, {"role": "assistant", "content": self.reply},
@@ -170,7 +191,8 @@ async def main(args: argparse.Namespace) -> int:
                                         gateway.log_path),
         }
         floor = await WarmCli(cli, env, tmp / "work-floor", MODEL_CLI).start()
-        floor_samples: list[Timing] = []
+        floor_samples: list[Sample] = []
+        server, me = psutil.Process(gateway.proc.pid), psutil.Process()
         convs = {d: Conv(d, {"role": "user", "content": f"Hello from {d}: let us talk."})
                  for d in DIALECTS}
         try:
@@ -194,7 +216,7 @@ async def main(args: argparse.Namespace) -> int:
                     conv.reply = reply
                     return timing
 
-                jobs: list[tuple[str, Callable[[], Awaitable[Timing]], list[Timing]]] = [
+                jobs: list[tuple[str, Callable[[], Awaitable[Timing]], list[Sample]]] = [
                     ("floor", lambda: floor.turn("And what about tomorrow?"), floor_samples)]
                 for conv in convs.values():
                     for variant in VARIANTS:
@@ -205,7 +227,10 @@ async def main(args: argparse.Namespace) -> int:
                     k = r % len(jobs)
                     for _, turn, into in jobs[k:] + jobs[:k]:
                         await quiesce()
-                        into.append(await asyncio.wait_for(turn(), TURN_TIMEOUT))
+                        server_before, client_before = cpu_seconds(server), cpu_seconds(me)
+                        timing = await asyncio.wait_for(turn(), TURN_TIMEOUT)
+                        into.append(Sample(timing.total, cpu_seconds(server) - server_before,
+                                           cpu_seconds(me) - client_before))
                     print(f"… round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
         finally:
             await floor.stop()
@@ -216,14 +241,18 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(floor: list[Timing], convs: dict[str, Conv], args: argparse.Namespace,
+def report(floor: list[Sample], convs: dict[str, Conv], args: argparse.Namespace,
            load_before: tuple[float, float, float], big_bytes: int) -> str:
-    def med(samples: list[Timing]) -> float:
+    def med(samples: list[Sample]) -> float:
         return float(summary([t.total for t in samples])["median"])
 
-    def cell(samples: list[Timing]) -> str:
+    def cell(samples: list[Sample]) -> str:
         s = summary([t.total for t in samples])
         return f"{ms(s['median'])} ({ms(s['p95'])})"
+
+    def cpu(samples: list[Sample], who: str) -> str:
+        values = [t.server_cpu if who == "server" else t.client_cpu for t in samples]
+        return ms(sum(values) / len(values))
 
     floor_med = med(floor)
     allowed = max(0.10 * floor_med, 0.015)
@@ -247,8 +276,18 @@ def report(floor: list[Timing], convs: dict[str, Conv], args: argparse.Namespace
             f" | {raw_over * 1000:+.1f} ms {'yes' if raw_over <= allowed else '**no**'}"
             f" | {cell(conv.samples['client'])}"
             f" | {client_over * 1000:+.1f} ms {'yes' if client_over <= allowed else '**no**'} |")
-    lines.append("")
-    lines.append("Times: median (p95) ms to the end of the reply.")
+    lines += [
+        "",
+        "Times: median (p95) ms to the end of the reply. CPU ms per turn (means; the kernel"
+        " counts in 10 ms ticks), of the gateway process and of this client:",
+        "",
+        "| dialect | gateway CPU: tiny | 1 MB | official client | client CPU: raw tiny | 1 MB "
+        "| official client |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for dialect, conv in convs.items():
+        lines.append(f"| {dialect} | " + " | ".join(
+            cpu(conv.samples[v], who) for who in ("server", "client") for v in VARIANTS) + " |")
     return "\n".join(lines)
 
 
