@@ -24,10 +24,11 @@ Responses: :class:`Response` and the stream events mirror the ``openai`` SDK's o
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -109,14 +110,19 @@ def _text_parts(value: Any) -> Any:
     return value
 
 
+P = TypeVar("P")
+#: a list of parts, for which a string may stand (one ``input_text`` part)
+PartsOrString = Annotated[
+    list[P], BeforeValidator(_text_parts), Field(json_schema_extra=_or_string)
+]
+
+
 class ResponsesMessageItem(_In):
     """``{"role", "content"}`` with or without ``type: "message"``."""
 
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: list[ResponsesContentPart] = Field(json_schema_extra=_or_string)
-
-    _content = field_validator("content", mode="before")(_text_parts)
+    content: PartsOrString[ResponsesContentPart]
 
 
 class ResponsesFunctionCallItem(_In):
@@ -141,9 +147,7 @@ class ResponsesFunctionCallOutputItem(_In):
 
     type: Literal["function_call_output"]
     call_id: str
-    output: list[ResponsesOutputPart] = Field(json_schema_extra=_or_string)
-
-    _output = field_validator("output", mode="before")(_text_parts)
+    output: PartsOrString[ResponsesOutputPart]
 
 
 class ResponsesReasoningItem(_In):
