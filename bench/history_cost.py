@@ -12,11 +12,13 @@ rotating order after the machine has gone quiet:
 * floor:  a follow-up of one warm streaming-input CLI driven over its pipes (no HTTP);
 * for each dialect (chat: /v1/chat/completions, responses: /v1/responses with store
   false, messages: /v1/messages), streamed, no conversation key (automatic continuation):
-  - tiny:   the body `[first user message, last reply, new message]`, pre-serialised and
-            sent by httpx as raw bytes, so no client library's cost is counted;
-  - 1MB:    the same turn with ~1 MB of earlier messages between the first user message
-            and the last reply (the same warm session: only the first user message and the
-            last reply name it), also pre-serialised raw bytes;
+  - tiny:   the body `[the conversation's real history (a few KB), new message]`,
+            pre-serialised and sent by httpx as raw bytes, so no client library's cost is
+            counted;
+  - 1MB:    the same turn with ~1 MB of earlier messages in place of the first turn (what
+            the gateway takes for a compaction: the beginning replaced, the recent turns
+            the session's own, so the same warm session goes on and every message of the
+            1 MB is read, fingerprinted and compared with the turn record), also raw bytes;
   - client: the tiny turn sent by the dialect's official client (`openai` chat or
             responses, `anthropic` messages), so the client library's own cost (building
             the request, parsing each event into its models) shows beside the raw figure.
@@ -121,18 +123,23 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 @dataclass
 class Conv:
-    """One dialect's warm conversation: its first user message and the last reply."""
+    """One dialect's warm conversation: the turns it really had (user message, reply)."""
 
     dialect: str
-    first: dict[str, str]
-    reply: str = ""
+    history: list[dict[str, str]] = field(default_factory=list)
     conversation_id: str | None = None
     turns: int = 0
     samples: dict[str, list[Sample]] = field(default_factory=dict)
 
     def messages(self, text: str, padding: list[dict[str, str]]) -> list[dict[str, str]]:
-        return [self.first, *padding, {"role": "assistant", "content": self.reply},
-                {"role": "user", "content": text}]
+        """The request's messages: the real history, or ``padding`` in place of its first
+        turn (a compaction), then the new message."""
+        history = [*padding, *self.history[2:]] if padding else self.history
+        return [*history, {"role": "user", "content": text}]
+
+    def answered(self, text: str, reply: str) -> None:
+        self.history += [{"role": "user", "content": text},
+                         {"role": "assistant", "content": reply}]
 
     def continued(self, conversation_id: str | None) -> None:
         if conversation_id is None:
@@ -173,9 +180,7 @@ async def raw_turn(http: httpx.AsyncClient, base_url: str, conv: Conv, body: byt
 
 async def main(args: argparse.Namespace) -> int:
     cli = args.cli or bundled_cli()
-    padding = make_history(args.history_kb * 1024)
-    # between the first user message and the last reply: assistant, user, ..., user
-    padding = padding[1:-1] if padding[-1]["role"] == "assistant" else padding[1:]
+    padding = make_history(args.history_kb * 1024)  # user, assistant, ..., assistant
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="cmg-history-") as tmp_name, FakeApiProcess() as fake:
         tmp = Path(tmp_name)
@@ -193,14 +198,16 @@ async def main(args: argparse.Namespace) -> int:
         floor = await WarmCli(cli, env, tmp / "work-floor", MODEL_CLI).start()
         floor_samples: list[Sample] = []
         server, me = psutil.Process(gateway.proc.pid), psutil.Process()
-        convs = {d: Conv(d, {"role": "user", "content": f"Hello from {d}: let us talk."})
-                 for d in DIALECTS}
+        convs = {d: Conv(d) for d in DIALECTS}
         try:
             async with httpx.AsyncClient(timeout=TURN_TIMEOUT) as http:
                 await floor.turn("Hello: let us talk.")
-                for conv in convs.values():  # open each conversation (not measured)
-                    body = request_body(conv.dialect, [conv.first])
-                    conv.reply, _ = await raw_turn(http, gateway.base_url, conv, body)
+                for conv in convs.values():  # three turns each, not measured
+                    for k in range(3):
+                        text = f"Hello from {conv.dialect}, turn {k}: let us talk about Lisbon."
+                        body = request_body(conv.dialect, conv.messages(text, []))
+                        reply, _ = await raw_turn(http, gateway.base_url, conv, body)
+                        conv.answered(text, reply)
 
                 async def dialect_turn(conv: Conv, variant: str) -> Timing:
                     conv.turns += 1
@@ -213,7 +220,7 @@ async def main(args: argparse.Namespace) -> int:
                         body = request_body(conv.dialect, conv.messages(
                             text, padding if variant == "1MB" else []))
                         reply, timing = await raw_turn(http, gateway.base_url, conv, body)
-                    conv.reply = reply
+                    conv.answered(text, reply)
                     return timing
 
                 jobs: list[tuple[str, Callable[[], Awaitable[Timing]], list[Sample]]] = [
