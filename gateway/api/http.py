@@ -182,13 +182,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if length is not None and length > limit:
         await drain(request, 0)
         raise too_large
-    body = bytearray()
+    chunks: list[bytes] = []  # joined once at the end: a 1 MB body is copied once
+    size = 0
     async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            await drain(request, len(body))
+        size += len(chunk)
+        if size > limit:
+            await drain(request, size)
             raise too_large
-    return bytes(body)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def refuse_when_full(request: web.Request, active: int, limit: int, what: str) -> None:
