@@ -387,6 +387,11 @@ def test_compaction_needs_recent_turns_that_carry_evidence() -> None:
     record = extend((), [(t.users, t.reply, "s", f"m{i}") for i, t in enumerate(long)])
     assert classify([summary, *long[2:]], "n", record, keyed=False).rule is Lineage.COMPACTION
     assert classify([summary, *long[3:]], "n", record, keyed=False).rule is Lineage.DIVERGED
+    # cut mid-turn (OpenClaw's compact --max-lines): the first kept turn lost its message,
+    # its reply still places it
+    cut = ClientTurn("nothing", long[2].reply, 1, 30)
+    assert classify([cut, long[3]], "n", record, keyed=False).rule is Lineage.COMPACTION
+    assert classify([long[3]], "n", record, keyed=False).rule is Lineage.DIVERGED
 
 
 def test_normalisation_undoes_what_clients_change_and_nothing_more() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,7 @@ from tests.test_engine_fork import dialogue
 pytestmark = [pytest.mark.cli, pytest.mark.asyncio(loop_scope="module")]
 
 KEY, OTHER_KEY = "sk-lineage-owner", "sk-lineage-stranger"
+OPENCLAW = Path(__file__).parent / "data" / "openclaw-requests"
 
 
 @dataclass
@@ -256,3 +258,52 @@ async def test_messages_regenerate_forks_too(gw: Served) -> None:
     assert gw.seen("messages question 3") == [
         (m["role"], m["content"]) for m in messages[:5]]
     await client.close()
+
+
+async def test_openclaw_shaped_histories_regenerate_and_edit(gw: Served) -> None:
+    """OpenClaw's own bodies (tests/data/openclaw-requests: its 47 KB system prompt, tools and
+    the trailing internal-context message it never stores). Claude's first answer carries
+    OpenClaw's reply directives, which OpenClaw strips from the history it resends. OpenClaw
+    has no regenerate or edit command of its own on the CLI (its Control UI retries a turn
+    by resending the history without the answer), so those rewrites are sent as such
+    bodies: each forks after turn 1 with no transcript."""
+    turn1 = json.loads((OPENCLAW / "turn1.json").read_text())["json"]
+    turn2 = json.loads((OPENCLAW / "turn2.json").read_text())["json"]
+    for body in (turn1, turn2):
+        for message in body["messages"]:
+            if message["role"] == "user" and isinstance(message["content"], str):
+                message["content"] += " (lineage)"  # this test's own words
+        body["stream"] = False
+        body.pop("stream_options")
+    gw.fake.script({"text": "[[reply_to_current]] Banana noted.\nMEDIA: /tmp/banana.png"},
+                   match="shell=bash (lineage)")
+    client = gw.openai()
+
+    async def post(body: dict[str, Any]) -> tuple[str, str]:
+        raw = await client.chat.completions.with_raw_response.create(**body)
+        return raw.parse().choices[0].message.content or "", raw.headers["x-conversation-id"]
+
+    reply, cid = await post(turn1)
+    assert reply.startswith("[[reply_to_current]]")
+    turn2["messages"][2]["content"] = "Banana noted."  # as OpenClaw keeps it
+    _, cid2 = await post(turn2)
+    assert cid2 == cid
+    second = "[Tue 2026-11-24 16:28 UTC] Second message: what word? (lineage)"
+
+    def model_saw() -> dict[str, Any]:
+        return [r for r in gw.fake.requests() if r["last_user_text"].startswith(second[:40])][-1]
+
+    assert "conversation_history" not in json.dumps(model_saw()["messages"])
+    # regenerate: the same body again, its answer asked anew
+    _, regenerated = await post(turn2)
+    request = model_saw()
+    assert regenerated != cid and "conversation_history" not in json.dumps(request)
+    assert "banana" in json.dumps(request["messages"][:-1])
+    assert json.dumps(request["messages"]).count("what word?") == 1
+    # edit: turn 2 said differently
+    turn2["messages"][3]["content"] = second.replace("what word?", "which word, again?")
+    _, edited = await post(turn2)
+    request = [r for r in gw.fake.requests() if "which word, again?" in r["last_user_text"]][-1]
+    assert edited not in (cid, regenerated)
+    assert "banana" in json.dumps(request["messages"][:-1])
+    assert "what word?" not in json.dumps(request["messages"])

@@ -1,7 +1,8 @@
 """Real npm clients against the real gateway (real CLI, fake Anthropic API): Codex CLI with
 a custom ``wire_api = "responses"`` provider, and OpenClaw with an ``openai-responses`` and
 an ``anthropic-messages`` provider. In each, two turns continue ONE CLI session of the
-gateway, also when OpenClaw strips its reply directives from the history it resends.
+gateway, also when OpenClaw strips its reply directives from the history it resends or
+compacts its transcript.
 
 One gateway and one ``openclaw gateway run`` process serve the module (OpenClaw takes
 seconds to start); the clients run as subprocesses of the event loop that serves the
@@ -114,8 +115,20 @@ class OpenClaw:
     """``openclaw gateway run`` with providers pointing at our gateway; its own OpenAI
     endpoint drives a turn (``x-openclaw-model`` picks the provider, ``user`` the session)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, binary: str = "", env: dict[str, str] | None = None,
+                 home: Path | None = None) -> None:
         self.url = url
+        self.binary, self.env, self.home = binary, env or {}, home
+
+    async def cli(self, *args: str, rpc: bool = False) -> str:
+        """``openclaw <args>``; with ``rpc`` against this gateway (its WebSocket RPC)."""
+        assert self.home is not None
+        port = self.url.rsplit(":", 1)[1]
+        remote = ["--url", f"ws://127.0.0.1:{port}", "--token", "openclaw-test"] if rpc else []
+        code, out, err = await run([self.binary, *args, *remote], self.env, self.home,
+                                   limit=180.0)
+        assert code == 0, (out + err)[-3000:]
+        return out
 
     async def turn(self, provider: str, session: str, text: str) -> str:
         async with aiohttp.ClientSession() as http:
@@ -174,7 +187,7 @@ async def openclaw(api: Api, tmp_path_factory: pytest.TempPathFactory,
             else:
                 raise AssertionError("OpenClaw did not start:\n"
                                      + (home / "openclaw.log").read_text()[-3000:])
-        yield OpenClaw(url)
+        yield OpenClaw(url, binary, env, home)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -206,16 +219,25 @@ async def test_openclaw_anthropic_messages_two_turns_in_one_session(
     continued_in_one_session(api, "openclaw messages one", "openclaw messages two")
 
 
-async def test_openclaw_history_without_its_reply_directives_continues_the_session(
+async def test_openclaw_directives_and_compaction_continue_the_same_session(
     api: Api, openclaw: OpenClaw
 ) -> None:
-    """Claude answers with OpenClaw's reply directives; OpenClaw strips them from the history
-    it keeps and resends, and that history still continues the same session with no
-    transcript (gateway/api/normalize.py undoes exactly that)."""
+    """Claude's first answer carries OpenClaw's reply directives, which OpenClaw strips from
+    the history it keeps and resends; then ``openclaw sessions compact --max-lines`` (its own
+    compaction, by truncation) cuts the beginning off its transcript, mid-turn. Each history
+    it then resends still continues the same CLI session (gateway/api/lineage.py), which keeps
+    the turns OpenClaw dropped, with no transcript."""
     api.fake.script({"text": "[[reply_to_current]] Directive answer one.\n\n[[audio_as_voice]]"},
-                    match="openclaw directive 1")
-    answer = await openclaw.turn("responses", "oc-directives", "openclaw directive 1")
-    assert "Directive answer one." in answer and "[[" not in answer
-    await openclaw.turn("responses", "oc-directives", "openclaw directive 2")
-    request = continued_in_one_session(api, "openclaw directive 1", "openclaw directive 2")
+                    match="openclaw compact 1")
+    for n in (1, 2, 3):
+        text = f"openclaw compact {n} " + "word " * 8
+        answer = await openclaw.turn("responses", "oc-compact", text)
+        if n == 1:
+            assert "Directive answer one." in answer and "[[" not in answer
+    request = continued_in_one_session(api, "openclaw compact 1", "openclaw compact 2")
     assert "Directive answer one." in json.dumps(request["messages"][:-1])
+    sessions = json.loads(await openclaw.cli("sessions", "list", "--json"))
+    (key,) = [s["key"] for s in sessions["sessions"] if s["key"].endswith(":oc-compact")]
+    await openclaw.cli("sessions", "compact", key, "--max-lines", "6", "--json", rpc=True)
+    await openclaw.turn("responses", "oc-compact", "openclaw compact 4")
+    continued_in_one_session(api, "openclaw compact 1", "openclaw compact 4")

@@ -14,8 +14,9 @@ fingerprints and the CLI session's mark at the end of each turn, see
   gets that message;
 * **edit** (also undo, delete): the history matches the record up to turn *k* and then
   differs or ends: fork at turn *k*, send what follows (later history as a transcript);
-* **compaction**: the beginning was replaced (a summary) but the recent turns are the
-  record's last ones: the same session goes on, the summary is not sent;
+* **compaction**: the beginning was replaced (a summary) or cut off, but the recent turns
+  are the record's last ones (the first of them may have lost its start): the same session
+  goes on, the summary is not sent;
 * **diverged**: nothing matches: a new session seeded with the history as a transcript;
 * **new**: no history at all: a new session.
 
@@ -237,7 +238,10 @@ def classify(
         keep = extend(record, _unmarked(client[m:]))
         return Decision(Lineage.CONTINUATION, m, None, False, m if n > m else None, keep, m)
     s = _suffix(client, record, p) if p < n else 0
-    if s and m - s > p and _compacted(client[n - s:], keyed):
+    # the first turn kept after a cut may have lost its start (or have the summary in
+    # front): its reply still shows where it is
+    partial = n - s > p and m - s > p and client[n - s - 1].reply == record[m - s - 1].reply
+    if s and m - s > p and _compacted(client[n - s - partial:], keyed):
         keep = extend(record[:p], _unmarked(client[p:n - s]))
         keep = extend(keep, [(r.users, r.reply, r.session_id, r.message_id)
                              for r in record[m - s:]])
