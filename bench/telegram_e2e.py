@@ -268,15 +268,14 @@ async def main(args: argparse.Namespace) -> int:
                         if who is None:
                             proc, floor_spare = floor_spare, None
                             assert proc is not None
-                            live.append(proc)
-                            got["floor"] = await floor_turn("first", proc, text)
+                            try:
+                                got["floor"] = await floor_turn("first", proc, text)
+                            finally:  # its process does not linger beside the next turn
+                                await proc.stop()
                         else:
                             got[who.name] = await who.turn("first", FIRST_CHAT + i, text)
                     samples += got.values()
                     pairs += [(got["floor"], got[name]) for name in names]
-                    for proc in live[1:]:
-                        await proc.stop()
-                    del live[1:]
 
                 print("… follow-ups", file=sys.stderr, flush=True)
                 for c in range(args.conversations):
