@@ -15,10 +15,11 @@ rotating order after the machine has gone quiet:
   - tiny:   the body `[the conversation's real history (a few KB), new message]`,
             pre-serialised and sent by httpx as raw bytes, so no client library's cost is
             counted;
-  - 1MB:    the same turn with ~1 MB of earlier messages in place of the first turn (what
-            the gateway takes for a compaction: the beginning replaced, the recent turns
-            the session's own, so the same warm session goes on and every message of the
-            1 MB is read, fingerprinted and compared with the turn record), also raw bytes;
+  - 1MB:    the same turn with ~1 MB of earlier messages in place of the first turn, in a
+            second conversation of as many turns (so both CLI sessions hold as much): the
+            gateway takes it for a compaction (the beginning replaced, the recent turns the
+            session's own) and goes on in the same warm session, every message of the 1 MB
+            read, fingerprinted and compared with the turn record; also raw bytes;
   - client: the tiny turn sent by the dialect's official client (`openai` chat or
             responses, `anthropic` messages), so the client library's own cost (building
             the request, parsing each event into its models) shows beside the raw figure.
@@ -198,18 +199,23 @@ async def main(args: argparse.Namespace) -> int:
         floor = await WarmCli(cli, env, tmp / "work-floor", MODEL_CLI).start()
         floor_samples: list[Sample] = []
         server, me = psutil.Process(gateway.proc.pid), psutil.Process()
-        convs = {d: Conv(d) for d in DIALECTS}
+        convs = {d: Conv(d) for d in DIALECTS}  # tiny and client turns; samples
+        #: the 1 MB turns: a conversation of their own, so each keeps one consistent history
+        bigs = {d: Conv(d) for d in DIALECTS}
         try:
             async with httpx.AsyncClient(timeout=TURN_TIMEOUT) as http:
                 await floor.turn("Hello: let us talk.")
-                for conv in convs.values():  # three turns each, not measured
-                    for k in range(3):
-                        text = f"Hello from {conv.dialect}, turn {k}: let us talk about Lisbon."
+                for which, conv in [*(("", c) for c in convs.values()),
+                                    *(("1 MB ", c) for c in bigs.values())]:
+                    for k in range(3):  # three turns, not measured
+                        text = (f"Hello from {conv.dialect} {which}turn {k}: let us talk about"
+                                " Lisbon.")
                         body = request_body(conv.dialect, conv.messages(text, []))
                         reply, _ = await raw_turn(http, gateway.base_url, conv, body)
                         conv.answered(text, reply)
 
-                async def dialect_turn(conv: Conv, variant: str) -> Timing:
+                async def dialect_turn(dialect: str, variant: str) -> Timing:
+                    conv = (bigs if variant == "1MB" else convs)[dialect]
                     conv.turns += 1
                     text = f"Turn {conv.turns}: and what about tomorrow?"
                     if variant == "client":
@@ -228,7 +234,7 @@ async def main(args: argparse.Namespace) -> int:
                 for conv in convs.values():
                     for variant in VARIANTS:
                         jobs.append((f"{conv.dialect} {variant}",
-                                     lambda c=conv, v=variant: dialect_turn(c, v),
+                                     lambda d=conv.dialect, v=variant: dialect_turn(d, v),
                                      conv.samples.setdefault(variant, [])))
                 for r in range(args.rounds):
                     k = r % len(jobs)
