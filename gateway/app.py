@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -257,6 +258,28 @@ async def _log_alert(alert: Alert) -> None:
                 alert.error.kind.value, alert.error.message)
 
 
+#: gen-0 threshold of the running gateway (Python's default: 700 allocations)
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """A process-wide decision, made once the gateway serves (its modules, app and engine
+    built): a client resending ~1 MB of history allocates some 10^5 containers per request
+    (its parsed JSON, the messages), which with the default thresholds set off ~10 ms of
+    collections a turn that found nothing (they are freed by reference counting) and, now
+    and then, a full collection of ~80 ms walking every object of the start-up (pydantic's
+    schemas, aiohttp, the SDK). ``gc.freeze()`` moves what exists now out of the collected
+    generations (it lives as long as the process anyway), and a larger gen-0 threshold
+    lets a request's temporaries die before a collection looks at them. Cycles are still
+    collected (bench/memory.py: +3.9 MB after 100 conversations). bench/history_cost.py,
+    gateway CPU per 1 MB turn before -> after: Responses 62 -> 44 ms, Chat and Messages
+    ~44 ms either way; 1 MB / tiny wall: Chat 1.40 -> 1.06x, Responses 1.42 -> 1.13x."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     gateway = Gateway.build(settings)
@@ -274,6 +297,7 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, on_signal)
     await gateway.start()
+    tune_garbage_collector()
     try:
         await stop.wait()
         log.info("shutting down")
