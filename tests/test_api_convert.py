@@ -40,7 +40,7 @@ from gateway.api.convert import (
     usage_to_openai,
 )
 from gateway.api.exchange import decode_json
-from gateway.api.normalize import collapse_whitespace, normalize_text
+from gateway.api.normalize import collapse_whitespace, normalize_text, normalized_digest
 from gateway.config import ServerSettings, Settings
 from gateway.config import is_loopback_host as is_loopback
 from gateway.engine.api import Pref
@@ -768,3 +768,20 @@ def test_long_texts_are_normalised_once_within_a_budget(monkeypatch: pytest.Monk
     assert calls == []  # equal texts (new objects, as in the next request) are found
     assert normalize_text(texts[0]) == first[0] and calls == [texts[0]]  # dropped: redone
     assert normalize_text("short  text") == "short text" and calls[-1] == "short  text"
+
+
+def test_long_texts_are_hashed_once_with_the_same_fingerprints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resent long message's fingerprint comes with its memoised normal form (not hashed
+    again), and every fingerprint stays what the store already holds: sha256 of the
+    normalised text, for a short text, a long one and one seen before."""
+    monkeypatch.setattr(normalize, "_SEEN", normalize._Seen())
+    hashed: list[str] = []
+    real = normalize._sha256
+    monkeypatch.setattr(normalize, "_sha256", lambda t: hashed.append(t) or real(t))
+    long = "a  long\n\nresent message " * 200
+    for text in ("short  reply", long, long.encode().decode()):
+        old = hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+        assert normalized_digest(text) == (" ".join(text.split()), old)
+        assert fingerprint(text) == old
+    assert hashed.count(" ".join(long.split())) == 1  # the resent copy was looked up

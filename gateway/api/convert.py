@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.api.fields import invalid, parse_choice
 from gateway.api.functions import calls_fingerprint_text, openai_tool_calls, tool_results
-from gateway.api.normalize import normalize_text
+from gateway.api.normalize import normalized_digest
 from gateway.api.structured import ResponseFormat
 from gateway.engine.client_tools import ClientTool, ToolMode
 from gateway.engine.client_tools import ToolCall as EngineToolCall
@@ -283,7 +283,10 @@ def build_prompt(conversation: Conversation, *, seed: bool, results: bool = Fals
 
 def fingerprint(text: str, images: Sequence[ImagePart] = ()) -> str:
     """sha256 of the normalised text (and image data): what the store keeps, never the text."""
-    h = hashlib.sha256(normalize_text(text).encode("utf-8"))
+    normalized, text_digest = normalized_digest(text)  # memoised for a resent long text
+    if not images:
+        return text_digest  # the same sha256 as below with no images
+    h = hashlib.sha256(normalized.encode("utf-8"))
     for image in images:
         h.update(b"\x00image:" + hashlib.sha256(image.data_b64.encode("ascii")).digest())
     return h.hexdigest()

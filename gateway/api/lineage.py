@@ -36,7 +36,7 @@ from enum import StrEnum
 
 from gateway.api.convert import Conversation, Message
 from gateway.api.functions import calls_fingerprint_text
-from gateway.api.normalize import normalize_text
+from gateway.api.normalize import normalized_digest
 
 #: matched recent turns a compaction needs: with a key the client named, the last one; on
 #: its own, the last two, whose replies hold at least :data:`COMPACTION_MIN_REPLY_CHARS`
@@ -78,11 +78,11 @@ def users_fingerprint(messages: Iterable[Message]) -> str:
     it: a message that normalises to nothing (OpenClaw's internal context) is left out."""
     h = hashlib.sha256()
     for m in messages:
-        text = normalize_text(m.text)
+        text, text_digest = normalized_digest(m.text)  # == digest(normalize_text(m.text))
         if not text and not m.images:
             continue
         h.update(b"t:" if m.role in ("tool", "function") else b"u:")
-        h.update(digest(text).encode("ascii"))
+        h.update(text_digest.encode("ascii"))
         for image in m.images:
             h.update(b"|image:" + digest(image.data_b64).encode("ascii"))
         h.update(b"\n")
@@ -110,9 +110,8 @@ def client_turns(conversation: Conversation) -> tuple[tuple[ClientTurn, ...], st
     for i, m in enumerate(history):
         if m.role != "assistant":
             continue
-        text = normalize_text(reply_text(m))
-        turns.append(ClientTurn(users_fingerprint(history[start:i]), digest(text), i + 1,
-                                len(text)))
+        text, reply = normalized_digest(reply_text(m))
+        turns.append(ClientTurn(users_fingerprint(history[start:i]), reply, i + 1, len(text)))
         start = i + 1
     return tuple(turns), users_fingerprint(conversation.new)
 
@@ -120,7 +119,7 @@ def client_turns(conversation: Conversation) -> tuple[tuple[ClientTurn, ...], st
 def reply_fingerprint(text: str) -> str:
     """The fingerprint of a reply as the gateway sent it (the same as :func:`client_turns`
     computes from the client's copy)."""
-    return digest(normalize_text(text))
+    return normalized_digest(text)[1]
 
 
 # --------------------------------------------------------------------------- the record

@@ -19,6 +19,7 @@ different messages.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -40,34 +41,36 @@ class _Seen:
     """Long texts already normalised, newest last, within a budget of characters: a client
     resends its whole history every turn, so all but its newest messages were normalised
     on the previous request (a 1 MB history: a dictionary look-up per message instead of
-    normalising 1 MB again). Thread-safe: a large body is parsed in a worker thread."""
+    normalising 1 MB again), and its fingerprint with it (hashing 1 MB again was ~5 ms a
+    request). Thread-safe: a large body is parsed in a worker thread."""
 
     MIN_CHARS = 1024  # shorter texts are normalised faster than they are looked up
     BUDGET_CHARS = 4 << 20  # the texts and their normalised forms together
 
     def __init__(self) -> None:
-        self._texts: OrderedDict[str, str] = OrderedDict()
+        #: text -> (its normalised form, that form's sha256 hex)
+        self._texts: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._chars = 0
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> str | None:
+    def get(self, text: str) -> tuple[str, str] | None:
         with self._lock:
             found = self._texts.get(text)
             if found is not None:
                 self._texts.move_to_end(text)
             return found
 
-    def put(self, text: str, normalized: str) -> None:
-        size = len(text) + len(normalized)
+    def put(self, text: str, found: tuple[str, str]) -> None:
+        size = len(text) + len(found[0])
         if size > self.BUDGET_CHARS:
             return
         with self._lock:
             if text in self._texts:
                 return
-            self._texts[text] = normalized
+            self._texts[text] = found
             self._chars += size
             while self._chars > self.BUDGET_CHARS:
-                old, old_normalized = self._texts.popitem(last=False)
+                old, (old_normalized, _) = self._texts.popitem(last=False)
                 self._chars -= len(old) + len(old_normalized)
 
 
@@ -78,11 +81,26 @@ def normalize_text(text: str) -> str:
     """``text`` without what clients add or strip on their own (see the module docstring)."""
     if len(text) < _Seen.MIN_CHARS:
         return _normalize(text)
+    return normalized_digest(text)[0]
+
+
+def normalized_digest(text: str) -> tuple[str, str]:
+    """``normalize_text(text)`` and the sha256 hex of it (UTF-8): the fingerprint every
+    conversation rule hashes a message by, so a long text is normalised and hashed once
+    however many requests resend it."""
+    if len(text) < _Seen.MIN_CHARS:
+        normalized = _normalize(text)
+        return normalized, _sha256(normalized)
     found = _SEEN.get(text)
     if found is None:
-        found = _normalize(text)
+        normalized = _normalize(text)
+        found = (normalized, _sha256(normalized))
         _SEEN.put(text, found)
     return found
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _normalize(text: str) -> str:
