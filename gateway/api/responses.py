@@ -93,12 +93,14 @@ from gateway.api.responses_wire import (
     ResponsesFunctionToolOut,
     ResponsesIncompleteDetails,
     ResponsesInputImage,
+    ResponsesInputText,
     ResponsesInputTokensDetails,
     ResponsesItemEvent,
     ResponsesLifecycleEvent,
     ResponsesMessageItem,
     ResponsesOutputMessage,
     ResponsesOutputText,
+    ResponsesOutputTextIn,
     ResponsesOutputTokensDetails,
     ResponsesPartEvent,
     ResponsesRefusalIn,
@@ -140,7 +142,15 @@ def new_id(prefix: str) -> str:
 # --------------------------------------------------------------------------- input -> conversation
 
 
-def _content(parts: Sequence[Any], path: str) -> tuple[str, tuple[ImagePart, ...]]:
+#: a part that is text and nothing else (most of a resent history: one such part a message)
+_PLAIN_TEXT = (ResponsesInputText, ResponsesOutputTextIn)
+
+
+def _content(parts: Sequence[Any], item: int, where: str) -> tuple[str, tuple[ImagePart, ...]]:
+    """The text and images of ``input[item].<where>``."""
+    if len(parts) == 1 and type(parts[0]) in _PLAIN_TEXT:
+        return parts[0].text, ()  # the fast path: no list, no join, no error path
+    path = f"input[{item}].{where}"
     texts: list[str] = []
     images: list[ImagePart] = []
     for j, part in enumerate(parts):
@@ -161,7 +171,7 @@ def to_messages(request: ResponsesRequest) -> list[Message]:
         messages.append(Message("system", request.instructions, index=0))
     for i, item in enumerate(request.input):
         if isinstance(item, ResponsesMessageItem):
-            text, images = _content(item.content, f"input[{i}].content")
+            text, images = _content(item.content, i, "content")
             previous = messages[-1] if messages else None
             if item.role == "assistant" and previous is not None and previous.role == "assistant":
                 # one reply written as several output items
@@ -180,7 +190,7 @@ def to_messages(request: ResponsesRequest) -> list[Message]:
             else:
                 messages.append(Message("assistant", "", tool_calls=(call,), index=i))
         elif isinstance(item, ResponsesFunctionCallOutputItem):
-            text, images = _content(item.output, f"input[{i}].output")
+            text, images = _content(item.output, i, "output")
             messages.append(Message("tool", text, images, tool_call_id=item.call_id, index=i))
         # reasoning items carry nothing the gateway can use (parse_request refused the rest)
     return messages
