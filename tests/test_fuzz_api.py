@@ -7,9 +7,10 @@ endpoints of all three dialects: Chat Completions, Responses (and reading a stor
 response), Anthropic Messages (and count_tokens). Not the audio endpoints (they run the
 voice models; their limits are tested in tests/test_audio_api.py) nor the status page.
 Half of the turn requests get a real model name and a conversation in a valid shape, so
-they become real turns, and most of those are pinned to a few conversations so the run
-stays bounded; most reads of a stored response ask for one the run made. Every response must be
-documented (status), never a 5xx, and come back within the request timeout (no hangs).
+they become real turns, and most of those are pinned to a few conversations and mostly send
+only their new message, so those sessions stay warm and the run stays bounded; most reads
+of a stored response ask for one the run made. Every response must be documented (status),
+never a 5xx, and come back within the request timeout (no hangs).
 Afterwards the gateway still answers and leaves no stray CLI process.
 
 The suite runs ``FUZZ_API_EXAMPLES`` requests (default 200); for thousands::
@@ -134,6 +135,15 @@ def _steer(case: Any, draw: Any, stored: list[str]) -> None:
     if draw(st.integers(0, 3)):
         case.headers = {**(case.headers or {}),
                         "X-Conversation-Id": f"fuzz-{draw(st.integers(0, 2))}"}
+        if path != COUNT_TOKENS and draw(st.integers(0, 3)):
+            # mostly as a client that sends only its new message: the pinned session goes
+            # on warm (a random history shares nothing with the record, so each would start
+            # a new CLI session: tests/test_lineage_e2e.py covers that path)
+            last = messages[-1:]
+            if path == "/v1/responses":
+                body["input"] = last
+            else:
+                body["messages"] = [*body["messages"][:-len(messages)], *last]
 
 
 @pytest.mark.timeout(60 + EXAMPLES * 0.3)
