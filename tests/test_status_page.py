@@ -300,7 +300,10 @@ async def test_the_page_fits_a_phone_without_horizontal_scrolling(
         # the limit window the CLI reported, with its reset time
         window = await page.page.inner_text('#usage [data-window="five_hour"]')
         assert "91% used" in window and "resets in 2 h" in window, window
-        # today's totals and the hourly chart (three days, one bar per hour)
+        # today's totals and the hourly chart (three days, one bar per hour), drawn once
+        # /v1/usage has answered (the window above may come from /v1/status before it)
+        await page.page.wait_for_function(
+            "document.getElementById('usage-today').textContent !== ''")
         today = await page.page.inner_text("#usage-today")
         assert today.startswith("Today: ") and " turns · " in today, today
         assert await page.page.locator("#usage-chart svg rect").count() == 72
