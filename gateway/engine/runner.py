@@ -371,8 +371,9 @@ class ConversationRunner:
             started_now = live is None
             if live is None:
                 try:
-                    live = await self.open_live(conv, model, system, toolset, resume, pconf,
-                                                fork=fork)
+                    live = await self.open_live(
+                        conv, model, system, toolset, resume, pconf,
+                        fork_at=None if fork is None else fork.message_id)
                 except GatewayError as exc:
                     if resume and fresh_retry_allowed and names_missing_session(exc.message):
                         await start_fresh(resume)
@@ -676,16 +677,13 @@ class ConversationRunner:
     async def open_live(
         self, conv: Conversation, model: str | None, system: str, toolset: ToolSet,
         resume: str | None, config: EngineConfig | None = None, *,
-        fork: TurnMark | None = None,
+        fork_at: str | None = None,
     ) -> CliSession:
         """A process for ``conv``: a pre-started spare for a new session, else a new one.
         ``config``: its project's (spares are started for the default project only).
-        ``fork``: the process forks that mark's session there instead of resuming
-        ``resume`` (never a spare: a spare is a new session)."""
+        ``fork_at``: a message of ``resume``; the process forks that session there instead
+        of continuing it (never a spare: a spare is a new session)."""
         config = config or self.config
-        fork_at = None
-        if fork is not None:
-            resume, fork_at = fork.session_id, fork.message_id
         profile = self.launcher.profile(conv.key)
         key: SpareKey = (model, text_hash(system), profile, toolset.fingerprint)
         live = None
