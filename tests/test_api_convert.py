@@ -33,6 +33,7 @@ from gateway.api.convert import (
     fingerprint,
     finish_reason,
     http_error,
+    message_fingerprint,
     parse_data_url,
     render_event,
     split_conversation,
@@ -735,18 +736,14 @@ def test_collapse_whitespace_is_str_split_and_join(text: str) -> None:
     assert fingerprint(text) == hashlib.sha256(reference.encode()).hexdigest()
 
 
-def test_conversation_fingerprints_each_message_once() -> None:
+def test_a_conversation_is_fingerprinted_by_its_normalised_messages() -> None:
     conversation = split_conversation([
         Message("user", "first", index=0), Message("assistant", "one", index=1),
         Message("user", "second", index=2), Message("assistant", "two", index=3),
         Message("user", "new", index=4),
     ])
-    assert conversation.fingerprint(0) == fingerprint("first") == first_user_fingerprint(
-        conversation)
-    assert conversation.fingerprint(3) == fingerprint("two")
-    assert sorted(conversation._fingerprints) == [0, 3]  # computed on demand, then kept
-    conversation._fingerprints[0] = "cached"
-    assert first_user_fingerprint(conversation) == "cached"
+    assert first_user_fingerprint(conversation) == fingerprint("first")
+    assert message_fingerprint(conversation.messages[3]) == fingerprint("two")
 
 
 def test_long_texts_are_normalised_once_within_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -777,8 +774,8 @@ def test_long_texts_are_hashed_once_with_the_same_fingerprints(
     normalised text, for a short text, a long one and one seen before."""
     monkeypatch.setattr(normalize, "_SEEN", normalize._Seen())
     hashed: list[str] = []
-    real = normalize._sha256
-    monkeypatch.setattr(normalize, "_sha256", lambda t: hashed.append(t) or real(t))
+    real = normalize.digest
+    monkeypatch.setattr(normalize, "digest", lambda t: hashed.append(t) or real(t))
     long = "a  long\n\nresent message " * 200
     for text in ("short  reply", long, long.encode().decode()):
         old = hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()

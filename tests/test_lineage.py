@@ -318,7 +318,7 @@ def test_a_fork_point_is_always_a_matched_prefix(data: st.DataObject) -> None:
     keyed = data.draw(st.booleans())
     d = classify(client, data.draw(st.sampled_from(["x", "y"])), record, keyed=keyed)
     if d.fork_at is not None:
-        assert record[d.fork_at - 1].marked
+        assert record[d.fork_at - 1].mark is not None
         assert all(record[i].same_turn(client[i]) for i in range(d.fork_at))
     kept = d.keep[:d.unchanged]
     assert kept == record[:d.unchanged]

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from gateway.api.convert import Conversation, fingerprint
+from gateway.api.convert import Conversation, fingerprint, message_fingerprint
 from gateway.api.lineage import (
     ClientTurn,
     Decision,
@@ -149,8 +149,8 @@ def new_conversation_id() -> str:
 
 
 def first_user_fingerprint(conversation: Conversation) -> str | None:
-    first = conversation.first_user_index
-    return None if first is None else conversation.fingerprint(first)
+    first = conversation.first_user
+    return None if first is None else message_fingerprint(first)
 
 
 async def _record(
@@ -167,9 +167,9 @@ async def _record(
 def _mark(record: Sequence[RecordTurn], turn: int | None) -> TurnMark | None:
     if turn is None:
         return None
-    r = record[turn - 1]
-    assert r.session_id is not None and r.message_id is not None
-    return TurnMark(r.session_id, r.message_id)
+    mark = record[turn - 1].mark
+    assert mark is not None  # classify forks only at a marked turn
+    return mark
 
 
 def _seed_from(client: Sequence[ClientTurn], turn: int) -> int:
@@ -274,9 +274,7 @@ def _branch(
     at that mark; its record is kept up to that turn when it still holds it."""
     mark = branch.mark
     k = next((i for i in range(len(record), 0, -1)
-              if record[i - 1].reply == branch.reply
-              and (record[i - 1].session_id, record[i - 1].message_id)
-              == (mark.session_id, mark.message_id)), 0)
+              if record[i - 1].reply == branch.reply and record[i - 1].mark == mark), 0)
     again = k < len(record) and not client and new_users == record[k].users
     keep = extend(record[:k], [(t.users, t.reply, None, None) for t in client])
     return Plan(key, conversation_id, rule, bool(client), first_user,

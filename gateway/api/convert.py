@@ -144,8 +144,6 @@ class Conversation:
     history: tuple[Message, ...]  # up to and including the last assistant message
     new: tuple[Message, ...]  # after the last assistant message: this turn's input
     messages: tuple[Message, ...] = field(default=(), repr=False)  # all non-system messages
-    _fingerprints: dict[int, str] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def last_reply(self) -> Message | None:
@@ -154,23 +152,7 @@ class Conversation:
 
     @property
     def first_user(self) -> Message | None:
-        i = self.first_user_index
-        return None if i is None else self.messages[i]
-
-    @property
-    def first_user_index(self) -> int | None:
-        """The place of the first ``user`` message in :attr:`messages`."""
-        return next((i for i, m in enumerate(self.messages) if m.role == "user"), None)
-
-    def fingerprint(self, i: int) -> str:
-        """The fingerprint of ``messages[i]`` (:func:`message_fingerprint`), computed at most
-        once per request however many rules ask: the history a client resends is read once.
-        ``messages[:len(history)]`` is the history, so ``fingerprint(len(history) - 1)`` is
-        the last reply's."""
-        found = self._fingerprints.get(i)
-        if found is None:
-            found = self._fingerprints[i] = message_fingerprint(self.messages[i])
-        return found
+        return next((m for m in self.messages if m.role == "user"), None)
 
 
 def split_conversation(messages: Sequence[Message]) -> Conversation:
@@ -292,13 +274,18 @@ def fingerprint(text: str, images: Sequence[ImagePart] = ()) -> str:
     return h.hexdigest()
 
 
-def message_fingerprint(message: Message) -> str:
-    """A user or tool message by its text and images; an assistant message by its text and
-    its tool calls (:func:`~gateway.api.functions.calls_fingerprint_text`: what the gateway
+def reply_text(message: Message) -> str:
+    """The text an assistant message is fingerprinted by: its words and its tool calls
+    (:func:`~gateway.api.functions.calls_fingerprint_text`, ids left out: what the gateway
     stores for the reply it sent)."""
+    return calls_fingerprint_text(message.text, [(c.name, c.arguments) for c in message.tool_calls])
+
+
+def message_fingerprint(message: Message) -> str:
+    """A user or tool message by its text and images; an assistant message by its
+    :func:`reply_text`."""
     if message.role == "assistant":
-        calls = [(c.name, c.arguments) for c in message.tool_calls]
-        return fingerprint(calls_fingerprint_text(message.text, calls))
+        return fingerprint(reply_text(message))
     return fingerprint(message.text, message.images)
 
 

@@ -34,9 +34,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.api.convert import Conversation, Message
-from gateway.api.functions import calls_fingerprint_text
-from gateway.api.normalize import normalized_digest
+from gateway.api.convert import Conversation, Message, reply_text
+from gateway.api.normalize import digest, normalized_digest
+from gateway.engine.events import TurnMark
 
 #: matched recent turns a compaction needs: with a key the client named, the last one; on
 #: its own, the last two, whose replies hold at least :data:`COMPACTION_MIN_REPLY_CHARS`
@@ -59,18 +59,9 @@ class Lineage(StrEnum):
 # --------------------------------------------------------------------------- fingerprints
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def chain(previous: str, users: str, reply: str) -> str:
     """The fingerprint of everything up to a turn: the previous turn's chain and this one."""
     return digest(f"{previous}|{users}|{reply}")
-
-
-def reply_text(message: Message) -> str:
-    """The text a reply is fingerprinted by: its words and its tool calls (ids left out)."""
-    return calls_fingerprint_text(message.text, [(c.name, c.arguments) for c in message.tool_calls])
 
 
 def users_fingerprint(messages: Iterable[Message]) -> str:
@@ -116,12 +107,6 @@ def client_turns(conversation: Conversation) -> tuple[tuple[ClientTurn, ...], st
     return tuple(turns), users_fingerprint(conversation.new)
 
 
-def reply_fingerprint(text: str) -> str:
-    """The fingerprint of a reply as the gateway sent it (the same as :func:`client_turns`
-    computes from the client's copy)."""
-    return normalized_digest(text)[1]
-
-
 # --------------------------------------------------------------------------- the record
 
 
@@ -137,8 +122,11 @@ class RecordTurn:
     message_id: str | None = None
 
     @property
-    def marked(self) -> bool:
-        return self.session_id is not None and self.message_id is not None
+    def mark(self) -> TurnMark | None:
+        """The CLI session's mark at the end of this turn (None: not a turn of its own)."""
+        if self.session_id is None or self.message_id is None:
+            return None
+        return TurnMark(self.session_id, self.message_id)
 
     def same_turn(self, turn: ClientTurn) -> bool:
         return self.users == turn.users and self.reply == turn.reply
@@ -248,7 +236,7 @@ def classify(
     if p == 0:
         return Decision(Lineage.DIVERGED, 0, None, True, 0, extend((), _unmarked(client)), 0)
     rule = Lineage.REGENERATE if p == n and new_users == record[p].users else Lineage.EDIT
-    j = next((i for i in range(p, 0, -1) if record[i - 1].marked), 0)
+    j = next((i for i in range(p, 0, -1) if record[i - 1].mark is not None), 0)
     keep = extend(record[:j], _unmarked(client[j:]))
     seed_from = j if j < n else None
     if j == 0:

@@ -90,16 +90,17 @@ def normalized_digest(text: str) -> tuple[str, str]:
     however many requests resend it."""
     if len(text) < _Seen.MIN_CHARS:
         normalized = _normalize(text)
-        return normalized, _sha256(normalized)
+        return normalized, digest(normalized)
     found = _SEEN.get(text)
     if found is None:
         normalized = _normalize(text)
-        found = (normalized, _sha256(normalized))
+        found = (normalized, digest(normalized))
         _SEEN.put(text, found)
     return found
 
 
-def _sha256(text: str) -> str:
+def digest(text: str) -> str:
+    """The sha256 hex of ``text`` (UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
