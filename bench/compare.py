@@ -38,8 +38,9 @@ with room for every conversation the run opens and its spare; a new conversation
 while a gateway had no spare ready anyway is counted at the top of the report (a full pool
 has none: such a turn pays an eviction and a cold CLI start).
 
-The cost of a resent history per dialect (tiny vs ~1 MB, raw bytes vs the official client)
-is measured apart, by bench/history_cost.py.
+The cost of a resent history per dialect (tiny vs ~1 MB, raw bytes vs the official client),
+and first turns and 200 KB new conversations with raw bytes (no client library's CPU in the
+gateway's figure), are measured apart, by bench/history_cost.py.
 
     .venv/bin/python bench/compare.py                  # the full run, ~4 minutes
     .venv/bin/python bench/compare.py --quick          # fewer turns, for a smoke test
@@ -604,10 +605,7 @@ class Run:
             timing = await asyncio.wait_for(turn(), TURN_TIMEOUT)
             sample = Sample(scenario, system.name, timing.ttft, timing.total)
         except Exception as exc:  # every failure is a figure of the run, not a crash
-            message = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                message = f"no reply within {TURN_TIMEOUT:.0f} s"
-            sample = Sample(scenario, system.name, None, None, message)
+            sample = Sample(scenario, system.name, None, None, failure(exc))
         if cpu:
             sample.cpu_parts = self.cpu_since(cpu_before)
             sample.cpu = sum(sample.cpu_parts.values())
@@ -721,6 +719,13 @@ class Run:
         for system in self.systems:
             for conv in convs[system.name]:
                 await system.close(conv)
+
+
+def failure(exc: Exception) -> str:
+    """What a failed measured turn reports."""
+    if isinstance(exc, TimeoutError):
+        return f"no reply within {TURN_TIMEOUT:.0f} s"
+    return str(exc) or type(exc).__name__
 
 
 async def sample_rss(system: System, peak: Peak, interval: float = 0.05) -> None:
