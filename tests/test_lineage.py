@@ -446,3 +446,40 @@ async def test_the_turn_store_keeps_fingerprints_per_key_and_owner(tmp_path: Pat
         assert await turns.load("openai:c") == record
     finally:
         await store.close()
+
+
+async def test_the_turn_store_keeps_in_memory_what_the_database_holds(tmp_path: Path) -> None:
+    """The records TurnStore keeps in memory are the database's: after commits, rewinds,
+    a read that straddles a commit, evictions past ``cache_turns`` and a prune, a fresh
+    instance reading only the database sees exactly what the caching one returns."""
+    store = Store(tmp_path / "gateway.sqlite3")
+    await store.open()
+    try:
+        turns = TurnStore(store)
+        turns.cache_turns = 4
+
+        async def same(key: str) -> tuple[RecordTurn, ...]:
+            cached = await turns.load(key)
+            assert cached == await TurnStore(store).load(key)
+            return cached
+
+        record = extend((), [(f"u{i}", f"r{i}", "s", f"m{i}") for i in range(3)])
+        await turns.commit("openai:a", "me", 0, record)
+        assert await same("openai:a") == record
+        # a read under way while the record changes must not leave the old one in memory
+        reading = asyncio.ensure_future(turns.load("openai:a"))
+        await asyncio.sleep(0)
+        rewound = extend(record[:1], [("u9", "r9", "s", "m9")])
+        await turns.commit("openai:a", "me", 1, rewound)
+        assert await reading in (record, rewound)
+        assert await same("openai:a") == rewound
+        await turns.commit("openai:b", "me", 0, record)  # 2 + 3 turns: a is pushed out
+        assert list(turns._cache) == ["openai:b"]
+        assert await same("openai:a") == rewound and await same("openai:b") == record
+        assert await same("openai:none") == ()
+        turns.keep_rows, turns.prune_every = 3, 1
+        await turns.commit("openai:c", "me", 0, record)  # the prune drops a and b
+        assert await same("openai:a") == () and await same("openai:b") == ()
+        assert await same("openai:c") == record
+    finally:
+        await store.close()

@@ -237,21 +237,37 @@ async def plan_conversation(
         return _plan(key, conversation_id, rule, decision, record, client, first_user,
                      new_users, owner)
     if client:
-        found: list[tuple[Decision, str, tuple[RecordTurn, ...]]] = []
-        for key in await records.candidates(owner, client_chains(client), client[-1].reply):
-            if not key.startswith(KEY_PREFIX) or project_key(base_key(key), project) != key:
-                continue
-            record = await _record(records, key, await store.get(key))
-            decision = classify(client, new_users, record, keyed=False)
-            if record and usable(decision):
-                found.append((decision, key, record))
+        chains = client_chains(client)
+
+        async def usable_records(
+            chains: Sequence[str], reply: str | None,
+        ) -> list[tuple[Decision, str, tuple[RecordTurn, ...]]]:
+            found = []
+            for key in await records.candidates(owner, chains, reply):
+                if not key.startswith(KEY_PREFIX) or project_key(base_key(key), project) != key:
+                    continue
+                record = await _record(records, key, await store.get(key))
+                decision = classify(client, new_users, record, keyed=False)
+                if record and usable(decision):
+                    found.append((decision, key, record))
+            return found
+
+        def continued(decision: Decision, key: str, record: Sequence[RecordTurn]) -> Plan:
+            return _plan(key, base_key(key)[len(KEY_PREFIX):], "continued", decision, record,
+                         client, first_user, new_users, owner)
+
+        # A record holding this whole history is the conversation continued, if it can be
+        # claimed: asked for first, it spares the look-up of every shorter prefix.
+        for decision, key, record in await usable_records(chains[-1:], None):
+            if decision.continues and claim(key):
+                return continued(decision, key, record)
+        found = await usable_records(chains, client[-1].reply)
         found.sort(key=lambda f: rank(f[0]), reverse=True)  # stable: most recent first
         for decision, key, record in found:
             if decision.continues:
                 if not claim(key):
                     continue  # another request is continuing it right now
-                return _plan(key, base_key(key)[len(KEY_PREFIX):], "continued", decision,
-                             record, client, first_user, new_users, owner)
+                return continued(decision, key, record)
             conversation_id = new_id()
             fork_key = project_key(KEY_PREFIX + conversation_id, project)
             claim(fork_key)

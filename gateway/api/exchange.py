@@ -85,6 +85,8 @@ class ApiState:
 
 ENGINE: web.AppKey[EngineAPI] = web.AppKey("api_engine", EngineAPI)
 STATE: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
+#: the one turn record of the application (it keeps the records used last in memory)
+RECORDS: web.AppKey[TurnStore] = web.AppKey("api_records", TurnStore)
 
 
 class Disconnected(Exception):
@@ -387,7 +389,7 @@ async def open_exchange(request: web.Request, turn: TurnRequest) -> Exchange:
     permissions = permission_mode(request)
     chosen_project = project(request)
     keys = turn.keys
-    records = engine.tables(TurnStore)
+    records = request.app[RECORDS]
     plan = await plan_conversation(
         turn.conversation,
         header_id=keys.header_id,

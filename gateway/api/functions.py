@@ -32,6 +32,8 @@ def _canonical_arguments(arguments: str) -> str:
 def calls_fingerprint_text(text: str, calls: Sequence[tuple[str, str]]) -> str:
     """The text the conversation rules hash for a reply: its text plus each call's name and
     arguments in canonical JSON. Call ids are left out, because clients rewrite them."""
+    if not calls:
+        return text
     parts = [text] + [f"[tool call {name} {_canonical_arguments(args)}]" for name, args in calls]
     return "\n".join(p for p in parts if p)
 

@@ -63,6 +63,7 @@ from gateway.api.convert import (
 )
 from gateway.api.exchange import (
     ENGINE,
+    RECORDS,
     STATE,
     ApiState,
     Exchange,
@@ -104,6 +105,7 @@ from gateway.api.openapi import (
 from gateway.api.status import setup_status
 from gateway.api.structured import StructuredTurns
 from gateway.api.turn import answer_text
+from gateway.api.turn_store import TurnStore
 from gateway.api.usage import OPERATIONS as USAGE_OPERATIONS
 from gateway.api.wire import HealthReply
 from gateway.engine.api import EngineAPI
@@ -440,6 +442,7 @@ def create_app(
     app[ENGINE] = engine
     app[CONFIG] = config
     app[STATE] = ApiState()
+    app[RECORDS] = engine.tables(TurnStore)
     error_bodies: list[ErrorBody] = [messages.error_body]  # Anthropic's for its clients
     app[ERROR_BODIES] = error_bodies
     add_operations(app, OPERATIONS)
