@@ -199,6 +199,32 @@ async def _refilled(r: Rig, key: SpareKey) -> None:
     await starting
 
 
+async def test_a_refill_after_a_turn_waits_unless_a_new_conversation_needs_it() -> None:
+    """schedule_refill(after=...): nothing starts (no slot, no process) while the turn that
+    took the spare ends; the spare starts when the time is up, or at once for a caller
+    about to wait for it (hurry_refill); stopping the pool cancels a waiting one."""
+    r = rig(4, spares=1)
+    r.pool.schedule_refill(PLAIN, _launcher(PLAIN), after=0.2)
+    await asyncio.sleep(0.05)
+    assert r.pool.used == 0 and not r.pool.spares, "started before its time"
+    await _refilled(r, PLAIN)  # the time runs out on its own
+    assert [s.spare_key for s in r.pool.spares] == [PLAIN]
+    assert r.pool.take_spare(PLAIN) is not None
+    r.pool.schedule_refill(PLAIN, _launcher(PLAIN), after=60)
+    await asyncio.sleep(0.05)
+    assert r.pool.used == 1 and not r.pool.spares  # the spare taken above still holds a slot
+    starting = r.pool.hurry_refill(PLAIN)
+    assert starting is not None
+    await asyncio.wait_for(starting, 5)  # not a minute
+    assert [s.spare_key for s in r.pool.spares] == [PLAIN]
+    assert r.pool.hurry_refill(PIRATE) is None, "no spare of this kind on its way"
+    r.pool.schedule_refill(PIRATE, _launcher(PIRATE), after=60)
+    waiting = r.pool.refilling(PIRATE)
+    assert waiting is not None
+    await r.pool.stop()
+    assert waiting.cancelled() and not r.pool.spares
+
+
 async def test_spares_one_per_kind_dead_ones_discarded_the_oldest_replaced() -> None:
     r = rig(4, spares=1)
     r.pool.schedule_refill(PLAIN, _launcher(PLAIN))

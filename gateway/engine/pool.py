@@ -10,6 +10,7 @@ through the small :class:`Session` protocol and a conversation only through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
@@ -83,6 +84,8 @@ class ProcessPool(Generic[S, T]):
         self.used = 0  # live CLI processes, spares and ones starting included
         self.spares: list[S] = []
         self._refilling: dict[SpareKey, asyncio.Task[None]] = {}
+        #: set to start a refill that still waits out its ``after`` now
+        self._now: dict[SpareKey, asyncio.Event] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.stopping = False
 
@@ -185,19 +188,34 @@ class ProcessPool(Generic[S, T]):
         """The start of a spare of this kind under way, if any."""
         return self._refilling.get(key)
 
-    def schedule_refill(self, key: SpareKey, launch: Callable[[], Awaitable[S]]) -> None:
-        """Keep a pre-started process ready for the next new conversation of this kind."""
+    def hurry_refill(self, key: SpareKey) -> asyncio.Task[None] | None:
+        """:meth:`refilling`, for a caller about to wait for it: a start still waiting out
+        its ``after`` begins at once."""
+        now = self._now.get(key)
+        if now is not None:
+            now.set()
+        return self.refilling(key)
+
+    def schedule_refill(self, key: SpareKey, launch: Callable[[], Awaitable[S]], *,
+                        after: float = 0.0) -> None:
+        """Keep a pre-started process ready for the next new conversation of this kind,
+        starting it ``after`` seconds from now (unless a new conversation needs it first)."""
         if self.spare_count <= 0 or self.stopping or key in self._refilling:
             return
         if any(s.spare_key == key for s in self.spares):
             return
-        task = asyncio.ensure_future(self._refill(key, launch))
+        task = asyncio.ensure_future(self._refill(key, launch, after))
         self._refilling[key] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _refill(self, key: SpareKey, launch: Callable[[], Awaitable[S]]) -> None:
+    async def _refill(self, key: SpareKey, launch: Callable[[], Awaitable[S]],
+                      after: float) -> None:
         try:
+            if after > 0:
+                now = self._now[key] = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(now.wait(), after)
             while len(self.spares) >= self.spare_count:
                 await self.close(self.spares.pop(0), kill=False)
             session = await self.start(launch, for_tenant=None)
@@ -212,6 +230,7 @@ class ProcessPool(Generic[S, T]):
             log.info("no spare Claude Code process: %s", exc.message)
         finally:
             self._refilling.pop(key, None)
+            self._now.pop(key, None)
 
     # ------------------------------------------------------------------ lifecycle
 
