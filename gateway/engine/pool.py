@@ -204,6 +204,8 @@ class ProcessPool(Generic[S, T]):
             return
         if any(s.spare_key == key for s in self.spares):
             return
+        if after > 0:  # made now: a caller may hurry it before the task first runs
+            self._now[key] = asyncio.Event()
         task = asyncio.ensure_future(self._refill(key, launch, after))
         self._refilling[key] = task
         self._background.add(task)
@@ -212,8 +214,8 @@ class ProcessPool(Generic[S, T]):
     async def _refill(self, key: SpareKey, launch: Callable[[], Awaitable[S]],
                       after: float) -> None:
         try:
-            if after > 0:
-                now = self._now[key] = asyncio.Event()
+            now = self._now.get(key)
+            if now is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(now.wait(), after)
             while len(self.spares) >= self.spare_count:
