@@ -124,9 +124,7 @@ class RecordTurn:
     @property
     def mark(self) -> TurnMark | None:
         """The CLI session's mark at the end of this turn (None: not a turn of its own)."""
-        if self.session_id is None or self.message_id is None:
-            return None
-        return TurnMark(self.session_id, self.message_id)
+        return TurnMark.of(self.session_id, self.message_id)
 
     def same_turn(self, turn: ClientTurn) -> bool:
         return self.users == turn.users and self.reply == turn.reply

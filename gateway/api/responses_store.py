@@ -35,9 +35,7 @@ class ResponseRow:
 
     @property
     def mark(self) -> TurnMark | None:
-        if self.session_id is None or self.message_id is None:
-            return None
-        return TurnMark(self.session_id, self.message_id)
+        return TurnMark.of(self.session_id, self.message_id)
 
 
 class ResponseStore(Tables):

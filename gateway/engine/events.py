@@ -61,6 +61,14 @@ class TurnMark:
     session_id: str
     message_id: str
 
+    @classmethod
+    def of(cls, session_id: str | None, message_id: str | None) -> TurnMark | None:
+        """The mark of a pair that may be missing (a stored row, a turn under way): None
+        unless both ids are there."""
+        if not session_id or not message_id:
+            return None
+        return cls(session_id, message_id)
+
 
 @dataclass(frozen=True)
 class ImagePart:

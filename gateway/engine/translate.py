@@ -336,9 +336,7 @@ class TurnTranslator:
     @property
     def mark(self) -> TurnMark | None:
         """Where the turn stands in its session now (see :class:`TurnMark`)."""
-        if not self.session_id or not self.last_message_id:
-            return None
-        return TurnMark(self.session_id, self.last_message_id)
+        return TurnMark.of(self.session_id, self.last_message_id)
 
     # ------------------------------------------------------------------ errors
 
