@@ -240,10 +240,12 @@ async def plan_conversation(
         chains = client_chains(client)
 
         async def usable_records(
-            chains: Sequence[str], reply: str | None,
+            sharing: Sequence[str], reply: str | None,
         ) -> list[tuple[Decision, str, tuple[RecordTurn, ...]]]:
+            """The records holding one of the chains ``sharing`` or the reply ``reply``
+            that this request may take, with its decision on each."""
             found = []
-            for key in await records.candidates(owner, chains, reply):
+            for key in await records.candidates(owner, sharing, reply):
                 if not key.startswith(KEY_PREFIX) or project_key(base_key(key), project) != key:
                     continue
                 record = await _record(records, key, await store.get(key))
