@@ -124,6 +124,35 @@ async def test_broker_timeout_and_cancel_deny() -> None:
     assert (await asking).cause is Cause.STOPPED
 
 
+async def test_a_stop_that_ends_the_turn_does_not_cut_the_message_update_off() -> None:
+    """/stop denies the waiting request and ends the turn, which cancels the request's own
+    task while the approval message is being updated (a slow platform call): the update
+    still completes."""
+    broker = ApprovalBroker(timeout=5)
+    updated: list[Decision] = []
+    updating = asyncio.Event()
+
+    class SlowPlatform:
+        async def present(self, request: ApprovalRequest) -> None:
+            pass
+
+        async def settled(self, request: ApprovalRequest, decision: Decision) -> None:
+            updating.set()
+            await asyncio.sleep(0.1)  # ~ a Telegram edit's round trip
+            updated.append(decision)
+
+    request = broker.new_request("k", "", "Bash", {}, "Run: x", None)
+    asking = asyncio.ensure_future(broker.ask(request, SlowPlatform()))
+    await asyncio.sleep(0)
+    assert broker.cancel("k") == 1
+    await updating.wait()
+    asking.cancel()  # the turn ends while the message is being updated
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await asyncio.sleep(0.2)
+    assert [d.cause for d in updated] == [Cause.STOPPED]
+
+
 # --------------------------------------------------------------------------- the real CLI
 
 

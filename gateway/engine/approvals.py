@@ -102,6 +102,8 @@ class ApprovalBroker:
         self.timeout = timeout
         self._pending: dict[str, _Pending] = {}
         self._done: dict[str, Decision] = {}  # recent decisions, for a double press
+        #: the updates of decided requests' messages still under way
+        self._updates: set[asyncio.Task[None]] = set()
 
     def new_request(self, key: str, origin: str, tool: str, tool_input: dict[str, Any],
                     summary: str, rule: Rule | None) -> ApprovalRequest:
@@ -139,8 +141,14 @@ class ApprovalBroker:
         finally:
             self._pending.pop(request.id, None)
             if future.done() and not future.cancelled():
+                # in a task of its own: a /stop ends the turn and with it this request's
+                # task, which must not cut the message's update off half-way (seen in CI:
+                # the edit's call to Telegram was dropped and "⏹ Not run" never shown)
+                update = asyncio.ensure_future(approver.settled(request, future.result()))
+                self._updates.add(update)
+                update.add_done_callback(self._updates.discard)
                 with contextlib.suppress(Exception):
-                    await approver.settled(request, future.result())
+                    await asyncio.shield(update)
         log.info("approval %s of %s (%s): %s by %s", request.id, request.key, request.tool,
                  decision.verdict, decision.cause)
         return decision
