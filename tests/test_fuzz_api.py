@@ -6,11 +6,12 @@ Requests are generated from ``/openapi.json`` as the gateway serves it, both sch
 endpoints of all three dialects: Chat Completions, Responses (and reading a stored
 response), Anthropic Messages (and count_tokens). Not the audio endpoints (they run the
 voice models; their limits are tested in tests/test_audio_api.py) nor the status page.
-Half of the turn requests get a real model name and a conversation in a valid shape, so
-they become real turns, and most of those are pinned to a few conversations and mostly send
-only their new message, so those sessions stay warm and the run stays bounded; most reads
-of a stored response ask for one the run made. Every response must be documented (status),
-never a 5xx, and come back within the request timeout (no hangs).
+Half of the turn requests get a real model name and a conversation in a valid shape, and
+valid values in every other field and header they send (even when generated as negative
+cases), so they become real turns, and most of those are pinned to a few conversations
+and mostly send only their new message, so those sessions stay warm and the run stays
+bounded; most reads of a stored response ask for one the run made. Every response must
+be documented (status), never a 5xx, and come back within the request timeout (no hangs).
 Afterwards the gateway still answers and leaves no stray CLI process.
 
 The suite runs ``FUZZ_API_EXAMPLES`` requests (default 200); for thousands::
@@ -98,16 +99,38 @@ def _keep_only(body: dict[str, Any], names: tuple[str, ...]) -> None:
             del body[name]
 
 
-def _steer(case: Any, draw: Any, stored: list[str]) -> None:
+#: a steered turn request's optional fields, each sent or not, with a valid value of its own:
+#: it keeps no generated value (a negative case's may be of any type, "stream": {}, and the
+#: documents of /v1/responses and /v1/messages take the gateway's modes as any string)
+_STREAM_MODE = st.sampled_from(["smart", "final", "verbose"])
+_TOOL_MODE = st.sampled_from(["agent", "client", "hybrid"])
+_MODES = {"stream_mode": _STREAM_MODE, "tool_mode": _TOOL_MODE}
+OPTIONAL: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "/v1/chat/completions": {"stream": st.none() | st.booleans(),
+                             "user": st.none() | st.text(max_size=40), **_MODES},
+    "/v1/responses": {"stream": st.booleans(), "store": st.booleans(), **_MODES},
+    "/v1/messages": {"stream": st.booleans(), **_MODES},
+    COUNT_TOKENS: {},
+}
+#: the gateway's own headers, which it checks (it ignores the other generated ones or takes
+#: any string): a steered request sends a valid one or none
+HEADERS = {"X-Stream-Mode": _STREAM_MODE, "X-Tool-Mode": _TOOL_MODE}
+_CHECKED = {name.lower() for name in HEADERS}
+
+
+def _steer(case: Any, draw: Any, stored: list[str], mode: GenerationMode) -> None:
     """Make half of the turn requests real turns in a few pinned conversations, and most
-    reads of a stored response ask for one that exists."""
+    reads of a stored response ask for one that exists. A steered turn request is a valid
+    one whatever the case was generated as: its body (a negative case's may be raw bytes),
+    every field it keeps and the headers the gateway checks are valid."""
     path = case.operation.path
     if path == "/v1/responses/{response_id}" and stored and draw(st.integers(0, 3)):
         case.path_parameters = {"response_id": draw(st.sampled_from(stored))}
         return
-    if (path not in (*TURNS, COUNT_TOKENS) or not isinstance(case.body, dict)
-            or not draw(st.booleans())):
+    if path not in (*TURNS, COUNT_TOKENS) or not draw(st.booleans()):
         return
+    if not isinstance(case.body, dict):
+        case.body = {}
     body = case.body
     body["model"] = draw(st.sampled_from(MODELS))
     # a steered turn request is a valid conversation (the unsteered half is not)
@@ -117,24 +140,35 @@ def _steer(case: Any, draw: Any, stored: list[str]) -> None:
     system = draw(st.booleans())
     if path == "/v1/chat/completions":
         body["messages"] = [{"role": "system", "content": "Be brief."}] * system + messages
-        keep: tuple[str, ...] = ("model", "messages", "stream", "stream_mode", "user")
+        keep: tuple[str, ...] = ("model", "messages")
     elif path == "/v1/responses":
         body["input"] = messages if len(messages) > 1 or draw(st.booleans()) else texts[0]
         if system:
             body["instructions"] = "Be brief."
-        keep = ("model", "input", "instructions", "stream", "store")
+        keep = ("model", "input", "instructions")
     else:  # Anthropic Messages (a turn, or count_tokens: an estimate, no turn)
         body["messages"] = messages
         if path != COUNT_TOKENS:
             body["max_tokens"] = 1024
         if system:
             body["system"] = "Be brief."
-        keep = ("model", "messages", "system", "max_tokens", "stream")
-    if draw(st.integers(0, 3)):  # and mostly the generated extras (tools, n, …) left out
+        keep = ("model", "messages", "system", "max_tokens")
+    # mostly the generated extras (tools, n, …) left out, always a negative case's (one of
+    # them may be what makes it invalid)
+    if mode is GenerationMode.NEGATIVE or draw(st.integers(0, 3)):
         _keep_only(body, keep)
+    for name, values in OPTIONAL[path].items():
+        body.pop(name, None)
+        if draw(st.booleans()):
+            body[name] = draw(values)
+    headers = {name: value for name, value in (case.headers or {}).items()
+               if name.lower() not in _CHECKED}
+    for name, values in HEADERS.items():
+        if draw(st.booleans()):
+            headers[name] = draw(values)
+    case.headers = headers
     if draw(st.integers(0, 3)):
-        case.headers = {**(case.headers or {}),
-                        "X-Conversation-Id": f"fuzz-{draw(st.integers(0, 2))}"}
+        case.headers["X-Conversation-Id"] = f"fuzz-{draw(st.integers(0, 2))}"
         if path != COUNT_TOKENS and draw(st.integers(0, 3)):
             # mostly as a client that sends only its new message: the pinned session goes
             # on warm (a random history shares nothing with the record, so each would start
@@ -170,7 +204,7 @@ def test_generated_requests_never_get_a_5xx_or_hang(
         op = data.draw(st.sampled_from(weighted))
         mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
         case = data.draw(op.as_strategy(generation_mode=mode))
-        _steer(case, data.draw, stored)
+        _steer(case, data.draw, stored, mode)
         started = time.monotonic()
         try:
             response = case.call(session=session, timeout=REQUEST_TIMEOUT)
