@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,17 +70,22 @@ def _check_result(event: dict[str, Any]) -> str:
 
 
 async def _read_turn(
-    stdout: asyncio.StreamReader, started: float
+    stdout: asyncio.StreamReader, started: float,
+    on_first: Callable[[str], None] | None = None,
 ) -> tuple[float | None, float, dict[str, Any]]:
-    """Read stream-json lines until ``result``; returns (ttft, total, result event)."""
+    """Read stream-json lines until ``result``; returns (ttft, total, result event).
+    ``on_first`` gets the first answer text the moment it is read."""
     ttft: float | None = None
     while True:
         raw = await stdout.readline()
         if not raw:
             raise TurnFailed("the CLI exited before its result")
         if ttft is None and b'"text_delta"' in raw:
-            if _is_text_delta(json.loads(raw)):
+            event = json.loads(raw)
+            if _is_text_delta(event):
                 ttft = time.perf_counter() - started
+                if on_first is not None:
+                    on_first(event["event"]["delta"]["text"])
         elif b'"result"' in raw:
             event = json.loads(raw)
             if event.get("type") == "result":
@@ -126,14 +131,20 @@ class WarmCli:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         await self.proc.stdin.drain()
 
-    async def turn(self, text: str) -> Timing:
+    async def turn(self, text: str, on_first: Callable[[str], None] | None = None) -> Timing:
+        """One turn; ``on_first`` gets its first answer text as soon as it is read."""
+        return (await self.answer(text, on_first))[0]
+
+    async def answer(self, text: str, on_first: Callable[[str], None] | None = None
+                     ) -> tuple[Timing, str]:
+        """:meth:`turn`, and the answer's text (the ``result``)."""
         assert self.proc and self.proc.stdout
         started = time.perf_counter()
         await self._send({"type": "user", "message": {"role": "user", "content": text},
                           "parent_tool_use_id": None, "session_id": "default"})
-        ttft, total, result = await _read_turn(self.proc.stdout, started)
+        ttft, total, result = await _read_turn(self.proc.stdout, started, on_first)
         self.session_id = _check_result(result)
-        return Timing(ttft, total)
+        return Timing(ttft, total), str(result.get("result") or "")
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
