@@ -465,6 +465,23 @@ async def test_invalid_stream_mode_is_400(gw: Gateway) -> None:
     assert gw.fake.requests() == []
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", {"model": "sonnet", "input": "x"}),
+    ("/v1/messages", {"model": "sonnet", "max_tokens": 64, "messages": msgs("x")}),
+])
+@pytest.mark.parametrize("field, value, problem", [
+    ("stream_mode", "loud", "stream_mode: must be one of smart, final, verbose"),
+    ("tool_mode", 7, "tool_mode: must be one of agent, client, hybrid"),
+])
+async def test_every_dialect_refuses_a_mode_it_does_not_know(
+    gw: Gateway, path: str, body: dict[str, Any], field: str, value: object, problem: str
+) -> None:
+    status, _, data = await gw.raw("POST", path, json={**body, field: value})
+    assert status == 400, data
+    assert json.loads(data)["error"]["message"].startswith(problem), data
+    assert gw.fake.requests() == []
+
+
 async def test_keepalive_deltas_while_tools_run(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(keepalive_seconds=0.2)
     command = 'python3 -c "import time; time.sleep(1.5)"'

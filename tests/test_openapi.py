@@ -6,6 +6,7 @@ the guard's and auth's refusals on every operation, and each wire model once as 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 from openapi_spec_validator import validate
@@ -14,6 +15,8 @@ from gateway.api.config import ApiConfig
 from gateway.api.openapi import OPERATIONS, Operation, build_document
 from gateway.api.routes import create_app, openapi_document
 from gateway.api.wire import Error
+from gateway.engine.client_tools import ToolMode
+from gateway.engine.events import StreamMode
 from tests.conftest import EngineFactory
 
 DOC = openapi_document()
@@ -50,6 +53,33 @@ async def test_the_served_routes_are_the_documented_ones(make_engine: EngineFact
     documented = {(m.upper(), p) for p, item in DOC["paths"].items() for m in item}
     assert served == documented
     assert len({(op.method, op.path) for op in app[OPERATIONS]}) == len(app[OPERATIONS])
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with a ``$ref`` (and a one-member ``allOf``/``anyOf`` of one) resolved."""
+    while True:
+        if "$ref" in schema:
+            schema = DOC["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        elif len(schema.get("allOf", ())) == 1:
+            schema = schema["allOf"][0]
+        else:
+            return schema
+
+
+def test_every_turn_documents_the_modes_the_gateway_takes() -> None:
+    """Wherever a client can name a stream or tool mode (the ``X-Stream-Mode`` and
+    ``X-Tool-Mode`` headers, the body's ``stream_mode`` and ``tool_mode``), each dialect's
+    document lists exactly the values the gateway accepts, as the enum it enforces."""
+    modes = {"stream": {m.value for m in StreamMode}, "tool": {m.value for m in ToolMode}}
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/messages"):
+        operation = DOC["paths"][path]["post"]
+        headers = {p["name"]: p["schema"] for p in operation["parameters"] if p["in"] == "header"}
+        body = _schema(operation["requestBody"]["content"]["application/json"]["schema"])
+        for kind, values in modes.items():
+            header = headers[f"X-{kind.title()}-Mode"]
+            assert set(header["enum"]) == values, (path, header)
+            field = body["properties"][f"{kind}_mode"]
+            assert set(field["enum"]) - {None} == values, (path, field)
 
 
 def _template(canonical: str) -> str:

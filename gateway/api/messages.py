@@ -63,7 +63,6 @@ from gateway.api.convert import (
     ToolCall,
     http_error,
     parse_data_url,
-    parse_stream_mode,
     render_event,
     request_error,
     split_conversation,
@@ -83,7 +82,6 @@ from gateway.api.exchange import (
     tool_mode,
 )
 from gateway.api.fields import invalid
-from gateway.api.functions import parse_tool_mode
 from gateway.api.http import ApiError
 from gateway.api.messages_wire import (
     AnthropicContentBlock,
@@ -126,7 +124,15 @@ from gateway.api.messages_wire import (
     parse_count_tokens_request,
     parse_messages_request,
 )
-from gateway.api.openapi import JSON, RETRY_AFTER, Operation, Param, Reply, error_reply
+from gateway.api.openapi import (
+    JSON,
+    RETRY_AFTER,
+    TURN_PARAMS,
+    Operation,
+    Param,
+    Reply,
+    error_reply,
+)
 from gateway.api.turn import answer_text
 from gateway.engine.client_tools import NAME_RE, ClientTool
 from gateway.engine.client_tools import ToolCall as EngineToolCall
@@ -629,20 +635,17 @@ def _save(files: dict[Path, bytes]) -> None:
 
 
 def _turn(request: web.Request, body: MessagesRequest, converter: _Converter) -> TurnRequest:
-    body_mode = None if body.stream_mode is None else parse_stream_mode(
-        body.stream_mode, "stream_mode")
-    body_tools = None if body.tool_mode is None else parse_tool_mode(body.tool_mode, "tool_mode")
     tools = parse_tools(body.tools)
     stops = tuple(body.stop_sequences or ())
     return TurnRequest(
         conversation=split_conversation(converter.messages(body)),
         model=body.model,
-        mode=stream_mode(request, body_mode),
+        mode=stream_mode(request, body.stream_mode),
         keys=KeyCandidates(header_id(request), None,
                            body.metadata.user_id if body.metadata else None),
         tools=tools,
         tool_choice=parse_tool_choice(body.tool_choice, tools),
-        tool_mode=tool_mode(request, body_tools),
+        tool_mode=tool_mode(request, body.tool_mode),
         reply_text=_cut(stops),
     )
 
@@ -786,11 +789,6 @@ _HEADERS = (
     Param("anthropic-beta", "Accepted and ignored."),
     Param("x-api-key", "The gateway key; same as Authorization: Bearer <key>."),
 )
-_CHAT_HEADERS = (
-    Param("X-Conversation-Id", "Names the conversation (before metadata.user_id)."),
-    Param("X-Stream-Mode", "smart, final or verbose."),
-    Param("X-Tool-Mode", "agent (tools ignored), client or hybrid."),
-)
 _CONVERSATION = Param("X-Conversation-Id", "The conversation this turn belongs to.")
 
 
@@ -804,7 +802,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST", "/v1/messages", create_message, "createMessage",
         "One turn through Claude Code, in the Anthropic Messages API's format.",
         body={JSON: MessagesRequest},
-        params=(*_HEADERS, *_CHAT_HEADERS,
+        params=(*_HEADERS, *TURN_PARAMS,
                 Param("beta", "Accepted (Claude Code sends beta=true).", where="query")),
         error=AnthropicError,
         responses={

@@ -20,8 +20,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from gateway.api.fields import from_validation_error
+from gateway.api.fields import choice, from_validation_error
 from gateway.api.wire import Error, Model, ModelList
+from gateway.engine.client_tools import ToolMode
+from gateway.engine.events import StreamMode
 
 # --------------------------------------------------------------------------- request
 
@@ -172,9 +174,9 @@ class MessagesRequest(_In):
     top_p: float | None = None
     top_k: int | None = None
     #: the gateway's own: smart, final or verbose (also the X-Stream-Mode header)
-    stream_mode: str | None = None
+    stream_mode: Annotated[StreamMode | None, *choice(StreamMode)] = None
     #: the gateway's own: agent, client or hybrid (also the X-Tool-Mode header)
-    tool_mode: str | None = None
+    tool_mode: Annotated[ToolMode | None, *choice(ToolMode)] = None
 
 
 class CountTokensRequest(_In):

@@ -48,7 +48,6 @@ from gateway.api.convert import (
     finish_reason,
     http_error,
     parse_data_url,
-    parse_stream_mode,
     render_event,
     request_error,
     split_conversation,
@@ -66,7 +65,6 @@ from gateway.api.exchange import (
     tool_mode,
 )
 from gateway.api.fields import invalid
-from gateway.api.functions import parse_tool_mode
 from gateway.api.http import ApiError, error_response, key_owner
 from gateway.api.openapi import (
     CONVERSATION,
@@ -444,10 +442,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, parse_request)
     _check_text_format(body)
     conversation = to_conversation(body)
-    mode = stream_mode(request, None if body.stream_mode is None
-                       else parse_stream_mode(body.stream_mode, "stream_mode"))
-    tools_mode = tool_mode(request, None if body.tool_mode is None
-                           else parse_tool_mode(body.tool_mode, "tool_mode"))
+    mode = stream_mode(request, body.stream_mode)
+    tools_mode = tool_mode(request, body.tool_mode)
     turn = TurnRequest(
         conversation=conversation,
         model=body.model,

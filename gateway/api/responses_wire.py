@@ -38,7 +38,9 @@ from pydantic import (
     field_validator,
 )
 
-from gateway.api.fields import from_validation_error, invalid
+from gateway.api.fields import choice, from_validation_error, invalid
+from gateway.engine.client_tools import ToolMode
+from gateway.engine.events import StreamMode
 from gateway.errors import ErrorKind, GatewayError
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -262,8 +264,8 @@ class ResponsesRequest(_In):
     text: ResponsesTextConfig | None = None
     background: bool | None = None
     conversation: Any = None
-    stream_mode: str | None = None
-    tool_mode: str | None = None
+    stream_mode: Annotated[StreamMode | None, *choice(StreamMode)] = None
+    tool_mode: Annotated[ToolMode | None, *choice(ToolMode)] = None
 
     @field_validator("input", mode="before")
     @classmethod
