@@ -339,7 +339,6 @@ async def main(args: argparse.Namespace) -> int:
     cli = args.cli or bundled_cli()
     load_before = load_average()
     samples: list[Sample] = []
-    pairs: list[tuple[Sample, Sample]] = []
     rounds: list[dict[str, Sample]] = []  # each measured round: system -> its sample
     users = [FIRST_CHAT + i for i in range(args.first + 1)] + \
         [FOLLOW_CHAT + c for c in range(args.conversations)]
@@ -413,7 +412,6 @@ async def main(args: argparse.Namespace) -> int:
                             got[who.name] = await who.turn("first", FIRST_CHAT + i, text)
                             await who.done_with(FIRST_CHAT + i)
                     samples += got.values()
-                    pairs += [(got["floor"], got[name]) for name in names]
                     rounds.append(got)
 
                 print("… follow-ups", file=sys.stderr, flush=True)
@@ -437,7 +435,6 @@ async def main(args: argparse.Namespace) -> int:
                             else:
                                 got[who.name] = await who.turn("followup", chat, text)
                         samples += got.values()
-                        pairs += [(got["floor"], got[name]) for name in names]
                         rounds.append(got)
                     await conv.stop()
                     live.remove(conv)
@@ -455,6 +452,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"before: the gateway of {roots['before']}, side by side\n")
     print("\n".join(table(samples, names)) + "\n")
     print("\n".join(steps(samples, names)) + "\n")
+    pairs = [(got["floor"], got[name]) for got in rounds for name in names]
     print("\n".join(verdict(pairs, names, args.latency)) + "\n")
     print("\n".join(against_relay(rounds, gateways)))
     errors = [s for s in samples if s.error]
