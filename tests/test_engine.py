@@ -160,12 +160,17 @@ async def test_resume_after_eviction_uses_latest_session(
     a1 = result_of(await collect(engine, "t:a", "alpha one"))
     await collect(engine, "t:b", "bravo one")  # evicts t:a
     assert set(engine.live_pids()) == {"t:b"}
+    # an evicted conversation leaves the engine's memory (its session stays in the store):
+    # kept, every conversation since the start stayed in memory (bench/memory.py's growth)
+    assert engine.status().sessions == 1, "t:a's entry outlived its evicted process"
+    assert (await engine.describe("t:a")) is not None
     events = await collect(engine, "t:a", "alpha two")
     started = next(e for e in events if isinstance(e, TurnStarted))
     assert started.resumed and started.session_id == a1.session_id
     assert result_of(events).session_id == a1.session_id
     assert "alpha one" in str(fake_api.requests()[-1]["messages"])
     assert set(engine.live_pids()) == {"t:a"}
+    assert engine.status().sessions == 1
 
 
 async def test_restart_of_the_gateway_continues_the_conversation(
@@ -455,6 +460,9 @@ async def test_idle_process_is_closed_and_resumed(
         await asyncio.sleep(0.1)
     assert "t:idle" not in engine.live_pids()
     assert pid not in child_pids(), "the idle process must be closed"
+    while engine.status().sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.status().sessions == 0, "the idle conversation's entry outlived its process"
     assert result_of(await collect(engine, "t:idle", "second")).session_id == r1.session_id
 
 

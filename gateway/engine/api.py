@@ -61,6 +61,7 @@ class EngineStatus:
     cli_version: str | None
     cli_source: str | None
     live_processes: int
+    #: conversations the engine holds now: a live process, a running or queued turn
     sessions: int
     running_turns: int
     queued_turns: int

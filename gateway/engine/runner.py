@@ -1,7 +1,9 @@
 """The conversation runner: one worker task per conversation, running its turns in order.
 
 Each conversation (``key``) has a queue of requests (:class:`Request`; coalesced prompts share
-one) and a worker task that owns the conversation's CLI process. Turns of one conversation
+one) and a worker task that owns the conversation's CLI process. A conversation is in
+:attr:`ConversationRunner.conversations` while its worker runs: from its first queued request
+until its process is closed (idle, evicted, reset) with nothing queued. Turns of one conversation
 run one after the other; turns of different conversations run in parallel up to
 ``max_parallel_turns``. The worker decides, from each exchange's :class:`Outcome`, whether to
 retry (a process that had died while idle, a ``--resume`` whose transcript is gone), and it
@@ -202,7 +204,8 @@ class ConversationRunner:
             self.gate.cancel(key, "The conversation was reset.")
             await self.interrupt_request(conv, conv.current)
         await self.evict(conv)
-        self.conversations.pop(key, None)
+        if self.conversations.get(key) is conv:
+            del self.conversations[key]
 
     def busy(self, key: str) -> bool:
         conv = self.conversations.get(key)
@@ -269,6 +272,11 @@ class ConversationRunner:
             await self.close_live(conv, kill=False)
             if conv.pending and not self._state.stopping:
                 conv.worker = asyncio.create_task(self._work(conv))
+            elif conv.current is None and self.conversations.get(conv.key) is conv:
+                # Its process is closed and nothing waits: nothing of it is left to keep
+                # (the store holds its session), so it leaves the table until its next
+                # message; kept, every conversation since the start stayed in memory.
+                del self.conversations[conv.key]
 
     async def _run(self, conv: Conversation, req: Request) -> None:
         if not await self._acquire_turn_slot(req):
