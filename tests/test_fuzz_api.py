@@ -100,8 +100,7 @@ def _keep_only(body: dict[str, Any], names: tuple[str, ...]) -> None:
 
 
 #: a steered turn request's optional fields, each sent or not, with a valid value of its own:
-#: it keeps no generated value (a negative case's may be of any type, "stream": {}, and the
-#: documents of /v1/responses and /v1/messages take the gateway's modes as any string)
+#: it keeps no generated value (a negative case's may be of any type, "stream": {})
 _STREAM_MODE = st.sampled_from(["smart", "final", "verbose"])
 _TOOL_MODE = st.sampled_from(["agent", "client", "hybrid"])
 _MODES = {"stream_mode": _STREAM_MODE, "tool_mode": _TOOL_MODE}
