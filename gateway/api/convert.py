@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.api.fields import invalid, parse_choice
+from gateway.api.fields import invalid
 from gateway.api.functions import calls_fingerprint_text, openai_tool_calls, tool_results
 from gateway.api.normalize import normalized_digest
 from gateway.api.structured import ResponseFormat
@@ -86,11 +86,6 @@ class ChatRequest:
     tool_mode: ToolMode | None = None  # None: the header or the configured default decides
     #: ``json_object`` / ``json_schema`` (None: plain text), see gateway/api/structured.py
     response_format: ResponseFormat | None = None
-
-
-def parse_stream_mode(value: object, path: str) -> StreamMode:
-    """``smart``/``final``/``verbose`` (case-insensitive), else a 400 naming ``path``."""
-    return parse_choice(value, StreamMode, path)
 
 
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*);base64,(.*)$", re.DOTALL)

@@ -35,8 +35,8 @@ from pydantic_core import from_json
 
 from gateway.api.config import ApiConfig
 from gateway.api.conversation import Branch, Plan, plan_conversation, transcript_part
-from gateway.api.convert import Conversation, build_prompt, parse_stream_mode
-from gateway.api.functions import parse_tool_mode
+from gateway.api.convert import Conversation, build_prompt
+from gateway.api.fields import parse_choice
 from gateway.api.http import CONFIG, key_owner, read_body, refuse_when_full
 from gateway.api.lineage import Lineage
 from gateway.api.turn import TurnPump
@@ -144,7 +144,7 @@ def stream_mode(request: web.Request, body_mode: StreamMode | None) -> StreamMod
     """``X-Stream-Mode`` header, else the body's own choice, else ``server.stream_mode``."""
     header = request.headers.get(STREAM_MODE_HEADER)
     if header:
-        return parse_stream_mode(header, f"{STREAM_MODE_HEADER} header")
+        return parse_choice(header, StreamMode, f"{STREAM_MODE_HEADER} header")
     return body_mode or request.app[CONFIG].stream_mode
 
 
@@ -152,7 +152,7 @@ def tool_mode(request: web.Request, body_mode: ToolMode | None) -> ToolMode:
     """``X-Tool-Mode`` header, else the body's own choice, else ``server.tool_mode``."""
     header = request.headers.get(TOOL_MODE_HEADER)
     if header:
-        return parse_tool_mode(header, f"{TOOL_MODE_HEADER} header")
+        return parse_choice(header, ToolMode, f"{TOOL_MODE_HEADER} header")
     return body_mode or request.app[CONFIG].tool_mode
 
 

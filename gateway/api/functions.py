@@ -1,7 +1,7 @@
 """OpenAI function calling <-> the engine's client tools. Pure functions, no I/O.
 
-* The request's ``tools`` and ``tool_choice`` are validated by :mod:`gateway.api.chat_wire`;
-  :func:`parse_tool_mode` reads the ``X-Tool-Mode`` header (a 400 naming it).
+* The request's ``tools`` and ``tool_choice`` are validated by :mod:`gateway.api.chat_wire`
+  (``tool_mode`` too; the ``X-Tool-Mode`` header is read in :mod:`gateway.api.exchange`).
 * :func:`tool_results` turns this turn's ``role: "tool"`` messages into engine results.
 * :func:`calls_fingerprint_text` is what the conversation rules hash for a reply that was a
   set of tool calls (ids left out: clients rewrite them).
@@ -14,12 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.api.fields import parse_choice
-from gateway.engine.client_tools import ToolCall, ToolMode, ToolResult
-
-
-def parse_tool_mode(value: object, path: str) -> ToolMode:
-    return parse_choice(value, ToolMode, path)
+from gateway.engine.client_tools import ToolCall, ToolResult
 
 
 def _canonical_arguments(arguments: str) -> str:
