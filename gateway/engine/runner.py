@@ -204,8 +204,13 @@ class ConversationRunner:
             self.gate.cancel(key, "The conversation was reset.")
             await self.interrupt_request(conv, conv.current)
         await self.evict(conv)
-        if self.conversations.get(key) is conv:
-            del self.conversations[key]
+        self._leave(conv)
+
+    def _leave(self, conv: Conversation) -> None:
+        """Take ``conv`` out of the table, unless a newer entry of its key took its place
+        (a message that came meanwhile); the store keeps its session."""
+        if self.conversations.get(conv.key) is conv:
+            del self.conversations[conv.key]
 
     def busy(self, key: str) -> bool:
         conv = self.conversations.get(key)
@@ -272,11 +277,11 @@ class ConversationRunner:
             await self.close_live(conv, kill=False)
             if conv.pending and not self._state.stopping:
                 conv.worker = asyncio.create_task(self._work(conv))
-            elif conv.current is None and self.conversations.get(conv.key) is conv:
-                # Its process is closed and nothing waits: nothing of it is left to keep
-                # (the store holds its session), so it leaves the table until its next
-                # message; kept, every conversation since the start stayed in memory.
-                del self.conversations[conv.key]
+            elif conv.current is None:
+                # Its process is closed and nothing waits: nothing of it is left to keep,
+                # so it leaves the table until its next message; kept, every conversation
+                # since the start stayed in memory.
+                self._leave(conv)
 
     async def _run(self, conv: Conversation, req: Request) -> None:
         if not await self._acquire_turn_slot(req):
