@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from bridges.common.usage import money, usage_text, warning_text
+from bridges.common.usage import local_clock, money, usage_text, warning_text
 from gateway.api import create_app
 from gateway.api.config import ApiConfig
 from gateway.api.usage import UsageReply
@@ -172,6 +172,16 @@ def reporting_engine(make_engine: EngineFactory, engine_config: EngineConfig,
     return make_engine(env=env, usage_timezone=BERLIN, **overrides)
 
 
+def test_a_reset_clock_names_the_day_only_when_it_is_not_today() -> None:
+    """The CI run at 22:10 CET saw a reset two hours later shown as "Wed 02 Dec 00:10 CET"."""
+    berlin = ZoneInfo(BERLIN)
+    late = datetime(2026, 12, 1, 22, 10, tzinfo=berlin).timestamp()
+    assert local_clock(late + 3600, BERLIN, now=late) == "23:10 CET"
+    assert local_clock(late + 2 * 3600, BERLIN, now=late) == "Wed 02 Dec 00:10 CET"
+    summer = datetime(2026, 7, 1, 9, 0, tzinfo=berlin).timestamp()
+    assert local_clock(summer + 60, BERLIN, now=summer) == "09:01 CEST"
+
+
 @pytest.mark.cli
 async def test_usage_in_telegram_and_over_http_adds_up_to_what_the_cli_reported(
     make_engine: EngineFactory, engine_config: EngineConfig, make_bridge: BridgeFactory,
@@ -202,11 +212,13 @@ async def test_usage_in_telegram_and_over_http_adds_up_to_what_the_cli_reported(
     tokens_in = sum(i + r + w for _, i, _, r, w in scripted)
     tokens_out = sum(o for _, _, o, _, _ in scripted)
     cached = sum(r for *_, r, _ in scripted)
-    assert (f"Today (since 00:00 CET): 2 turns, {money(info.cost_usd)} API-equivalent"
-            in shown.replace("**", "")), shown
+    # Berlin's zone is CET or CEST by season; a reset after local midnight carries its day
+    assert re.search(rf"Today \(since 00:00 CES?T\): 2 turns, {re.escape(money(info.cost_usd))}"
+                     " API-equivalent", shown.replace("**", "")), shown
     assert f"tokens: {tokens_in:,} in ({cached:,} read from cache, 100 written to cache)," \
            f" {tokens_out:,} out" in shown
-    assert re.search(r"5-hour, 85% used(, close to the limit)? — resets \d\d:\d\d CET", shown)
+    assert re.search(r"5-hour, 85% used(, close to the limit)? — resets"
+                     r" (\w{3} \d\d \w{3} )?\d\d:\d\d CES?T \(in 1 h 5\d min\)", shown), shown
     assert f"by frontend: telegram 2 turns, {money(info.cost_usd)}" in shown
     assert warnings == [next(t for t in texts(tg, OWNER) if t.startswith("⚠️"))]
     assert warnings[0].startswith("⚠️ Claude 5-hour window: 85% used; it resets ")
