@@ -16,7 +16,8 @@ to see the real scheduler fire within seconds; the configuration never allows it
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, tzinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
@@ -127,10 +128,47 @@ def validate_cron(expr: str, *, allow_seconds: bool = False) -> str:
 
 
 def next_fire(trigger: BaseTrigger, after: datetime) -> datetime | None:
-    """The first fire time strictly after ``after`` (build ``trigger`` without jitter)."""
-    return trigger.get_next_fire_time(  # type: ignore[no-any-return]
-        after, after + timedelta(microseconds=1)
-    )
+    """The first fire time strictly after ``after`` (build ``trigger`` without jitter).
+
+    One microsecond on is added in UTC: on a zone's clock it drops ``fold``, so after 02:00
+    CET in the hour autumn repeats it named 02:00 CEST, an hour earlier, and the next fire
+    was 02:00 CET again, for ever.
+    """
+    later = (after.astimezone(UTC) + timedelta(microseconds=1)).astimezone(after.tzinfo)
+    return trigger.get_next_fire_time(after, later)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Passed:
+    """The slots of a trigger that passed in a stretch of time (see :func:`passed_slots`)."""
+
+    #: the latest of them
+    latest: datetime
+    #: how many (counted up to the caller's limit)
+    count: int
+    #: seconds from ``latest`` to the end of the stretch
+    late: float
+
+
+def passed_slots(trigger: BaseTrigger, after: datetime, now: datetime,
+                 limit: int) -> Passed | None:
+    """The slots of ``trigger`` strictly after ``after`` and up to ``now``, or None.
+
+    Compared and subtracted as instants (epoch seconds): Python compares and subtracts two
+    datetimes of the same zone by their wall clocks, an hour off across a DST change (a
+    slot at 01:30 CET and a start at 03:20 CEST the night the clocks go forward are 50 min
+    apart, not 1 h 50 min; in the repeated hour of autumn 02:30 CEST is before 02:15 CET).
+    """
+    end = now.timestamp()
+    latest: datetime | None = None
+    count = 0
+    slot = next_fire(trigger, after)
+    while slot is not None and slot.timestamp() <= end and count < limit:
+        latest, count = slot, count + 1
+        slot = next_fire(trigger, slot)
+    if latest is None:
+        return None
+    return Passed(latest, count, end - latest.timestamp())
 
 
 def _crontab_weekdays(field: str, expr: str) -> str:

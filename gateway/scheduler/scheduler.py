@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,7 +36,13 @@ from apscheduler.triggers.base import BaseTrigger
 from gateway.engine import EngineAPI, Prompt, StreamMode, TurnError, TurnOptions, TurnResult
 from gateway.errors import ErrorKind, GatewayError
 from gateway.scheduler.config import SchedulerConfig
-from gateway.scheduler.cron import CronError, cron_trigger, next_fire, parse_timezone
+from gateway.scheduler.cron import (
+    CronError,
+    cron_trigger,
+    next_fire,
+    parse_timezone,
+    passed_slots,
+)
 from gateway.scheduler.delivery import Deliverer, Delivery, deliver_to_log
 from gateway.scheduler.jobs import (
     JobError,
@@ -374,16 +380,12 @@ class Scheduler:
             await self.store.set_last_slot(spec.name, now.timestamp())
             return
         trigger = self._trigger(spec)
-        latest: datetime | None = None
-        missed = 0
-        slot = next_fire(trigger, datetime.fromtimestamp(last_slot, now.tzinfo))
-        while slot is not None and slot <= now and missed < MAX_COUNTED_MISSES:
-            latest, missed = slot, missed + 1
-            slot = next_fire(trigger, slot)
-        if latest is None:
+        passed = passed_slots(trigger, datetime.fromtimestamp(last_slot, now.tzinfo), now,
+                              MAX_COUNTED_MISSES)
+        if passed is None:
             return
+        latest, missed, late = passed.latest, passed.count, passed.late
         await self.store.set_last_slot(spec.name, latest.timestamp())
-        late = (now - latest).total_seconds()
         plural = "run was" if missed == 1 else "runs were"
         if late <= self.config.misfire_grace:
             log.info("schedule %r: %d %s missed while the gateway was down; running once now",
@@ -421,13 +423,11 @@ class Scheduler:
         """The slot a fire is for: the latest due slot up to now (several when coalesced)."""
         due, trigger = self._due.get(name), self._triggers.get(name)
         now = datetime.now(due.tzinfo if due is not None else None)
-        if due is None or trigger is None or due > now + timedelta(seconds=1):
+        if due is None or trigger is None or due.timestamp() > now.timestamp() + 1:
             return time.time()  # fired off-schedule (cannot happen with APScheduler's cron)
-        slot = due
-        following = next_fire(trigger, slot)
-        while following is not None and following <= now:
-            slot, following = following, next_fire(trigger, following)
-        self._due[name] = following
+        passed = passed_slots(trigger, due, now, MAX_COUNTED_MISSES)
+        slot = due if passed is None else passed.latest
+        self._due[name] = next_fire(trigger, slot)
         return slot.timestamp()
 
     def _start_run(self, spec: JobSpec, trigger: str, slot: float, *, jitter: bool) -> None:
