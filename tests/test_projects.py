@@ -20,6 +20,7 @@ from gateway.engine.tools import SEND_FILE
 from gateway.errors import ConfigError, ErrorKind, GatewayError
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig
 from gateway.store import Store
+from tests.clock import noon_zone
 from tests.conftest import EngineFactory, collect, file_sink, system_binary
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import FakeTelegram
@@ -323,7 +324,8 @@ async def test_a_scheduled_job_works_in_its_project_and_an_unknown_one_is_held(
     engine = await make_engine(projects=(webapp,), spare_processes=0)
     jobs = (JobSpec("lint", "@daily", "nightly lint", "log", project="webapp"),
             JobSpec("lost", "@daily", "nowhere", "log", project="gone"))
-    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, timezone="UTC"), jobs)
+    # about noon there: in UTC "@daily" fired itself at 00:00 next to run_now
+    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, timezone=noon_zone()), jobs)
     await scheduler.start()
     try:
         views = {v.spec.name: v for v in scheduler.jobs()}

@@ -29,6 +29,7 @@ from gateway.scheduler import (
     SessionMode,
 )
 from gateway.store import ScheduleRunRow
+from tests.clock import noon_zone
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
 
@@ -41,13 +42,15 @@ FAST = SchedulerConfig(jitter=0, allow_seconds=True, timezone="UTC")
 @pytest.fixture
 async def make_scheduler(make_engine: EngineFactory) -> AsyncIterator[SchedulerFactory]:
     """``await make_scheduler(jobs=(), engine=None, start=True, **config)``; all stopped at
-    teardown. A second one on a new engine is a gateway restart (same database)."""
+    teardown. A second one on a new engine is a gateway restart (same database). Its zone is
+    one where it is about noon: no ``@daily`` or ``0 9 * * 1-5`` slot comes while a test
+    runs (in UTC they fired next to the test's own runs at 00:00 and on weekdays at 09:00)."""
     made: list[Scheduler] = []
 
     async def factory(jobs: tuple[JobSpec, ...] = (), engine: Engine | None = None,
                       start: bool = True, **config: Any) -> Scheduler:
         engine = engine or await make_engine()
-        values = {"jitter": 0, "allow_seconds": True, "timezone": "UTC", **config}
+        values = {"jitter": 0, "allow_seconds": True, "timezone": noon_zone(), **config}
         scheduler = Scheduler(engine, SchedulerConfig(**values), jobs)
         made.append(scheduler)
         if start:
@@ -154,7 +157,7 @@ async def test_missed_run_inside_grace_runs_once_at_start(
     job = JobSpec("daily", daily_at(now - timedelta(minutes=10)), "catch up on news", "log")
     engine = await make_engine()
     await _set_last_slot(tmp_path / "gateway.sqlite3", "daily", now - timedelta(days=3, hours=1))
-    scheduler = await make_scheduler(jobs=(job,), engine=engine)
+    scheduler = await make_scheduler(jobs=(job,), timezone="UTC", engine=engine)
     runs = await runs_until(scheduler, "daily", finished())
     assert [r.trigger for r in runs] == ["catch-up"]  # coalesced: one run, not three
     assert runs[0].scheduled_at is not None
@@ -171,7 +174,7 @@ async def test_missed_run_outside_grace_is_recorded_not_run(
     job = JobSpec("daily", daily_at(now - timedelta(hours=2)), "stale news", "log")
     engine = await make_engine()
     await _set_last_slot(tmp_path / "gateway.sqlite3", "daily", now - timedelta(hours=3))
-    scheduler = await make_scheduler(jobs=(job,), engine=engine, misfire_grace=3600)
+    scheduler = await make_scheduler(jobs=(job,), timezone="UTC", engine=engine, misfire_grace=3600)
     runs = await scheduler.store.runs("daily")
     assert [(r.status, r.trigger) for r in runs] == [("missed", "catch-up")]
     assert runs[0].error is not None
@@ -188,7 +191,7 @@ async def test_a_new_job_has_missed_nothing(
 ) -> None:
     now = datetime.now(UTC)
     job = JobSpec("fresh-job", daily_at(now - timedelta(minutes=5)), "first time", "log")
-    scheduler = await make_scheduler(jobs=(job,))
+    scheduler = await make_scheduler(jobs=(job,), timezone="UTC")
     await asyncio.sleep(0.3)
     assert await scheduler.store.runs("fresh-job") == []
     assert prompts_seen(fake_api, "first time") == []
@@ -236,7 +239,8 @@ async def test_a_run_cut_off_by_shutdown_is_marked_interrupted(
 ) -> None:
     fake_api.script({"text": "late", "delay": 30}, match="long job")
     first = await make_scheduler()
-    job = await first.add(name="long", cron="@hourly", prompt="long job", target="log")
+    # not "@hourly": its slot at the full hour was skipped next to this run (runs[0])
+    job = await first.add(name="long", cron="@daily", prompt="long job", target="log")
     first.run_now(job)
     await runs_until(first, "long", finished("running"))
     await first.stop()

@@ -13,6 +13,7 @@ from bridges.common.schedule_commands import setup_schedules
 from bridges.discord import DiscordBridge
 from gateway.config import DiscordSettings
 from gateway.scheduler import Scheduler, SchedulerConfig
+from tests.clock import noon_zone
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_discord import GENERAL_ID, OWNER_ID, FakeDiscord
@@ -29,7 +30,9 @@ async def world(
     """A bridge on a fake Discord and a scheduler, wired the way ``gateway.app`` wires them."""
     monkeypatch.chdir(tmp_path)  # dpytest writes sent attachments to ./dpytest_<n>.dat
     engine = await make_engine()
-    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, allow_seconds=True, timezone="UTC"))
+    # about noon there: in UTC the job "0 9 * * 1-5" fired itself on weekdays at 09:00
+    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, allow_seconds=True,
+                                                  timezone=noon_zone()))
     bridge = DiscordBridge(engine, DiscordSettings(allowed_users=[OWNER_ID],
                                                    allowed_channels=[GENERAL_ID]),
                            token="not-used")

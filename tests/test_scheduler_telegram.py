@@ -15,6 +15,7 @@ from bridges.common.schedule_commands import setup_schedules
 from bridges.telegram import TelegramBridge
 from gateway.config import TelegramSettings
 from gateway.scheduler import JobSpec, Scheduler, SchedulerConfig
+from tests.clock import noon_zone
 from tests.conftest import EngineFactory
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_telegram import BotMessage, FakeTelegram
@@ -39,11 +40,12 @@ async def setup(
     make_engine: EngineFactory, tg: FakeTelegram
 ) -> AsyncIterator[tuple[TelegramBridge, Scheduler]]:
     """A running bridge and scheduler, wired the way ``gateway.app`` wires them, with one
-    read-only config job."""
+    read-only config job. In a zone where it is about noon: in UTC the config job fired into
+    the group on weekdays at 09:00, next to a test's own messages there."""
     engine = await make_engine()
     config_job = JobSpec("team-digest", "0 9 * * 1-5", "digest for the team", f"telegram:{GROUP}")
-    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, allow_seconds=True, timezone="UTC"),
-                          (config_job,))
+    scheduler = Scheduler(engine, SchedulerConfig(jitter=0, allow_seconds=True,
+                                                  timezone=noon_zone()), (config_job,))
     settings = TelegramSettings(
         base_url=tg.base_url, base_file_url=tg.base_file_url, allowed_users=[OWNER],
         allowed_chats=[GROUP], poll_timeout=5.0, stream_interval=0.3, status_interval=1.0,
@@ -186,7 +188,9 @@ async def test_targets_a_user_may_use_and_strangers(
 ) -> None:
     _bridge, scheduler = setup
     # from a private chat, into a group on allowed_chats: allowed, delivered there
-    added = await reply_to(tg, OWNER, f'/schedule add "@hourly" to=telegram:{GROUP} name=g hi')
+    # not "@hourly": at the full hour it answered in the group, where the friend's refusal
+    # is awaited
+    added = await reply_to(tg, OWNER, f'/schedule add "@daily" to=telegram:{GROUP} name=g hi')
     assert "Scheduled #1 “g”" in added.text and f"→ telegram:{GROUP}" in added.text
     scheduler.run_now(scheduler.get("g") or JobSpec("g", "", "", ""))
     await tg.wait_for(lambda: any("echo: hi" in m.text for m in tg.sent(GROUP)), 30,

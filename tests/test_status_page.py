@@ -31,6 +31,7 @@ from gateway.engine import Prompt, TurnError, TurnOptions
 from gateway.engine.approvals import ApprovalRequest, Cause, Decision
 from gateway.engine.permissions import PermissionMode
 from gateway.errors import ErrorKind
+from tests.clock import noon_zone
 from tests.conftest import system_binary
 from tests.fake_anthropic import (
     RATELIMIT_GATEWAY_TOKEN,
@@ -78,6 +79,9 @@ async def gateway(
                   ANTHROPIC_AUTH_TOKEN=RATELIMIT_GATEWAY_TOKEN)
     fake.set_ratelimit_headers(sample_ratelimit_headers(utilization=0.91))
     env_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in env.items() if k != "PATH")
+    # about noon there for the module's minutes: in the machine's zone (UTC) "digest" ran
+    # itself at 07:00, and "Today" lost its turns at midnight
+    zone = noon_zone()
     config = root / "config.toml"
     config.write_text(f"""
 [server]
@@ -90,8 +94,11 @@ spare_processes = 1
 {env_lines}
 [storage]
 data_dir = "{root / 'data'}"
+[usage]
+timezone = "{zone}"
 [scheduler]
 jitter = 0
+timezone = "{zone}"
 [[schedules]]
 name = "digest"
 cron = "0 7 * * *"
