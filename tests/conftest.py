@@ -13,6 +13,7 @@ import pytest
 
 from gateway.engine import Engine, EngineConfig, Event, OutgoingFile, Prompt, TurnOptions
 from gateway.store import Store
+from tests.clock import noon_zone
 from tests.fake_anthropic import FakeAnthropic, bundled_cli, cli_env
 
 EngineFactory = Callable[..., Awaitable[Engine]]
@@ -43,6 +44,7 @@ def engine_config(tmp_path: Path, fake_api: FakeAnthropic, cli_home: Path) -> En
         activity_timeout=60.0,
         bash_max_timeout=60.0,
         idle_timeout=300.0,
+        usage_timezone=noon_zone(),  # "today" has no midnight in it while the test runs
     )
 
 
